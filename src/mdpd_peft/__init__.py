@@ -1,0 +1,15 @@
+"""mdpd-peft: Masked Dual Path Distillation for Hugging Face PEFT.
+
+``import mdpd_peft`` registers the ``"mdpd"`` method with PEFT, so ``get_peft_model(model, MDPDConfig(...))``,
+``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained`` work on MDPD adapters.
+"""
+
+from .config import MDPDConfig
+from .layer import MDPDLayer
+from .model import MDPDModel
+from .registration import register
+
+register()
+
+__all__ = ["MDPDConfig", "MDPDLayer", "MDPDModel", "register"]
+__version__ = "0.1.0"

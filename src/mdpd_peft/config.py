@@ -1,0 +1,136 @@
+"""Configuration of Masked Dual Path Distillation (MDPD) as a PEFT method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+
+from .enum_extension import add_str_enum_member
+
+add_str_enum_member(PeftType, "MDPD")
+
+SIDE_INITS = ("pruned", "random")
+EVAL_PATHS = ("backbone", "side")
+NORM_POSITIONS = ("pre", "post")
+
+
+def invalid(field_name: str, value, allowed: str) -> ValueError:
+    """The error every bad setting raises: which field, what it got, what it accepts."""
+    return ValueError(f"MDPDConfig.{field_name}={value!r} is invalid: {field_name} must be {allowed}.")
+
+
+@dataclass
+class MDPDConfig(PeftConfig):
+    """Configuration of an MDPD adapter ("Masked Dual Path Distillation", mdpd-paper.txt, section 3).
+
+    A ladder side network of width ``hidden_size / reduction_factor`` runs beside the frozen encoder.
+    Training distils both ways: backbone features teach the side network (Eq. 1, 2/4 for shallow
+    layers, Eq. 5-7 for deep layers) and the side network's logits teach the backbone's own task head
+    and ``target_modules`` (Eq. 3). ``merge_and_unload()`` then drops the side network ("fading") and
+    returns the plain transformers model.
+
+    Loss convention (the paper gives sums, Eq. 2-7): every distillation term is a squared error
+    *summed* over channels and over real (non-padding) tokens, then *averaged over the batch*, as in
+    Masked Generative Distillation. The paper's weights (appendix B) are calibrated for this
+    reduction; with a mean-reduced MSE they would be ~10^5 times too small.
+
+    Args:
+        reduction_factor: r; the side network's width is the backbone's hidden size divided by r
+            (LST; the paper uses 8 for language models). Integer >= 1.
+        side_layers: Indices (0-based) of the backbone layers that feed the side network, one side
+            block each. ``None`` uses every layer.
+        deep_layers_start: Index of the first backbone layer distilled by masked generation; the
+            side layers before it are "shallow" (imitation). The paper does not state the split;
+            ``None`` takes the second half as deep (its Table C: layers 7-12 of 12).
+        mask_ratio: lambda in Eq. 5, the share of real side tokens replaced by the mask token in
+            deep layers. In [0, 1); 0.5 is the paper's best.
+        aligner_rank: d, the rank of the bottleneck aligner phi (Eq. 1) and the hidden channel count
+            of the generation block G (Eq. 7; the paper leaves G's width open). ``None`` uses
+            ``min(16, side width)``. Integer in [1, side width].
+        shallow_loss_weight: Weight of the shallow-layer imitation loss (Eq. 4). Paper: 4e-5.
+        deep_loss_weight: Weight of the deep-layer masked generation loss (Eq. 7). Paper: 6e-5.
+        logits_loss_weight: Weight of the side-to-backbone logits loss (Eq. 3). Paper: 1e-4.
+        gate_init: Initial value of each ladder gate's logit alpha; the gate is
+            ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
+        gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
+        target_modules: Backbone modules whose parameters the faded model may change. They are
+            trained as adapter-held copies and written back by ``merge_and_unload()``. ``None``
+            selects every LayerNorm of the model (the paper: LayerNorm scale and shift). Same
+            matching rules as LoRA's ``target_modules`` (names, suffixes or a regex).
+        modules_to_save: Modules trained in full and saved with the adapter; the backbone's task
+            head belongs here (PEFT adds ``classifier``/``score`` for ``task_type="SEQ_CLS"``; set it
+            yourself for ``task_type=None``, e.g. ``["classifier"]`` for image classification).
+        side_init: ``"pruned"`` initialises each side block from its backbone block by structured
+            pruning (LST; channels ranked by the L1 norm of the weights that read or write them);
+            ``"random"`` uses PyTorch's default initialisation.
+        eval_path: The path that predicts in eval mode: ``"backbone"`` (what ships after fading) or
+            ``"side"`` (the side network's head, for comparison).
+        layers_path: Dotted path of the encoder's ``nn.ModuleList`` of layers, for models the
+            generic rule (the ModuleList whose length is the number of layers) cannot find.
+        norm_position: ``"pre"`` or ``"post"``: where the side blocks put their LayerNorms. ``None``
+            reads it from the backbone's LayerNorm names (pre-norm names such as
+            ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).
+    """
+
+    reduction_factor: int = field(default=8, metadata={"help": "Side width = hidden size / reduction_factor."})
+    side_layers: Optional[list[int]] = field(
+        default=None, metadata={"help": "Backbone layer indices that feed the side network; None = all."}
+    )
+    deep_layers_start: Optional[int] = field(
+        default=None, metadata={"help": "First layer distilled by masked generation; None = second half."}
+    )
+    mask_ratio: float = field(default=0.5, metadata={"help": "Masked share of real side tokens (lambda, Eq. 5)."})
+    aligner_rank: Optional[int] = field(
+        default=None, metadata={"help": "Rank d of the aligner phi (Eq. 1) and width of G; None = min(16, side width)."}
+    )
+    shallow_loss_weight: float = field(default=4e-5, metadata={"help": "Weight of Eq. 4 (sum over tokens/channels, mean over batch)."})
+    deep_loss_weight: float = field(default=6e-5, metadata={"help": "Weight of Eq. 7 (sum over tokens/channels, mean over batch)."})
+    logits_loss_weight: float = field(default=1e-4, metadata={"help": "Weight of Eq. 3 (sum over logits, mean over batch)."})
+    gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
+    gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Backbone modules fading may change; None = every LayerNorm."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Modules trained in full and saved, e.g. the task head."}
+    )
+    side_init: str = field(default="pruned", metadata={"help": f"Side network initialisation: one of {SIDE_INITS}."})
+    eval_path: str = field(default="backbone", metadata={"help": f"Path predicting in eval mode: one of {EVAL_PATHS}."})
+    layers_path: Optional[str] = field(default=None, metadata={"help": "Dotted path of the encoder layer ModuleList."})
+    norm_position: Optional[str] = field(
+        default=None, metadata={"help": f"Side block LayerNorm placement: one of {NORM_POSITIONS}; None = detect."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PeftType.MDPD
+        if isinstance(self.target_modules, list):
+            self.target_modules = set(self.target_modules)
+        self.check_values()
+
+    def check_values(self) -> None:
+        """Checks the settings that do not depend on the model (the rest are checked by the tuner)."""
+        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
+            raise invalid("reduction_factor", self.reduction_factor, "an integer >= 1")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise invalid("mask_ratio", self.mask_ratio, "a float in [0, 1)")
+        if self.aligner_rank is not None and (not isinstance(self.aligner_rank, int) or self.aligner_rank < 1):
+            raise invalid("aligner_rank", self.aligner_rank, "None or an integer >= 1")
+        for name in ("shallow_loss_weight", "deep_loss_weight", "logits_loss_weight"):
+            if getattr(self, name) < 0:
+                raise invalid(name, getattr(self, name), "a float >= 0")
+        if self.gate_temperature <= 0:
+            raise invalid("gate_temperature", self.gate_temperature, "a float > 0")
+        if self.side_init not in SIDE_INITS:
+            raise invalid("side_init", self.side_init, f"one of {SIDE_INITS}")
+        if self.eval_path not in EVAL_PATHS:
+            raise invalid("eval_path", self.eval_path, f"one of {EVAL_PATHS}")
+        if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
+            raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
+        if self.side_layers is not None and (
+            len(self.side_layers) == 0 or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.side_layers)
+        ):
+            raise invalid("side_layers", self.side_layers, "None or a non-empty list of layer indices")

@@ -1,0 +1,129 @@
+"""Hierarchical feature distillation, backbone -> side (mdpd-paper.txt section 3.2-3.3, Eq. 1, 2/4, 5-7).
+
+The backbone is the teacher here; its features arrive detached, so these losses train only the side
+network, its aligners, the generation blocks and the mask token.
+
+Choices the paper leaves open, made here:
+- One aligner phi per distilled layer (Eq. 1 indexes phi by nothing, but the layers differ).
+- Deep layers align first, then mask (section 3.3: "we first use a bottleneck module to align the
+  hidden dimensions"); one learnable mask token of width D_B is shared by all deep layers, and one
+  random mask per forward pass is shared by all deep layers (Eq. 5: "unitarily applied").
+- G (Eq. 7) is Conv3x3(D_B -> d) -> ReLU -> Conv3x3(d -> D_B) with d the aligner rank, which keeps
+  its parameter count near the aligner's instead of 18 * D_B^2.
+- Token layout for the 3x3 convolutions: text is a 1 x N image (so a 3x3 kernel sees the previous and
+  next token); vision tokens go back to their square patch grid, and prefix tokens (CLS, registers)
+  are each convolved as a 1 x 1 image. Padding tokens are zeroed before G so they leak into no real
+  token, and neither they nor unmasked tokens count in Eq. 7.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FeatureAligner(nn.Module):
+    """phi(s) = s M_down M_up (Eq. 1): a rank-d bottleneck from side width D_S to backbone width D_B."""
+
+    def __init__(self, side_width: int, backbone_width: int, rank: int):
+        super().__init__()
+        self.down = nn.Linear(side_width, rank)
+        self.up = nn.Linear(rank, backbone_width)
+
+    def forward(self, side_state: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(side_state))  # (B, N, D_S) -> (B, N, D_B)
+
+
+def token_grid(num_tokens: int, is_vision: bool) -> tuple[int, int, int]:
+    """(prefix tokens, grid height, grid width) of a token sequence, for the 3x3 convolutions of G."""
+    if is_vision:
+        side = math.isqrt(num_tokens)
+        for prefix in range(num_tokens - side * side, num_tokens):
+            grid = num_tokens - prefix
+            if math.isqrt(grid) ** 2 == grid and grid > 0:
+                return prefix, math.isqrt(grid), math.isqrt(grid)
+    return 0, 1, num_tokens
+
+
+class GenerationBlock(nn.Module):
+    """G in Eq. 7: two 3x3 convolutions with a ReLU between, over the token layout of ``token_grid``."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.conv_in = nn.Conv2d(width, hidden, kernel_size=3, padding=1)
+        self.conv_out = nn.Conv2d(hidden, width, kernel_size=3, padding=1)
+
+    def convolve(self, images: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(F.relu(self.conv_in(images)))
+
+    def forward(self, tokens: torch.Tensor, is_vision: bool) -> torch.Tensor:
+        batch, num_tokens, width = tokens.shape
+        prefix, height, grid_width = token_grid(num_tokens, is_vision)
+        grid = tokens[:, prefix:].transpose(1, 2).reshape(batch, width, height, grid_width)
+        generated = self.convolve(grid).reshape(batch, width, -1).transpose(1, 2)  # (B, N - prefix, D_B)
+        if prefix == 0:
+            return generated
+        single = tokens[:, :prefix].reshape(batch * prefix, width, 1, 1)
+        generated_prefix = self.convolve(single).reshape(batch, prefix, width)
+        return torch.cat([generated_prefix, generated], dim=1)
+
+
+class DualPathDistiller(nn.Module):
+    """The distillation modules of one adapter: an aligner per side layer, G per deep layer, the mask token."""
+
+    def __init__(self, side_layers: list[int], deep_layers_start: int, side_width: int, backbone_width: int, rank: int):
+        super().__init__()
+        self.is_deep = [layer >= deep_layers_start for layer in side_layers]
+        self.aligners = nn.ModuleList(FeatureAligner(side_width, backbone_width, rank) for _ in side_layers)
+        self.generators = nn.ModuleList(GenerationBlock(backbone_width, rank) for deep in self.is_deep if deep)
+        self.mask_token = nn.Parameter(torch.zeros(backbone_width))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward(
+        self,
+        side_states: list[torch.Tensor],
+        teacher_states: list[torch.Tensor],
+        real: torch.Tensor,
+        mask_ratio: float,
+        is_vision: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of Eq. 4 over shallow layers and of Eq. 7 over deep layers, each averaged over the batch.
+
+        Args:
+            side_states: s^l, (B, N, D_S) per side layer.
+            teacher_states: b^l, (B, N, D_B) per side layer, detached.
+            real: (B, N) bool, True for real (non-padding) tokens.
+        """
+        batch = real.shape[0]
+        real_weight = real.unsqueeze(-1).to(side_states[0].dtype)  # (B, N, 1)
+        # Eq. 5: m_i = 1[r_i < lambda], drawn once per forward for all deep layers, real tokens only.
+        masked = (torch.rand(real.shape, device=real.device) < mask_ratio) & real
+        masked_weight = masked.unsqueeze(-1).to(real_weight.dtype)
+        shallow = side_states[0].new_zeros(())
+        deep = side_states[0].new_zeros(())
+        generators = iter(self.generators)
+        for is_deep, aligner, side, teacher in zip(self.is_deep, self.aligners, side_states, teacher_states):
+            aligned = aligner(side)  # (B, N, D_B)
+            if not is_deep:
+                shallow = shallow + ((teacher - aligned).pow(2) * real_weight).sum() / batch  # Eq. 4
+                continue
+            # Eq. 6: masked tokens become the shared learnable mask token; padding is zeroed for the convs.
+            filled = torch.where(masked.unsqueeze(-1), self.mask_token.to(aligned.dtype), aligned) * real_weight
+            generated = next(generators)(filled, is_vision)
+            deep = deep + ((teacher - generated).pow(2) * masked_weight).sum() / batch  # Eq. 7
+        return shallow, deep
+
+
+def logits_distillation_loss(side_logits: torch.Tensor, backbone_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Eq. 3, side (teacher, detached) -> backbone (student): squared logit error summed, averaged over the batch.
+
+    The paper writes phi(Y_B); both heads here predict the same label space, so phi is the identity.
+    Token-level logits (B, N, C) count real tokens only.
+    """
+    error = (side_logits.detach() - backbone_logits).pow(2)
+    if error.dim() == 3:
+        error = error * real.unsqueeze(-1).to(error.dtype)
+    return error.sum() / backbone_logits.shape[0]

@@ -1,0 +1,320 @@
+"""MDPDModel: the PEFT tuner that runs the side network beside the encoder through hooks, and fades it."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+from transformers.utils import ModelOutput
+
+from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
+from .config import EVAL_PATHS, MDPDConfig, invalid
+from .distillation import DualPathDistiller, logits_distillation_loss
+from .layer import MDPDLayer
+from .pruning import prune_into_side_network
+from .side_network import LadderSideNetwork
+from .task_loss import side_task_loss
+
+TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
+
+
+@dataclass
+class ForwardCapture:
+    """What the hooks collect during one backbone forward pass (all tensors detached)."""
+
+    attention_mask: torch.Tensor | None
+    targets: dict[str, torch.Tensor]
+    embeddings: torch.Tensor | None = None
+    layer_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def hidden_states_of(args: tuple, kwargs: dict, output=None) -> torch.Tensor:
+    """The hidden-state tensor of an encoder layer's input (args/kwargs) or output (tensor or tuple)."""
+    if output is not None:
+        return output if isinstance(output, torch.Tensor) else output[0]
+    if args:
+        return args[0]
+    return kwargs.get("hidden_states", next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+
+
+def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
+    """(B, N) bool of real tokens; every token is real when the model got no 2-D padding mask of that shape."""
+    if attention_mask is not None and tuple(attention_mask.shape) == (batch, tokens):
+        return attention_mask.to(device=device).bool()
+    return torch.ones(batch, tokens, dtype=torch.bool, device=device)
+
+
+def backbone_logits_of(output: ModelOutput) -> torch.Tensor | None:
+    """Y_B: ``logits`` (B, C) or (B, N, C), or start/end logits stacked to (B, N, 2); None for feature extraction."""
+    if output.get("logits") is not None:
+        return output["logits"]
+    if output.get("start_logits") is not None:
+        return torch.stack([output["start_logits"], output["end_logits"]], dim=-1)
+    return None
+
+
+def write_logits(output: ModelOutput, logits: torch.Tensor) -> None:
+    if output.get("logits") is not None:
+        output["logits"] = logits
+    else:
+        output["start_logits"], output["end_logits"] = logits[..., 0], logits[..., 1]
+
+
+def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> int | None:
+    """Output size of the task head (the last Linear of the first ``modules_to_save`` module found), or None."""
+    for name, module in model.named_modules():
+        if head_names and name.rsplit(".", 1)[-1] in head_names:
+            linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                return linears[-1].out_features
+    return None
+
+
+def default_norm_targets(model: nn.Module, head_names) -> set[str]:
+    """Every LayerNorm outside the task head (for a second adapter: the wrappers of the already wrapped norms)."""
+    heads = set(head_names or [])
+    return {name for name, module in backbone_modules(model) if is_norm(module) and not heads.intersection(name.split("."))}
+
+
+def check_against_model(config: MDPDConfig, encoder: EncoderMap) -> None:
+    """The settings whose allowed values depend on the model."""
+    layers = encoder.num_layers
+    if config.side_layers is not None:
+        if any(not 0 <= i < layers for i in config.side_layers):
+            raise invalid("side_layers", config.side_layers, f"indices in [0, {layers - 1}] (the model has {layers} layers)")
+    if config.deep_layers_start is not None and not 0 <= config.deep_layers_start <= layers:
+        raise invalid("deep_layers_start", config.deep_layers_start, f"None or an integer in [0, {layers}]")
+    side_width = encoder.hidden_size // config.reduction_factor
+    if side_width < 1:
+        raise invalid("reduction_factor", config.reduction_factor, f"an integer in [1, {encoder.hidden_size}] (the hidden size)")
+    if config.aligner_rank is not None and config.aligner_rank > side_width:
+        raise invalid("aligner_rank", config.aligner_rank, f"None or an integer in [1, {side_width}] (the side width)")
+
+
+class MDPDModel(BaseTuner):
+    """Masked Dual Path Distillation (MDPD) as a PEFT tuner.
+
+    Beside the frozen encoder runs a trainable ladder side network (``LadderSideNetwork``); during
+    training the two paths distil each other (``DualPathDistiller``, Eq. 1-7) and the loss of the
+    wrapped model's output becomes ``task(side logits) + w_sha * L_sha + w_deep * L_deep + w_log * L_log``.
+    The backbone itself only trains adapter-held copies of ``target_modules`` (LayerNorms by default)
+    and the ``modules_to_save`` task head. Everything runs in forward hooks on the base model's modules,
+    so every PEFT task wrapper works, including ``task_type=None`` where PeftModel calls the base model
+    directly. In eval mode the backbone predicts (``eval_path="backbone"``) and the side network is
+    skipped; ``merge_and_unload()`` returns the plain transformers model ("fading").
+
+    Each output of a training forward pass carries ``mdpd_losses``: the unweighted ``task``,
+    ``shallow``, ``deep`` and ``logits`` terms, for logging.
+    """
+
+    prefix: str = "mdpd_"
+    tuner_layer_cls = MDPDLayer
+    target_module_mapping: dict = {}
+    # The side network lives on the tuner; `inject_adapter_in_model` would drop it.
+    uses_shared_state: bool = True
+    adapter_containers = ("mdpd_side", "mdpd_distill", "mdpd_copies")
+
+    # ---------------------------------------------------------------------------------------- set-up
+
+    def _prepare_adapter_config(self, peft_config: MDPDConfig, model_config: dict) -> MDPDConfig:
+        if peft_config.target_modules is None:
+            peft_config.target_modules = default_norm_targets(self.model, peft_config.modules_to_save)
+        return peft_config
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        if isinstance(target, MDPDLayer):
+            target.update_layer(adapter_name, peft_config.inference_mode)
+            return
+        new_module = MDPDLayer(target, adapter_name, peft_config.inference_mode)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs) -> None:
+        """Map and check the model, build the adapter's side network, let PEFT wrap the targets, hook the model.
+
+        Runs for ``get_peft_model`` and for ``add_adapter``/``load_adapter`` alike, so every bad setting
+        fails here, before the model is changed.
+        """
+        config: MDPDConfig = self.peft_config[adapter_name]
+        encoder = map_encoder(model, config)
+        check_against_model(config, encoder)
+        if not hasattr(self, "mdpd_side"):
+            self.mdpd_side = nn.ModuleDict()
+            self.mdpd_distill = nn.ModuleDict()
+            self.mdpd_encoders: dict[str, EncoderMap] = {}
+            self._hook_handles: list = []
+            self._capture: ForwardCapture | None = None
+            self._adapters_enabled = True
+        self.mdpd_encoders[adapter_name] = encoder
+        self._build_side_network(adapter_name)
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
+        self._register_hooks()
+        self._sync_side_trainability(inference_mode=config.inference_mode)
+
+    def _build_side_network(self, adapter_name: str) -> None:
+        config: MDPDConfig = self.peft_config[adapter_name]
+        encoder = self.mdpd_encoders[adapter_name]
+        side_layers = sorted(set(config.side_layers)) if config.side_layers is not None else list(range(encoder.num_layers))
+        deep_start = config.deep_layers_start if config.deep_layers_start is not None else encoder.num_layers // 2
+        side = LadderSideNetwork(
+            encoder,
+            side_layers,
+            config.reduction_factor,
+            config.gate_init,
+            config.gate_temperature,
+            head_outputs(self.model, config.modules_to_save),
+        )
+        rank = config.aligner_rank or min(16, side.width)
+        distiller = DualPathDistiller(side_layers, deep_start, side.width, encoder.hidden_size, rank)
+        device = next(self.model.parameters()).device
+        side.to(device)
+        distiller.to(device)
+        if config.side_init == "pruned":
+            prune_into_side_network(side, encoder.layers(self.model), encoder)
+        self.mdpd_side[adapter_name] = side
+        self.mdpd_distill[adapter_name] = distiller
+
+    def _sync_side_trainability(self, inference_mode: bool = False) -> None:
+        for name in self.mdpd_side:
+            trainable = name in self.active_adapters and not inference_mode
+            self.mdpd_side[name].requires_grad_(trainable)
+            self.mdpd_distill[name].requires_grad_(trainable)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        self._sync_side_trainability(inference_mode)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        super()._enable_adapter_layers(enabled)
+        self._adapters_enabled = enabled
+
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """The LayerNorm copies keep the backbone's dtype (an fp32 copy would reject fp16 inputs); the side network is fp32."""
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        super().delete_adapter(adapter_name)
+        for container in (self.mdpd_side, self.mdpd_distill):
+            del container[adapter_name]
+        del self.mdpd_encoders[adapter_name]
+
+    def set_eval_path(self, path: str) -> None:
+        """Choose which path predicts in eval mode: "backbone" (what fading ships) or "side"."""
+        if path not in EVAL_PATHS:
+            raise invalid("eval_path", path, f"one of {EVAL_PATHS}")
+        for name in self.active_adapters:
+            self.peft_config[name].eval_path = path
+
+    def gate_values(self) -> torch.Tensor:
+        """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached."""
+        return self.mdpd_side[self.active_adapters[0]].gates().detach()
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Checkpoint keys drop the adapter name wherever it sits (it is in the middle of side-network keys)."""
+        for container in cls.adapter_containers:
+            pattern = rf"(^|\.){container}\.{re.escape(adapter_name)}(\.|$)"
+            if re.search(pattern, key):
+                return re.sub(pattern, rf"\g<1>{container}\g<2>", key, count=1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    # ------------------------------------------------------------------------------------------ hooks
+
+    def _register_hooks(self) -> None:
+        if self._hook_handles:
+            return
+        self._forward_signature = inspect.signature(self.model.forward)
+        layers = next(iter(self.mdpd_encoders.values())).layers(self.model)
+        self._hook_handles = [
+            self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
+            layers[0].register_forward_pre_hook(self._capture_embeddings, with_kwargs=True),
+            *(layer.register_forward_hook(self._capture_layer_output(i)) for i, layer in enumerate(layers)),
+            self.model.register_forward_hook(self._finish_forward, with_kwargs=True),
+        ]
+
+    def _remove_hooks(self) -> None:
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+
+    def _side_path_needed(self) -> bool:
+        if not self._adapters_enabled or self.active_adapters[0] not in self.mdpd_side:
+            return False
+        return self.model.training or self.peft_config[self.active_adapters[0]].eval_path == "side"
+
+    def _begin_forward(self, module, args, kwargs):
+        self._capture = None
+        if not self._side_path_needed():
+            return
+        try:
+            arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            arguments = kwargs
+        arguments = {**arguments.pop("kwargs", {}), **arguments}
+        self._capture = ForwardCapture(
+            attention_mask=arguments.get("attention_mask"),
+            targets={name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None},
+        )
+
+    def _capture_embeddings(self, module, args, kwargs):
+        if self._capture is not None:
+            self._capture.embeddings = hidden_states_of(args, kwargs).detach()
+
+    def _capture_layer_output(self, index: int):
+        def hook(module, args, output):
+            if self._capture is not None:
+                self._capture.layer_outputs[index] = hidden_states_of(args, {}, output).detach()
+
+        return hook
+
+    def _finish_forward(self, module, args, kwargs, output):
+        capture, self._capture = self._capture, None
+        if capture is None or capture.embeddings is None:
+            return output
+        if not isinstance(output, ModelOutput):
+            raise ValueError("MDPD needs the model to return a ModelOutput; call it with return_dict=True.")
+        adapter_name = self.active_adapters[0]
+        config: MDPDConfig = self.peft_config[adapter_name]
+        side = self.mdpd_side[adapter_name]
+        dtype = side.gate_logits.dtype
+        embeddings = capture.embeddings.to(dtype)
+        teacher_states = [capture.layer_outputs[i].to(dtype) for i in side.side_layers]
+        real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
+
+        side_states, final_state = side(embeddings, teacher_states, real)
+        backbone_logits = backbone_logits_of(output)
+        side_logits = None
+        if side.head is not None and backbone_logits is not None:
+            side_logits = side.logits(final_state, real, per_token=backbone_logits.dim() == 3).to(backbone_logits.dtype)
+        task = side_task_loss(side_logits, capture.targets, self.model.config) if side_logits is not None else None
+
+        if not self.model.training:  # eval_path == "side": the side network predicts
+            if side_logits is not None:
+                write_logits(output, side_logits)
+            if task is not None:
+                output["loss"] = task
+            return output
+
+        shallow, deep = self.mdpd_distill[adapter_name](side_states, teacher_states, real, config.mask_ratio, self.mdpd_encoders[adapter_name].is_vision)
+        logits = (
+            logits_distillation_loss(side_logits, backbone_logits, real) if side_logits is not None else shallow.new_zeros(())
+        )
+        losses = {"shallow": shallow, "deep": deep, "logits": logits}
+        total = config.shallow_loss_weight * shallow + config.deep_loss_weight * deep + config.logits_loss_weight * logits
+        if task is not None:
+            losses = {"task": task, **losses}
+            total = total + task
+        output["loss"] = total
+        output.mdpd_losses = losses
+        return output
+
+    # ----------------------------------------------------------------------------------------- fading
+
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False, adapter_names=None):
+        """Fading: remove the hooks, then write back (merge) or drop (unload) the LayerNorm copies and task head."""
+        self._remove_hooks()
+        return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)

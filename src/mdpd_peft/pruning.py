@@ -1,0 +1,77 @@
+"""Structured-pruning initialisation of the side blocks from the backbone's own weights (LST).
+
+LST ranks channels by accumulated squared gradients; the L1 norm of the weights that read or write a
+channel is the cheaper, data-free proxy used here. The same kept channels are used consistently:
+one set of residual-stream channels for every side block (the residual stream is one coordinate
+system across layers), and per block the kept head dimensions (shared by q and k so partial dot
+products stay meaningful, and by v and the output projection) and FFN neurons.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .architecture import BlockParts, EncoderMap, find_block_parts
+from .side_network import LadderSideNetwork, SideBlock
+
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest scores, in increasing index order (keeps the channels' original order)."""
+    return scores.topk(k).indices.sort().values
+
+
+def residual_channel_scores(parts: BlockParts) -> torch.Tensor:
+    """(D_B,) importance of each residual channel: L1 of the columns that read it and rows that write it."""
+    reads = sum(m.weight.abs().sum(dim=0) for m in (parts.query, parts.key, parts.value, parts.ffn_in))
+    writes = parts.attn_out.weight.abs().sum(dim=1) + parts.ffn_out.weight.abs().sum(dim=1)
+    return reads + writes
+
+
+def head_rows(scores: torch.Tensor, backbone_heads: int, side_heads: int, side_head_dim: int) -> torch.Tensor:
+    """Rows of a q/k/v projection to keep: the best ``side_heads`` heads, the best ``side_head_dim`` dims in each."""
+    per_head = scores.view(backbone_heads, -1)  # (H_B, D_B / H_B)
+    if side_head_dim > per_head.shape[1]:
+        return top_indices(scores, side_heads * side_head_dim)
+    heads = top_indices(per_head.sum(dim=1), side_heads)
+    return torch.cat([head * per_head.shape[1] + top_indices(per_head[head], side_head_dim) for head in heads.tolist()])
+
+
+def copy_linear(target: nn.Linear, source: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    target.weight.copy_(source.weight[rows][:, cols])
+    if source.bias is not None:
+        target.bias.copy_(source.bias[rows])
+
+
+def copy_norm(target: nn.LayerNorm, source: nn.Module, channels: torch.Tensor) -> None:
+    target.weight.copy_(source.weight[channels])
+    if getattr(source, "bias", None) is not None:
+        target.bias.copy_(source.bias[channels])
+
+
+def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backbone_heads: int) -> None:
+    side_head_dim = block.query.out_features // block.num_heads
+    qk_scores = parts.query.weight.abs().sum(dim=1) + parts.key.weight.abs().sum(dim=1)
+    vo_scores = parts.value.weight.abs().sum(dim=1) + parts.attn_out.weight.abs().sum(dim=0)
+    qk_rows = head_rows(qk_scores, backbone_heads, block.num_heads, side_head_dim)
+    vo_rows = head_rows(vo_scores, backbone_heads, block.num_heads, side_head_dim)
+    neuron_scores = parts.ffn_in.weight.abs().sum(dim=1) + parts.ffn_out.weight.abs().sum(dim=0)
+    neurons = top_indices(neuron_scores, block.ffn_in.out_features)
+
+    copy_linear(block.query, parts.query, qk_rows, hidden)
+    copy_linear(block.key, parts.key, qk_rows, hidden)
+    copy_linear(block.value, parts.value, vo_rows, hidden)
+    copy_linear(block.attn_out, parts.attn_out, hidden, vo_rows)
+    copy_linear(block.ffn_in, parts.ffn_in, neurons, hidden)
+    copy_linear(block.ffn_out, parts.ffn_out, hidden, neurons)
+    copy_norm(block.attn_norm, parts.attn_norm, hidden)
+    copy_norm(block.ffn_norm, parts.ffn_norm, hidden)
+
+
+@torch.no_grad()
+def prune_into_side_network(side: LadderSideNetwork, layers: nn.ModuleList, encoder: EncoderMap) -> None:
+    """Initialise every side block from its backbone layer (the side network's layers map to ``side.side_layers``)."""
+    parts = [find_block_parts(layers[i], encoder.hidden_size, encoder.intermediate_size) for i in side.side_layers]
+    hidden = top_indices(sum(residual_channel_scores(p).float() for p in parts), side.width)
+    for block, block_parts in zip(side.blocks, parts):
+        prune_block(block, block_parts, hidden, encoder.num_heads)

@@ -1,0 +1,130 @@
+"""The ladder side network (Ladder Side-Tuning, LST) that runs beside the frozen encoder.
+
+A reduced-width copy of the backbone's block structure: width ``D_S = D_B / r``, the same number of
+heads with head dimension divided by r, FFN width ``D_ff / r``, the same activation and LayerNorm
+placement. Before side block l the side state is mixed with a down-projection of backbone layer l's
+output through a learned gate (LST): ``s <- g_l * s + (1 - g_l) * Down_l(b_l)``, ``g_l = sigmoid(alpha_l / T)``.
+The first side state is ``Down_0`` of the embeddings (the input of backbone layer 0). Backbone states
+arrive detached: no gradient of the side path crosses a backbone weight.
+
+Attention uses ``F.scaled_dot_product_attention`` with a key-padding mask, so padding tokens are never
+attended to and no attention matrix is stored. The side blocks have no dropout.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.activations import ACT2FN
+
+from .architecture import EncoderMap
+
+
+def side_head_count(side_width: int, num_heads: int) -> int:
+    """LST keeps the backbone's head count; when it does not divide the side width, the largest count that does."""
+    return max(h for h in range(1, num_heads + 1) if side_width % h == 0)
+
+
+def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Global average pooling over real tokens: (B, N, C), (B, N) bool -> (B, C)."""
+    weights = real.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+class SideBlock(nn.Module):
+    """One transformer block at side width; pre- or post-norm like the backbone block it mirrors."""
+
+    def __init__(self, width: int, num_heads: int, intermediate: int, activation: str, norm_eps: float, norm_position: str):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm_position = norm_position
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(width, width)
+        self.value = nn.Linear(width, width)
+        self.attn_out = nn.Linear(width, width)
+        self.attn_norm = nn.LayerNorm(width, eps=norm_eps)
+        self.ffn_in = nn.Linear(width, intermediate)
+        self.act = ACT2FN[activation]
+        self.ffn_out = nn.Linear(intermediate, width)
+        self.ffn_norm = nn.LayerNorm(width, eps=norm_eps)
+
+    def attention(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        # (B, N, D_S) -> (B, H, N, D_S / H)
+        q, k, v = (
+            proj(x).view(batch, tokens, self.num_heads, -1).transpose(1, 2) for proj in (self.query, self.key, self.value)
+        )
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (B, H, N, D_S / H)
+        return self.attn_out(context.transpose(1, 2).reshape(batch, tokens, width))
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ffn_out(self.act(self.ffn_in(x)))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_position == "pre":
+            x = x + self.attention(self.attn_norm(x), key_mask)
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.attn_norm(x + self.attention(x, key_mask))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class LadderSideNetwork(nn.Module):
+    """Gated down-projections, side blocks, a final LayerNorm and the side task head (``W_S`` in Eq. 3)."""
+
+    def __init__(
+        self,
+        encoder: EncoderMap,
+        side_layers: list[int],
+        reduction_factor: int,
+        gate_init: float,
+        gate_temperature: float,
+        num_outputs: int | None,
+    ):
+        super().__init__()
+        self.side_layers = list(side_layers)
+        self.width = max(1, encoder.hidden_size // reduction_factor)
+        self.gate_temperature = gate_temperature
+        heads = side_head_count(self.width, encoder.num_heads)
+        intermediate = max(1, encoder.intermediate_size // reduction_factor)
+        self.embed_down = nn.Linear(encoder.hidden_size, self.width)
+        self.downs = nn.ModuleList(nn.Linear(encoder.hidden_size, self.width) for _ in self.side_layers)
+        self.gate_logits = nn.Parameter(torch.full((len(self.side_layers),), float(gate_init)))
+        self.blocks = nn.ModuleList(
+            SideBlock(self.width, heads, intermediate, encoder.activation, encoder.norm_eps, encoder.norm_position)
+            for _ in self.side_layers
+        )
+        self.final_norm = nn.LayerNorm(self.width, eps=encoder.norm_eps)
+        self.head = nn.Linear(self.width, num_outputs) if num_outputs else None
+
+    def gates(self) -> torch.Tensor:
+        """g_l = sigmoid(alpha_l / T), one per side layer."""
+        return torch.sigmoid(self.gate_logits / self.gate_temperature)
+
+    def forward(
+        self, embeddings: torch.Tensor, backbone_states: list[torch.Tensor], real: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run the ladder.
+
+        Args:
+            embeddings: (B, N, D_B) input of backbone layer 0, detached.
+            backbone_states: (B, N, D_B) outputs of the backbone's side layers, in order, detached.
+            real: (B, N) bool, True for real (non-padding) tokens.
+
+        Returns:
+            The side states s^l after each side block, each (B, N, D_S), and the final normalised state.
+        """
+        key_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, N): attend to real keys only
+        side = self.embed_down(embeddings)
+        side_states = []
+        for gate, down, block, state in zip(self.gates(), self.downs, self.blocks, backbone_states):
+            side = gate * side + (1.0 - gate) * down(state)
+            side = block(side, key_mask)
+            side_states.append(side)
+        return side_states, self.final_norm(side)
+
+    def logits(self, final_state: torch.Tensor, real: torch.Tensor, per_token: bool) -> torch.Tensor:
+        """Side logits Y_S: the head on the pooled final state (paper: GAP), or on every token for token-level tasks."""
+        if per_token:
+            return self.head(final_state)  # (B, N, C)
+        return self.head(masked_mean(final_state, real))  # (B, C)
