@@ -90,7 +90,9 @@ def main() -> None:
     reloaded = AutoModelForSequenceClassification.from_pretrained(faded_dir)  # plain transformers, no mdpd_peft needed
     faded_accuracy = accuracy(reloaded, test, tokenizer, "eval faded model")
 
+    majority = max(sum(test["label"]), len(test) - sum(test["label"])) / len(test)
     print(f"\nMDPD on all-MiniLM-L6-v2, {len(train)} training sentences, {len(test)} test sentences")
+    print(f"  majority class (floor)     {majority:.3f}")
     print(f"  side network accuracy      {side_accuracy:.3f}")
     print(f"  backbone path accuracy     {backbone_accuracy:.3f}")
     print(f"  faded model (reloaded)     {faded_accuracy:.3f}  ({type(reloaded).__name__} saved in {faded_dir})")
