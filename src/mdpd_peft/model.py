@@ -33,13 +33,16 @@ class ForwardCapture:
     layer_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
-def hidden_states_of(args: tuple, kwargs: dict, output=None) -> torch.Tensor:
-    """The hidden-state tensor of an encoder layer's input (args/kwargs) or output (tensor or tuple)."""
-    if output is not None:
-        return output if isinstance(output, torch.Tensor) else output[0]
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states an encoder layer is called with (positionally or as ``hidden_states=``)."""
     if args:
         return args[0]
     return kwargs.get("hidden_states", next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
+
+
+def layer_output(output) -> torch.Tensor:
+    """The hidden states an encoder layer returns (a tensor, or the first item of a tuple)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
@@ -274,12 +277,12 @@ class MDPDModel(BaseTuner):
 
     def _capture_embeddings(self, module, args, kwargs):
         if self._capture is not None:
-            self._capture.embeddings = hidden_states_of(args, kwargs).detach()
+            self._capture.embeddings = layer_input(args, kwargs).detach()
 
     def _capture_layer_output(self, index: int):
         def hook(module, args, output):
             if self._capture is not None:
-                self._capture.layer_outputs[index] = hidden_states_of(args, {}, output).detach()
+                self._capture.layer_outputs[index] = layer_output(output).detach()
 
         return hook
 
