@@ -94,3 +94,11 @@ def test_pruned_init_copies_backbone_channels_and_random_does_not():
     assert all(rows_found)
     random = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_init="random")).base_model
     assert not torch.equal(random.mdpd_side["default"].blocks[0].query.weight, block.query.weight)
+
+
+def test_config_overrides_the_generic_rules():
+    config = MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, layers_path="bert.encoder.layer", norm_position="pre")
+    peft_model = check_train_and_fade(tiny_text_model(), config, text_batch())
+    encoder = peft_model.base_model.mdpd_encoders["default"]
+    assert (encoder.layers_path, encoder.norm_position) == ("bert.encoder.layer", "pre")
+    assert peft_model.base_model.mdpd_side["default"].blocks[0].norm_position == "pre"
