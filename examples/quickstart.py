@@ -37,7 +37,7 @@ def batches(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0):
 def accuracy(model, dataset, tokenizer, desc: str) -> float:
     model.eval()
     correct = 0
-    for batch in tqdm(list(batches(dataset, tokenizer, 64, shuffle=False)), desc=desc, leave=False):
+    for batch in tqdm(batches(dataset, tokenizer, 64, shuffle=False), total=-(-len(dataset) // 64), desc=desc, leave=False):
         labels = batch.pop("labels")
         correct += (model(**batch).logits.argmax(-1) == labels).sum().item()
     return correct / len(dataset)

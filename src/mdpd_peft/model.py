@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner
+from peft.tuners.tuners_utils import BaseTuner, _get_submodules
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers.utils import ModelOutput
@@ -339,6 +339,6 @@ class MDPDModel(BaseTuner):
         if not merge:
             for name, module in list(self.model.named_modules()):
                 if isinstance(module, ModulesToSaveWrapper):
-                    parent = self.model.get_submodule(name.rpartition(".")[0])
-                    setattr(parent, name.rpartition(".")[2], module.original_module)
+                    parent, _, child_name = _get_submodules(self.model, name)
+                    self._replace_module(parent, child_name, module.original_module, module)
         return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
