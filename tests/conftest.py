@@ -32,6 +32,16 @@ def tiny_text_model(family: str = "bert", task: str = "seq_cls", num_labels: int
     return model.eval()
 
 
+def tiny_mdpd_model(adapter_name: str = "default", **config_kwargs):
+    """``tiny_text_model()`` under MDPD for sequence classification at r=4 (side width 16)."""
+    from peft import get_peft_model
+
+    from mdpd_peft import MDPDConfig
+
+    config = MDPDConfig(task_type="SEQ_CLS", **{"reduction_factor": 4, **config_kwargs})
+    return get_peft_model(tiny_text_model(), config, adapter_name=adapter_name)
+
+
 def tiny_vit(num_labels: int = 4, seed: int = 0):
     """A 4-layer random ViT over 16x16 single-channel images in 4x4 patches (16 patches + CLS)."""
     torch.manual_seed(seed)

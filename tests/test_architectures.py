@@ -6,7 +6,7 @@ from peft import get_peft_model
 
 from mdpd_peft import MDPDConfig
 from mdpd_peft.architecture import map_encoder
-from conftest import image_batch, text_batch, tiny_text_model, tiny_vit, train_steps
+from conftest import image_batch, text_batch, tiny_mdpd_model, tiny_text_model, tiny_vit, train_steps
 
 
 def check_train_and_fade(model, config, batch):
@@ -85,14 +85,13 @@ def test_generic_mapping(family, layers_path, norm_position):
 
 
 def test_pruned_init_copies_backbone_channels_and_random_does_not():
-    model = tiny_text_model()
-    pruned = get_peft_model(model, MDPDConfig(task_type="SEQ_CLS", reduction_factor=4)).base_model
+    pruned = tiny_mdpd_model().base_model
     block = pruned.mdpd_side["default"].blocks[0]
     backbone_query = tiny_text_model().bert.encoder.layer[0].attention.self.query.weight
     # every pruned row is a sub-row of the backbone's weight: its values occur in the matching backbone row
     rows_found = [any(set(row.tolist()) <= set(brow.tolist()) for brow in backbone_query) for row in block.query.weight.detach()]
     assert all(rows_found)
-    random = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_init="random")).base_model
+    random = tiny_mdpd_model(side_init="random").base_model
     assert not torch.equal(random.mdpd_side["default"].blocks[0].query.weight, block.query.weight)
 
 

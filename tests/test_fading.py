@@ -4,15 +4,13 @@ import subprocess
 import sys
 
 import torch
-from peft import get_peft_model
 from transformers import BertForSequenceClassification
 
-from mdpd_peft import MDPDConfig
-from conftest import text_batch, tiny_text_model, train_steps
+from conftest import text_batch, tiny_mdpd_model, tiny_text_model, train_steps
 
 
 def trained_peft_model():
-    model = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4))
+    model = tiny_mdpd_model()
     train_steps(model, text_batch(), steps=3)
     return model.eval()
 

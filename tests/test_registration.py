@@ -3,11 +3,11 @@ import pathlib
 import subprocess
 
 import pytest
-from peft import PeftConfig, PeftType, get_peft_model
+from peft import PeftConfig, PeftType
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
 import mdpd_peft
-from conftest import tiny_text_model
+from conftest import tiny_mdpd_model
 
 ENUM_EXTENSION = pathlib.Path(mdpd_peft.__file__).with_name("enum_extension.py")
 
@@ -24,7 +24,7 @@ def test_import_registers_mdpd():
 def test_reimport_is_safe():
     importlib.reload(mdpd_peft)
     mdpd_peft.register()
-    model = get_peft_model(tiny_text_model(), mdpd_peft.MDPDConfig(task_type="SEQ_CLS", reduction_factor=4))
+    model = tiny_mdpd_model()
     assert isinstance(model.base_model, mdpd_peft.MDPDModel)
 
 

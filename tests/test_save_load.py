@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from peft import PeftModel, get_peft_model
+from peft import PeftModel
 from safetensors.torch import load_file
 
 from mdpd_peft import MDPDConfig
-from conftest import text_batch, tiny_text_model, train_steps
+from conftest import text_batch, tiny_mdpd_model, tiny_text_model, train_steps
 
 
 def trained(adapter_name="default"):
-    model = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4), adapter_name=adapter_name)
+    model = tiny_mdpd_model(adapter_name)
     train_steps(model, text_batch(), steps=3)
     return model
 

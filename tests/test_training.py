@@ -4,19 +4,13 @@ import math
 
 import pytest
 import torch
-from peft import get_peft_model
 
-from mdpd_peft import MDPDConfig
 from mdpd_peft.distillation import sample_token_mask
-from conftest import text_batch, tiny_text_model, train_steps
-
-
-def make(**kwargs):
-    return get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, **kwargs))
+from conftest import text_batch, tiny_mdpd_model, train_steps
 
 
 def test_gradients_reach_exactly_the_trainable_set():
-    model = make()
+    model = tiny_mdpd_model()
     model.train()
     model(**text_batch()).loss.backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -30,7 +24,7 @@ def test_gradients_reach_exactly_the_trainable_set():
 
 
 def test_frozen_weights_never_move_and_trainables_do():
-    model = make()
+    model = tiny_mdpd_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train_steps(model, text_batch(), steps=4)
     for name, param in model.named_parameters():
@@ -39,7 +33,7 @@ def test_frozen_weights_never_move_and_trainables_do():
 
 
 def test_every_loss_term_is_finite_and_non_zero_and_sums_to_the_loss():
-    model = make()
+    model = tiny_mdpd_model()
     model.train()
     output = model(**text_batch(batch=8, length=24))
     terms = output.mdpd_losses
@@ -53,7 +47,7 @@ def test_every_loss_term_is_finite_and_non_zero_and_sums_to_the_loss():
 
 def test_side_path_sends_no_gradient_into_the_backbone():
     """With the logits path off, only the side network learns: its input from the backbone is detached."""
-    model = make(logits_loss_weight=0.0)
+    model = tiny_mdpd_model(logits_loss_weight=0.0)
     model.train()
     model(**text_batch()).loss.backward()
     backbone_grads = [n for n, p in model.named_parameters() if ("mdpd_copies" in n or "modules_to_save" in n) and p.grad is not None and p.grad.abs().sum() > 0]
@@ -73,7 +67,7 @@ def test_masked_generation_masks_only_real_tokens_and_about_lambda_of_them():
 
 def test_padding_tokens_do_not_change_the_loss_terms_of_real_tokens():
     """Extra padding changes neither the side logits nor the shallow (unmasked) distillation term."""
-    model = make(eval_path="side")
+    model = tiny_mdpd_model(eval_path="side")
     short = text_batch(batch=4, length=12, pad_from=None)
     padded = {k: v.clone() for k, v in short.items()}
     padded["input_ids"] = torch.cat([short["input_ids"], torch.zeros(4, 8, dtype=torch.long)], dim=1)
@@ -84,5 +78,5 @@ def test_padding_tokens_do_not_change_the_loss_terms_of_real_tokens():
 
 
 def test_gate_values_start_at_an_even_mix():
-    model = make()
+    model = tiny_mdpd_model()
     torch.testing.assert_close(model.base_model.gate_values(), torch.full((4,), 0.5))
