@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +85,33 @@ def train_steps(peft_model, batch: dict, steps: int = 3, lr: float = 1e-2):
         output.loss.backward()
         optimizer.step()
     return output
+
+
+def assert_loads_without_mdpd_peft(folder: Path, batch: dict, expected_logits: torch.Tensor, auto_class: str) -> str:
+    """Load ``folder`` with ``transformers.<auto_class>`` where ``import mdpd_peft`` fails; logits equal; the class name."""
+    check = folder.parent / f"{folder.name}-check.pt"
+    torch.save({"batch": batch, "expected": expected_logits}, check)
+    script = f"""
+import sys
+sys.modules["mdpd_peft"] = None  # any import of our package now fails
+try:
+    import mdpd_peft
+    raise SystemExit("mdpd_peft was importable")
+except ImportError:
+    pass
+import torch
+import transformers
+model = transformers.{auto_class}.from_pretrained({str(folder)!r}).eval()
+check = torch.load({str(check)!r})
+with torch.no_grad():
+    logits = model(**check["batch"]).logits
+torch.testing.assert_close(logits, check["expected"], rtol=0, atol=0)
+assert "mdpd_peft" not in {{m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}}
+print(type(model).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=folder.parent)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture(scope="session")

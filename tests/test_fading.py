@@ -1,12 +1,9 @@
 """Fading: merge_and_unload returns the plain transformers model that the backbone path computed."""
 
-import subprocess
-import sys
-
 import torch
 from transformers import BertForSequenceClassification
 
-from conftest import text_batch, tiny_mdpd_model, tiny_text_model, train_steps
+from conftest import assert_loads_without_mdpd_peft, text_batch, tiny_mdpd_model, tiny_text_model, train_steps
 
 
 def trained_peft_model():
@@ -61,29 +58,9 @@ def test_faded_folder_loads_without_mdpd_peft(tmp_path):
     with torch.no_grad():
         expected = peft_model(**batch).logits
     peft_model.merge_and_unload().save_pretrained(tmp_path / "faded")
-    torch.save({"batch": batch, "expected": expected}, tmp_path / "check.pt")
     assert (tmp_path / "faded" / "model.safetensors").exists()
-    script = f"""
-import sys
-sys.modules["mdpd_peft"] = None  # any import of our package now fails
-try:
-    import mdpd_peft
-    raise SystemExit("mdpd_peft was importable")
-except ImportError:
-    pass
-import torch
-from transformers import AutoModelForSequenceClassification
-model = AutoModelForSequenceClassification.from_pretrained({str(tmp_path / "faded")!r}).eval()
-check = torch.load({str(tmp_path / "check.pt")!r})
-with torch.no_grad():
-    logits = model(**check["batch"]).logits
-assert type(model).__name__ == "BertForSequenceClassification"
-torch.testing.assert_close(logits, check["expected"], rtol=0, atol=0)
-assert "mdpd_peft" not in {{m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}}
-print("ok")
-"""
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert result.stdout.strip().endswith("ok"), result.stderr
+    loaded_class = assert_loads_without_mdpd_peft(tmp_path / "faded", batch, expected, "AutoModelForSequenceClassification")
+    assert loaded_class == "BertForSequenceClassification"
 
 
 def test_eval_path_side_predicts_with_the_side_head():

@@ -1,0 +1,86 @@
+"""The model card (README.md) of a faded model: Hub metadata plus how MDPD trained it."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .config import MDPDConfig
+
+TAGS = ["mdpd", "side-network-distillation"]
+HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+def hub_id_or_none(name_or_path: str | None) -> str | None:
+    """``base_model`` metadata only makes sense for a Hub id, never for a local folder."""
+    if not name_or_path or os.path.isdir(name_or_path) or not HUB_ID.match(name_or_path):
+        return None
+    return name_or_path
+
+
+def faded_model_card(
+    config: MDPDConfig,
+    model_class: str,
+    metrics: dict[str, float],
+    metric_names: list[str],
+    trainable_parameters: int,
+    total_parameters: int,
+    peak_training_memory_bytes: int | None,
+    memory_device: str | None,
+    datasets: list[str] | None = None,
+    extra_tags: list[str] | None = None,
+    model_name: str | None = None,
+) -> ModelCard:
+    """A card whose YAML says ``library_name: transformers`` (the faded model needs nothing else).
+
+    ``metrics`` are the figures for the table (faded and side path); ``metric_names`` go to the metadata.
+    """
+    data = ModelCardData(
+        library_name="transformers",
+        base_model=hub_id_or_none(config.base_model_name_or_path),
+        tags=TAGS + [tag for tag in (extra_tags or []) if tag not in TAGS],
+        datasets=datasets or None,
+        metrics=metric_names or None,
+    )
+    base = config.base_model_name_or_path or "a transformers encoder"
+    memory = (
+        f"{peak_training_memory_bytes / 2**20:.1f} MiB ({memory_device}; tensors allocated during one optimizer "
+        "step, weights excluded)"
+        if peak_training_memory_bytes is not None
+        else "not measured"
+    )
+    lines = [
+        f"# {model_name or model_class}",
+        "",
+        f"A plain `{model_class}` fine-tuned from `{base}` with **Masked Dual Path Distillation (MDPD)** "
+        "and faded: a ladder side network trained beside the frozen encoder taught the backbone's "
+        "LayerNorms and task head through logits distillation, then was dropped. The model has the base "
+        "architecture and loads with `transformers` alone; inference costs what the base model costs.",
+        "",
+        "## Training",
+        "",
+        f"- method: MDPD (mdpd-peft), reduction factor r = {config.reduction_factor}, "
+        f"mask ratio λ = {config.mask_ratio}, loss weights shallow/deep/logits = "
+        f"{config.shallow_loss_weight:g}/{config.deep_loss_weight:g}/{config.logits_loss_weight:g}",
+        f"- trainable parameters during training: {trainable_parameters:,} of {total_parameters:,} "
+        f"({100 * trainable_parameters / total_parameters:.2f}%)",
+        f"- peak training memory: {memory}",
+        "",
+        "## Evaluation",
+        "",
+        "The faded model is what this repository contains; the side network's figures show what fading kept.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {name} | {value:.4f} |" for name, value in metrics.items()),
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModel  # or the AutoModelFor... class of the task",
+        'model = AutoModel.from_pretrained("<this repository>")',
+        "```",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")

@@ -1,0 +1,226 @@
+"""MDPDTrainer: a transformers Trainer that logs every MDPD loss term, evaluates both paths and ships faded models."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from collections import defaultdict
+
+import torch
+from huggingface_hub import HfApi
+from peft import PeftModel
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_pt_utils import nested_gather
+from transformers.trainer_utils import speed_metrics
+
+from .memory import PeakMemory
+from .model import MDPDModel
+from .model_card import faded_model_card
+
+EVAL_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
+SPEED_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
+# Adapter files that an earlier checkpoint push (``hub_strategy``) may have left in the repository: with them
+# there, transformers would try to load the repository as a PEFT adapter instead of as the faded model.
+ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+
+
+class FirstStepPeakMemory(TrainerCallback):
+    """Peak tensor memory of the run's first optimizer step: forward, backward and optimizer step.
+
+    Measured once (``PeakMemory``: CUDA's allocator peak, or live tensor bytes on CPU), above what was
+    allocated when the step began, so weights are excluded and the new optimizer state is included.
+    """
+
+    def __init__(self) -> None:
+        self.peak_bytes: int | None = None
+        self.device: str | None = None
+        self._meter: PeakMemory | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.peak_bytes is None and self._meter is None:
+            self._meter = PeakMemory(args.device)
+            self._meter.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._meter is not None:
+            self.peak_bytes, self.device = self._meter.stop(), str(args.device)
+            self._meter = None
+
+    on_train_end = on_step_end  # never leave the meter running after an interrupted first step
+
+
+class MDPDTrainer(Trainer):
+    """A ``transformers.Trainer`` for models from ``get_peft_model(model, MDPDConfig(...))``.
+
+    - Training optimises the model's combined MDPD loss and logs its terms as ``loss_task``,
+      ``loss_shallow``, ``loss_deep``, ``loss_logits`` (unweighted means since the last log) and the
+      ladder gates as ``gate_<layer>``, at ``logging_steps`` like ``loss``.
+    - ``evaluate()`` runs both paths with the user's ``compute_metrics``: ``eval_faded_<metric>`` is the
+      backbone path (exactly what ``merge_and_unload()`` ships), ``eval_side_<metric>`` the side network.
+      ``metric_for_best_model="loss"`` (the Trainer's default) means the faded model's loss.
+    - Checkpoints are PEFT adapter checkpoints (side network, distillation modules, backbone
+      trainables) plus the Trainer's optimizer, scheduler and RNG state, so ``resume_from_checkpoint``
+      continues the run exactly.
+    - ``save_faded_model()`` writes the plain faded model with a model card; ``push_to_hub()`` pushes that
+      folder, not the adapter (``PeftModel.push_to_hub`` still pushes the adapter with PEFT's card).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._mdpd_model()  # fail early on a model without an MDPD adapter
+        self.model_accepts_loss_kwargs = False  # the combined loss is a per-batch mean: scale it for accumulation
+        if self.args.metric_for_best_model in ("loss", "eval_loss"):
+            self.args.metric_for_best_model = "faded_loss"
+        self._loss_term_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
+        self._loss_term_batches = 0
+        self.step_memory = FirstStepPeakMemory()
+        self.add_callback(self.step_memory)
+        self.last_eval_metrics: dict[str, float] = {}
+        self._last_eval_prefix = "eval"
+
+    def _peft_model(self) -> PeftModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _mdpd_model(self) -> MDPDModel:
+        model = self._peft_model()
+        if not isinstance(model, PeftModel) or not isinstance(model.base_model, MDPDModel):
+            raise TypeError(
+                f"MDPDTrainer needs a model returned by get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}."
+            )
+        return model.base_model
+
+    # --------------------------------------------------------------------------------------- training
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        terms = getattr(outputs, "mdpd_losses", None)
+        if terms is not None:
+            for name, value in terms.items():
+                self._loss_term_sums[name] += value.detach().float()
+            self._loss_term_batches += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Training logs (those with ``loss``) gain the MDPD loss terms and the gates."""
+        if "loss" in logs and self._loss_term_batches:
+            for name, total in self._loss_term_sums.items():
+                logs[f"loss_{name}"] = nested_gather(total / self._loss_term_batches, self.args.parallel_mode).mean().item()
+            self._loss_term_sums.clear()
+            self._loss_term_batches = 0
+            mdpd = self._mdpd_model()
+            side = mdpd.mdpd_side[mdpd.active_adapters[0]]
+            for layer, gate in zip(side.side_layers, mdpd.gate_values().tolist()):
+                logs[f"gate_{layer}"] = gate
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate the faded (backbone) path and the side path on the same data; one log, one ``on_evaluate``."""
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, dict):  # Trainer.evaluate calls back here once per named dataset
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+        self._memory_tracker.start()
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        mdpd = self._mdpd_model()
+        config = mdpd.peft_config[mdpd.active_adapters[0]]
+        previous_path = config.eval_path
+        metrics: dict[str, float] = {}
+        start_time = time.time()
+        try:
+            for name, path in EVAL_PATHS.items():
+                mdpd.set_eval_path(path)
+                output = self.evaluation_loop(
+                    dataloader,
+                    description=f"Evaluation ({name} path)",
+                    prediction_loss_only=True if self.compute_metrics is None else None,
+                    ignore_keys=ignore_keys,
+                    metric_key_prefix=f"{metric_key_prefix}_{name}",
+                )
+                metrics.update(output.metrics)
+        finally:
+            mdpd.set_eval_path(previous_path)
+        batch_size = self.args.eval_batch_size * self.args.world_size
+        steps = len(EVAL_PATHS) * math.ceil(output.num_samples / batch_size)
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(EVAL_PATHS) * output.num_samples, num_steps=steps))
+
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)
+        self.last_eval_metrics, self._last_eval_prefix = metrics, metric_key_prefix
+        return metrics
+
+    # ---------------------------------------------------------------------------------- faded models
+
+    def save_faded_model(self, output_dir: str | None = None, **card_kwargs) -> str:
+        """Fade a copy of the model and save it, the processor and a model card; training can go on.
+
+        Writes ``config.json``, ``model.safetensors``, the tokenizer or image processor given to the
+        Trainer, and ``README.md`` (see ``model_card``; ``card_kwargs``: ``datasets``, ``tags``,
+        ``model_name``). Returns the folder (default ``<output_dir>/faded``). Only the main process writes.
+        """
+        output_dir = output_dir or os.path.join(self.args.output_dir, "faded")
+        if not self.args.should_save:
+            return output_dir
+        faded = copy.deepcopy(self._peft_model()).merge_and_unload()
+        faded.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        self.faded_model_card(type(faded).__name__, **card_kwargs).save(os.path.join(output_dir, "README.md"))
+        return output_dir
+
+    def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None):
+        mdpd = self._mdpd_model()
+        trainable, total = self._peft_model().get_nb_trainable_parameters()
+        prefixes = tuple(f"{self._last_eval_prefix}_{name}_" for name in EVAL_PATHS)
+        metrics = {
+            k: v for k, v in self.last_eval_metrics.items() if k.startswith(prefixes) and not k.endswith(SPEED_METRICS)
+        }
+        metric_names = [k.removeprefix(prefixes[0]) for k in metrics if k.startswith(prefixes[0])]
+        return faded_model_card(
+            mdpd.peft_config[mdpd.active_adapters[0]],
+            model_class,
+            metrics,
+            [name for name in metric_names if name != "loss"],
+            trainable,
+            total,
+            self.step_memory.peak_bytes,
+            self.step_memory.device,
+            datasets=[datasets] if isinstance(datasets, str) else datasets,
+            extra_tags=[tags] if isinstance(tags, str) else tags,
+            model_name=model_name,
+        )
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **card_kwargs,
+    ):
+        """Push the faded model (``save_faded_model``) to ``args.hub_model_id``, with its model card.
+
+        The repository then holds a plain transformers model; adapter files an earlier checkpoint push
+        left there are deleted in the same commit. ``card_kwargs`` go to the model card.
+        """
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        folder = self.save_faded_model(os.path.join(self.args.output_dir, "faded"), **card_kwargs)
+        if not self.is_world_process_zero():
+            return None
+        self._finish_current_push()
+        return HfApi(library_name="mdpd-peft").upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=folder,
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            revision=revision if revision is not None else self.args.hub_revision,
+            delete_patterns=ADAPTER_FILES,
+        )

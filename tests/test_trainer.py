@@ -1,0 +1,171 @@
+"""MDPDTrainer: loss-term logging, two-path evaluation, exact resume, faded model + card, Hub push without network."""
+
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from datasets import Dataset
+from huggingface_hub import HfApi, RepoUrl
+from transformers import AutoTokenizer, TrainingArguments
+
+from conftest import VOCAB, assert_loads_without_mdpd_peft, text_batch, tiny_mdpd_model
+from mdpd_peft import MDPDTrainer
+
+
+def token_dataset(rows: int = 48, length: int = 12, seed: int = 0) -> Dataset:
+    generator = np.random.RandomState(seed)
+    mask = np.ones((rows, length), dtype=np.int64)
+    mask[::3, length // 2 :] = 0  # every third row padded
+    return Dataset.from_dict(
+        {
+            "input_ids": generator.randint(5, VOCAB, (rows, length)).tolist(),
+            "attention_mask": mask.tolist(),
+            "labels": generator.randint(0, 3, rows).tolist(),
+        }
+    )
+
+
+def accuracy(prediction) -> dict:
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def make_trainer(output_dir, max_steps: int = 4, processing_class=None, **arguments) -> MDPDTrainer:
+    args = TrainingArguments(
+        str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-2,
+        logging_steps=2,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        **arguments,
+    )
+    return MDPDTrainer(
+        model=tiny_mdpd_model(),
+        args=args,
+        train_dataset=token_dataset(),
+        eval_dataset=token_dataset(rows=32, seed=1),
+        compute_metrics=accuracy,
+        processing_class=processing_class,
+    )
+
+
+def trainable_state(trainer: MDPDTrainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_training_logs_every_loss_term_and_the_gates(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 2
+    for entry in logged:
+        for name in ("loss_task", "loss_shallow", "loss_deep", "loss_logits", "gate_0", "gate_3"):
+            assert np.isfinite(entry[name]), name
+        assert 0 < entry["gate_0"] < 1
+
+
+def test_evaluate_reports_the_faded_and_the_side_path(tmp_path):
+    trainer = make_trainer(tmp_path)
+    trainer.train()
+    metrics = trainer.evaluate()
+    for name in ("eval_faded_loss", "eval_faded_accuracy", "eval_side_loss", "eval_side_accuracy"):
+        assert name in metrics
+    assert trainer.model.base_model.peft_config["default"].eval_path == "backbone"  # restored afterwards
+
+    # The faded figure is the faded model's: fade a copy and measure it directly.
+    faded = trainer.save_faded_model(tmp_path / "faded")
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(faded).eval()
+    data = token_dataset(rows=32, seed=1)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
+    expected = (logits.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
+    assert metrics["eval_faded_accuracy"] == pytest.approx(expected)
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    uninterrupted = make_trainer(tmp_path / "a", max_steps=6, save_steps=3)
+    uninterrupted.train()
+    expected = trainable_state(uninterrupted)
+
+    resumed = make_trainer(tmp_path / "b", max_steps=6, save_steps=3)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-3"))
+    actual = trainable_state(resumed)
+    assert actual.keys() == expected.keys()
+    assert any("mdpd_side" in name for name in actual) and any("mdpd_copies" in name for name in actual)
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+
+
+def test_save_faded_model_writes_model_tokenizer_and_card(tmp_path, minilm_path):
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    trainer = make_trainer(tmp_path, processing_class=tokenizer)
+    trainer.train()
+    trainer.evaluate()
+    folder = Path(trainer.save_faded_model(datasets=["rotten_tomatoes"]))
+    assert folder == tmp_path / "faded"
+    files = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= files
+    assert not any(name.startswith("adapter_") for name in files)
+
+    card = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "transformers"
+    assert {"mdpd", "side-network-distillation"} <= set(metadata["tags"])
+    assert metadata["datasets"] == ["rotten_tomatoes"]
+    assert metadata["metrics"] == ["accuracy"]
+    assert "base_model" not in metadata  # the base was built in memory, not loaded from the Hub
+    assert "r = 4" in card and "λ = 0.5" in card
+    assert "eval_faded_accuracy" in card and "eval_side_accuracy" in card
+    assert "trainable parameters" in card and "MiB" in card
+
+
+def test_push_to_hub_uploads_the_faded_model_that_loads_without_mdpd_peft(tmp_path):
+    uploads = []
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploads.append({"repo_id": repo_id, "files": sorted(p.name for p in Path(folder_path).iterdir()), **kwargs})
+        shutil.copytree(folder_path, tmp_path / "hub" / repo_id)  # what the Hub would now serve
+        return "https://huggingface.co/user/tiny-mdpd/commit/0"
+
+    def no_commit(self, *args, **kwargs):
+        raise AssertionError("create_commit must not be reached: upload_folder is the only upload")
+
+    with (
+        mock.patch.object(HfApi, "create_repo", return_value=RepoUrl("https://huggingface.co/user/tiny-mdpd")) as create_repo,
+        mock.patch.object(HfApi, "upload_folder", upload_folder),
+        mock.patch.object(HfApi, "create_commit", no_commit),
+    ):
+        trainer = make_trainer(tmp_path / "run", hub_model_id="user/tiny-mdpd")
+        trainer.train()
+        trainer.evaluate()
+        trainer.push_to_hub(datasets="rotten_tomatoes")
+
+    assert create_repo.call_args.args[0] == "user/tiny-mdpd"
+    (upload,) = uploads
+    assert upload["repo_id"] == "user/tiny-mdpd"
+    assert upload["files"] == ["README.md", "config.json", "model.safetensors"]
+    assert "adapter_config.json" in upload["delete_patterns"]
+
+    peft_model = trainer.model.eval()
+    batch = text_batch(num_labels=3)
+    with torch.no_grad():
+        expected = peft_model(**batch).logits
+    pushed = tmp_path / "hub" / "user" / "tiny-mdpd"
+    assert assert_loads_without_mdpd_peft(pushed, batch, expected, "AutoModelForSequenceClassification") == "BertForSequenceClassification"
+
+
+def test_trainer_rejects_a_model_without_an_mdpd_adapter(tmp_path):
+    from conftest import tiny_text_model
+
+    with pytest.raises(TypeError, match=r"get_peft_model\(model, MDPDConfig"):
+        MDPDTrainer(model=tiny_text_model(), args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
