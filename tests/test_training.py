@@ -37,17 +37,24 @@ def test_every_loss_term_is_finite_and_non_zero_and_sums_to_the_loss():
     model.train()
     output = model(**text_batch(batch=8, length=24))
     terms = output.mdpd_losses
-    assert set(terms) == {"task", "shallow", "deep", "logits"}
+    assert set(terms) == {"task", "shallow", "deep", "logits", "backbone_task"}
     for name, value in terms.items():
         assert math.isfinite(value.item()) and value.item() > 0, name
     config = model.peft_config["default"]
-    expected = terms["task"] + config.shallow_loss_weight * terms["shallow"] + config.deep_loss_weight * terms["deep"] + config.logits_loss_weight * terms["logits"]
+    weights = {
+        "task": 1.0,
+        "shallow": config.shallow_loss_weight,
+        "deep": config.deep_loss_weight,
+        "logits": config.logits_loss_weight,
+        "backbone_task": config.backbone_task_loss_weight,
+    }
+    expected = sum(weights[name] * value for name, value in terms.items())
     torch.testing.assert_close(output.loss, expected)
 
 
 def test_side_path_sends_no_gradient_into_the_backbone():
-    """With the logits path off, only the side network learns: its input from the backbone is detached."""
-    model = tiny_mdpd_model(logits_loss_weight=0.0)
+    """With both backbone terms off, only the side network learns: its input from the backbone is detached."""
+    model = tiny_mdpd_model(logits_loss_weight=0.0, backbone_task_loss_weight=0.0)
     model.train()
     model(**text_batch()).loss.backward()
     backbone_grads = [n for n, p in model.named_parameters() if ("mdpd_copies" in n or "modules_to_save" in n) and p.grad is not None and p.grad.abs().sum() > 0]
@@ -80,3 +87,11 @@ def test_padding_tokens_do_not_change_the_loss_terms_of_real_tokens():
 def test_gate_values_start_at_an_even_mix():
     model = tiny_mdpd_model()
     torch.testing.assert_close(model.base_model.gate_values(), torch.full((4,), 0.5))
+
+
+def test_a_pooler_in_modules_to_save_trains_beside_the_head():
+    """The side head takes its size from the task head, not from another saved module listed first."""
+    model = tiny_mdpd_model(modules_to_save=["pooler", "classifier"])
+    output = train_steps(model, text_batch(), steps=2)
+    assert model.base_model.mdpd_side["default"].head.out_features == 3
+    assert math.isfinite(output.loss.item())

@@ -53,6 +53,12 @@ class MDPDConfig(PeftConfig):
         shallow_loss_weight: Weight of the shallow-layer imitation loss (Eq. 4). Paper: 4e-5.
         deep_loss_weight: Weight of the deep-layer masked generation loss (Eq. 7). Paper: 6e-5.
         logits_loss_weight: Weight of the side-to-backbone logits loss (Eq. 3). Paper: 1e-4.
+        backbone_task_loss_weight: Weight of the task loss on the backbone's own logits, beside Eq. 3.
+            **Not in the paper** (there the backbone learns from Eq. 3 alone); 0.0 gives the paper's
+            recipe. Measured on all-MiniLM-L6-v2 + Rotten Tomatoes (3,000 sentences, 2 epochs): with
+            Eq. 3 alone the backbone head regresses to the side logits' mean and the faded model
+            predicts one class (test 0.585 = majority); with this term at 1.0 it reaches 0.773 with
+            the side network at 0.787. Default 1.0.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
@@ -89,6 +95,9 @@ class MDPDConfig(PeftConfig):
     shallow_loss_weight: float = field(default=4e-5, metadata={"help": "Weight of Eq. 4 (sum over tokens/channels, mean over batch)."})
     deep_loss_weight: float = field(default=6e-5, metadata={"help": "Weight of Eq. 7 (sum over tokens/channels, mean over batch)."})
     logits_loss_weight: float = field(default=1e-4, metadata={"help": "Weight of Eq. 3 (sum over logits, mean over batch)."})
+    backbone_task_loss_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the task loss on the backbone's own logits (0.0 = the paper: Eq. 3 alone)."}
+    )
     gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
     gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     target_modules: Optional[Union[list[str], str]] = field(
@@ -119,7 +128,7 @@ class MDPDConfig(PeftConfig):
             raise invalid("mask_ratio", self.mask_ratio, "a float in [0, 1)")
         if self.aligner_rank is not None and (not isinstance(self.aligner_rank, int) or self.aligner_rank < 1):
             raise invalid("aligner_rank", self.aligner_rank, "None or an integer >= 1")
-        for name in ("shallow_loss_weight", "deep_loss_weight", "logits_loss_weight"):
+        for name in ("shallow_loss_weight", "deep_loss_weight", "logits_loss_weight", "backbone_task_loss_weight"):
             if getattr(self, name) < 0:
                 raise invalid(name, getattr(self, name), "a float >= 0")
         if self.gate_temperature <= 0:

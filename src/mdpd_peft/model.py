@@ -69,13 +69,15 @@ def write_logits(output: ModelOutput, logits: torch.Tensor) -> None:
 
 
 def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> int | None:
-    """Output size of the task head (the last Linear of the first ``modules_to_save`` module found), or None."""
+    """Output size of the task head, or None: the last Linear of the *last* ``modules_to_save`` module found
+    (the head comes after, e.g., BERT's ``pooler`` in module order)."""
+    outputs = None
     for name, module in model.named_modules():
         if head_names and name.rsplit(".", 1)[-1] in head_names:
             linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
             if linears:
-                return linears[-1].out_features
-    return None
+                outputs = linears[-1].out_features
+    return outputs
 
 
 def default_norm_targets(model: nn.Module, head_names) -> set[str]:
@@ -104,7 +106,8 @@ class MDPDModel(BaseTuner):
 
     Beside the frozen encoder runs a trainable ladder side network (``LadderSideNetwork``); during
     training the two paths distil each other (``DualPathDistiller``, Eq. 1-7) and the loss of the
-    wrapped model's output becomes ``task(side logits) + w_sha * L_sha + w_deep * L_deep + w_log * L_log``.
+    wrapped model's output becomes ``task(side logits) + w_sha * L_sha + w_deep * L_deep + w_log * L_log
+    + w_bt * task(backbone logits)`` (the last term is ours, not the paper's: see ``MDPDConfig``).
     The backbone itself only trains adapter-held copies of ``target_modules`` (LayerNorms by default)
     and the ``modules_to_save`` task head. Everything runs in forward hooks on the base model's modules,
     so every PEFT task wrapper works, including ``task_type=None`` where PeftModel calls the base model
@@ -112,7 +115,7 @@ class MDPDModel(BaseTuner):
     skipped; ``merge_and_unload()`` returns the plain transformers model ("fading").
 
     Each output of a training forward pass carries ``mdpd_losses``: the unweighted ``task``,
-    ``shallow``, ``deep`` and ``logits`` terms, for logging.
+    ``shallow``, ``deep``, ``logits`` and ``backbone_task`` terms, for logging.
     """
 
     prefix: str = "mdpd_"
@@ -323,6 +326,11 @@ class MDPDModel(BaseTuner):
         if task is not None:
             losses = {"task": task, **losses}
             total = total + task
+        backbone_task = output.get("loss")  # the wrapped model's own loss on its own logits, when it got labels
+        if backbone_task is not None and config.backbone_task_loss_weight:
+            # Not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits (see MDPDConfig).
+            losses["backbone_task"] = backbone_task
+            total = total + config.backbone_task_loss_weight * backbone_task
         output["loss"] = total
         output.mdpd_losses = losses
         return output

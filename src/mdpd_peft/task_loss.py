@@ -1,7 +1,8 @@
 """The supervised task loss on the side network's logits, following transformers' own heads.
 
 MDPD trains the side network with the task loss (the side network's output is "the final output of
-the model during the training stage", section 3.1); the backbone head learns from Eq. 3. Which loss
+the model during the training stage", section 3.1); the backbone head learns from Eq. 3 and from the
+wrapped model's own loss (``MDPDConfig.backbone_task_loss_weight``). Which loss
 applies is decided the way transformers' ``*ForSequenceClassification`` / ``*ForTokenClassification``
 / ``*ForQuestionAnswering`` heads decide it, so the side head is trained on the same objective.
 """
