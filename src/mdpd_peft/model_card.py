@@ -20,6 +20,16 @@ def hub_id_or_none(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
+def evaluation_table(metrics: dict[str, float]) -> list[str]:
+    return [
+        "The faded model is what this repository contains; the side network's figures show what fading kept.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *(f"| {name} | {value:.4f} |" for name, value in metrics.items()),
+    ]
+
+
 def faded_model_card(
     config: MDPDConfig,
     model_class: str,
@@ -37,14 +47,15 @@ def faded_model_card(
 
     ``metrics`` are the figures for the table (faded and side path); ``metric_names`` go to the metadata.
     """
+    base_id = hub_id_or_none(config.base_model_name_or_path)
+    base = f"`{base_id}`" if base_id else "a local base model"
     data = ModelCardData(
         library_name="transformers",
-        base_model=hub_id_or_none(config.base_model_name_or_path),
+        base_model=base_id,
         tags=TAGS + [tag for tag in (extra_tags or []) if tag not in TAGS],
         datasets=datasets or None,
         metrics=metric_names or None,
     )
-    base = config.base_model_name_or_path or "a transformers encoder"
     memory = (
         f"{peak_training_memory_bytes / 2**20:.1f} MiB ({memory_device}; tensors allocated during one optimizer "
         "step, weights excluded)"
@@ -54,27 +65,26 @@ def faded_model_card(
     lines = [
         f"# {model_name or model_class}",
         "",
-        f"A plain `{model_class}` fine-tuned from `{base}` with **Masked Dual Path Distillation (MDPD)** "
-        "and faded: a ladder side network trained beside the frozen encoder taught the backbone's "
-        "LayerNorms and task head through logits distillation, then was dropped. The model has the base "
-        "architecture and loads with `transformers` alone; inference costs what the base model costs.",
+        f"A plain `{model_class}` fine-tuned from {base} with **Masked Dual Path Distillation (MDPD)** "
+        "and faded: a ladder side network trained beside the frozen encoder, the two paths distilled each "
+        "other, and the backbone's LayerNorms and task head learned from the side network's logits "
+        f"{'and from the task loss on their own logits ' if config.backbone_task_loss_weight else ''}"
+        "before the side network was dropped. The model has the base architecture and loads with "
+        "`transformers` alone; inference costs what the base model costs.",
         "",
         "## Training",
         "",
         f"- method: MDPD (mdpd-peft), reduction factor r = {config.reduction_factor}, "
         f"mask ratio λ = {config.mask_ratio}, loss weights shallow/deep/logits = "
-        f"{config.shallow_loss_weight:g}/{config.deep_loss_weight:g}/{config.logits_loss_weight:g}",
+        f"{config.shallow_loss_weight:g}/{config.deep_loss_weight:g}/{config.logits_loss_weight:g}, "
+        f"backbone task loss weight {config.backbone_task_loss_weight:g}",
         f"- trainable parameters during training: {trainable_parameters:,} of {total_parameters:,} "
         f"({100 * trainable_parameters / total_parameters:.2f}%)",
         f"- peak training memory: {memory}",
         "",
         "## Evaluation",
         "",
-        "The faded model is what this repository contains; the side network's figures show what fading kept.",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        *(f"| {name} | {value:.4f} |" for name, value in metrics.items()),
+        *(evaluation_table(metrics) if metrics else ["Not evaluated before saving."]),
         "",
         "## Use",
         "",
