@@ -9,11 +9,14 @@ method ships for inference. All methods train the task head; what else they trai
 - ``bitfit``: every bias.
 - ``side_kept``: MDPD's ladder side network alone, kept at inference (LST): no distillation, no fading.
 - ``mdpd``: MDPD with its defaults, faded to the base architecture.
+- ``mdpd_checkpointed`` / ``mdpd_head_only``: MDPD with ``fading="checkpointed"`` / ``"head_only"``
+  (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from peft import LNTuningConfig, LoraConfig, get_peft_model
@@ -54,8 +57,8 @@ def _side_kept(model: nn.Module) -> nn.Module:
     return get_peft_model(model, config)
 
 
-def _mdpd(model: nn.Module) -> nn.Module:
-    return get_peft_model(model, MDPDConfig(task_type="SEQ_CLS"))
+def _mdpd(model: nn.Module, **config) -> nn.Module:
+    return get_peft_model(model, MDPDConfig(task_type="SEQ_CLS", **config))
 
 
 METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -65,6 +68,8 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "bitfit": _bitfit,
     "side_kept": _side_kept,
     "mdpd": _mdpd,
+    "mdpd_checkpointed": partial(_mdpd, fading="checkpointed"),
+    "mdpd_head_only": partial(_mdpd, fading="head_only"),
 }
 
 

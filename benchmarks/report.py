@@ -22,6 +22,8 @@ NAMES = {
     "bitfit": "BitFit",
     "side_kept": "ladder side network kept (LST)",
     "mdpd": "MDPD, faded (defaults)",
+    "mdpd_checkpointed": "MDPD, checkpointed fading",
+    "mdpd_head_only": "MDPD, head-only fading",
     "probe": "linear probe (frozen encoder)",
 }
 

@@ -18,6 +18,7 @@ from conftest import tiny_text_model
         ({"side_init": "zeros"}, "side_init", "'pruned', 'random'"),
         ({"eval_path": "both"}, "eval_path", "'backbone', 'side'"),
         ({"norm_position": "middle"}, "norm_position", "'pre', 'post'"),
+        ({"fading": "later"}, "fading", "'backprop', 'checkpointed', 'head_only'"),
         ({"side_layers": []}, "side_layers", "non-empty list"),
         ({"side_layers": [4]}, "side_layers", "[0, 3] (the model has 4 layers)"),
         ({"side_layers": [-1]}, "side_layers", "[0, 3]"),

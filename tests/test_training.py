@@ -107,3 +107,28 @@ def test_a_deep_copy_runs_on_its_own_hooks():
     output = train_steps(clone, text_batch(), steps=1)
     assert set(output.mdpd_losses) == {"task", "shallow", "deep", "logits", "backbone_task"}
     assert model.base_model._capture is None  # nothing leaked into the original
+
+
+def test_checkpointed_fading_keeps_the_gradients_and_fades_to_a_plain_model():
+    batch = text_batch()
+    grads = {}
+    for checkpointing in (False, True):
+        model = tiny_mdpd_model(fading="checkpointed" if checkpointing else "backprop")
+        model.train()
+        torch.manual_seed(0)  # the same dropout and masks in both runs
+        model(**batch).loss.backward()
+        grads[checkpointing] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    for name in grads[False]:
+        torch.testing.assert_close(grads[True][name], grads[False][name], msg=name)
+    faded = model.merge_and_unload()
+    assert not any(getattr(module, "gradient_checkpointing", False) for module in faded.modules())
+
+
+def test_head_only_fading_trains_no_backbone_norm():
+    model = tiny_mdpd_model(fading="head_only")
+    before = {n: p.clone() for n, p in model.named_parameters() if "mdpd_copies" in n}
+    train_steps(model, text_batch(), steps=2)
+    assert before and all(torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    head = [p for n, p in model.named_parameters() if "modules_to_save" in n]
+    assert head and all(p.requires_grad for p in head)

@@ -15,6 +15,7 @@ add_str_enum_member(PeftType, "MDPD")
 SIDE_INITS = ("pruned", "random")
 EVAL_PATHS = ("backbone", "side")
 NORM_POSITIONS = ("pre", "post")
+FADINGS = ("backprop", "checkpointed", "head_only")
 
 
 def invalid(field_name: str, value, allowed: str) -> ValueError:
@@ -59,6 +60,15 @@ class MDPDConfig(PeftConfig):
             Eq. 3 alone the backbone head regresses to the side logits' mean and the faded model
             predicts one class (test 0.585 = majority); with this term at 1.0 it reaches 0.773 with
             the side network at 0.787. Default 1.0.
+        fading: How the backbone's trainables (LayerNorm copies, head) get their gradients, which
+            decides training memory. The backbone task loss and Eq. 3 act on the backbone's logits, so
+            reaching its LayerNorms means backpropagating through the frozen backbone.
+            ``"backprop"``: plainly, storing every backbone activation (the paper as written).
+            ``"checkpointed"``: recomputing each backbone layer in backward (transformers' gradient
+            checkpointing, non-reentrant), so only layer inputs are stored; same gradients, one more
+            backbone forward per step. ``"head_only"``: the LayerNorm copies stay frozen and only the
+            head learns, so nothing backpropagates through the backbone (the floor: a probe taught by
+            the side network). ``merge_and_unload()`` returns a plain model in every case.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
@@ -98,6 +108,7 @@ class MDPDConfig(PeftConfig):
     backbone_task_loss_weight: float = field(
         default=1.0, metadata={"help": "Weight of the task loss on the backbone's own logits (0.0 = the paper: Eq. 3 alone)."}
     )
+    fading: str = field(default="backprop", metadata={"help": f"How the backbone's trainables learn: one of {FADINGS}."})
     gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
     gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     target_modules: Optional[Union[list[str], str]] = field(
@@ -137,6 +148,8 @@ class MDPDConfig(PeftConfig):
             raise invalid("side_init", self.side_init, f"one of {SIDE_INITS}")
         if self.eval_path not in EVAL_PATHS:
             raise invalid("eval_path", self.eval_path, f"one of {EVAL_PATHS}")
+        if self.fading not in FADINGS:
+            raise invalid("fading", self.fading, f"one of {FADINGS}")
         if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
             raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
         if self.side_layers is not None and (

@@ -174,6 +174,18 @@ class MDPDModel(BaseTuner):
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
         self._register_hooks()
         self._sync_side_trainability(inference_mode=config.inference_mode)
+        if config.fading == "checkpointed":
+            self._enable_backbone_checkpointing()
+
+    def _enable_backbone_checkpointing(self) -> None:
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise invalid("fading", "checkpointed", f'"backprop" or "head_only" for {type(self.model).__name__}, which has no gradient checkpointing')
+        # Non-reentrant: the backbone's inputs need no requires_grad, and the layer hooks, which run again
+        # during recomputation, find no capture open and record nothing.
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
+            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def _build_side_network(self, adapter_name: str) -> None:
         config: MDPDConfig = self.peft_config[adapter_name]
@@ -199,10 +211,15 @@ class MDPDModel(BaseTuner):
         self.mdpd_distill[adapter_name] = distiller
 
     def _sync_side_trainability(self, inference_mode: bool = False) -> None:
+        """Side network and distiller train with their adapter; with ``fading="head_only"`` the norm copies never do."""
         for name in self.mdpd_side:
             trainable = name in self.active_adapters and not inference_mode
             self.mdpd_side[name].requires_grad_(trainable)
             self.mdpd_distill[name].requires_grad_(trainable)
+            if self.peft_config[name].fading == "head_only":
+                for module in self.model.modules():
+                    if isinstance(module, MDPDLayer) and name in module.mdpd_copies:
+                        module.mdpd_copies[name].requires_grad_(False)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
@@ -343,6 +360,9 @@ class MDPDModel(BaseTuner):
         original head included, so that ``unload()`` really undoes the adapter.
         """
         self._remove_hooks()
+        if any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
+            # the faded model is a plain inference model
+            getattr(self.model, "activation_checkpointing_disable", self.model.gradient_checkpointing_disable)()
         if not merge:
             for name, module in list(self.model.named_modules()):
                 if isinstance(module, ModulesToSaveWrapper):
