@@ -48,6 +48,7 @@ def _bitfit(model: nn.Module) -> nn.Module:
 def _side_kept(model: nn.Module) -> nn.Module:
     config = MDPDConfig(
         task_type="SEQ_CLS",
+        fading="head_only",  # the backbone's norms stay frozen: nothing backpropagates into the backbone
         shallow_loss_weight=0.0,
         deep_loss_weight=0.0,
         logits_loss_weight=0.0,

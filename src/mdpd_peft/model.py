@@ -22,6 +22,9 @@ from .side_network import LadderSideNetwork
 from .task_loss import side_task_loss
 
 TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
+# The heads PEFT's task wrappers save; some wrappers add them only after the tuner is built, too late for
+# sizing the side network's head, so MDPD fills them in first.
+TASK_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"], "QUESTION_ANS": ["qa_outputs"]}
 
 
 @dataclass
@@ -160,6 +163,8 @@ class MDPDModel(BaseTuner):
         fails here, before the model is changed.
         """
         config: MDPDConfig = self.peft_config[adapter_name]
+        if config.modules_to_save is None and config.task_type in TASK_HEADS:
+            config.modules_to_save = list(TASK_HEADS[config.task_type])
         encoder = map_encoder(model, config)
         check_against_model(config, encoder)
         if not hasattr(self, "mdpd_side"):
@@ -333,17 +338,23 @@ class MDPDModel(BaseTuner):
                 output["loss"] = task
             return output
 
-        shallow, deep = self.mdpd_distill[adapter_name](side_states, teacher_states, real, config.mask_ratio, self.mdpd_encoders[adapter_name].is_vision)
-        logits = (
-            logits_distillation_loss(side_logits, backbone_logits, real) if side_logits is not None else shallow.new_zeros(())
-        )
-        losses = {"shallow": shallow, "deep": deep, "logits": logits}
-        total = config.shallow_loss_weight * shallow + config.deep_loss_weight * deep + config.logits_loss_weight * logits
+        # A term whose weight is 0 is not computed at all: even times 0 it would keep its graph (and the
+        # backbone activations behind it) alive until backward.
+        losses: dict[str, torch.Tensor] = {}
+        total = final_state.new_zeros(())
         if task is not None:
-            losses = {"task": task, **losses}
+            losses["task"] = task
             total = total + task
+        if config.shallow_loss_weight or config.deep_loss_weight:
+            encoder = self.mdpd_encoders[adapter_name]
+            shallow, deep = self.mdpd_distill[adapter_name](side_states, teacher_states, real, config.mask_ratio, encoder.is_vision)
+            losses.update(shallow=shallow, deep=deep)
+            total = total + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep
+        if config.logits_loss_weight and side_logits is not None:
+            losses["logits"] = logits_distillation_loss(side_logits, backbone_logits, real)
+            total = total + config.logits_loss_weight * losses["logits"]
         backbone_task = output.get("loss")  # the wrapped model's own loss on its own logits, when it got labels
-        if backbone_task is not None and config.backbone_task_loss_weight:
+        if config.backbone_task_loss_weight and backbone_task is not None:
             # Not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits (see MDPDConfig).
             losses["backbone_task"] = backbone_task
             total = total + config.backbone_task_loss_weight * backbone_task
