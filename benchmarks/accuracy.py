@@ -44,10 +44,10 @@ from mdpd_peft import MDPDTrainer  # noqa: E402
 # Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks.
 LEARNING_RATES = {
     "full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3,
-    "side_kept": 3e-3, "mdpd": 3e-3, "mdpd_checkpointed": 3e-3, "mdpd_head_only": 3e-3,
+    "side_kept": 3e-3, "mdpd": 3e-3, "mdpd_backprop": 3e-3, "mdpd_head_only": 3e-3,
 }  # fmt: skip
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept ladder, else the faded backbone.
-DEPLOYED_PATH = {"side_kept": "side", "mdpd": "faded", "mdpd_checkpointed": "faded", "mdpd_head_only": "faded"}
+DEPLOYED_PATH = {"side_kept": "side", "mdpd": "faded", "mdpd_backprop": "faded", "mdpd_head_only": "faded"}
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
 
 

@@ -8,9 +8,9 @@ method ships for inference. All methods train the task head; what else they trai
 - ``layernorm``: PEFT LayerNorm tuning (every LayerNorm).
 - ``bitfit``: every bias.
 - ``side_kept``: MDPD's ladder side network alone, kept at inference (LST): no distillation, no fading.
-- ``mdpd``: MDPD with its defaults, faded to the base architecture.
-- ``mdpd_checkpointed`` / ``mdpd_head_only``: MDPD with ``fading="checkpointed"`` / ``"head_only"``
-  (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
+- ``mdpd``: MDPD with its defaults (``fading="checkpointed"``), faded to the base architecture.
+- ``mdpd_backprop`` / ``mdpd_head_only``: MDPD with ``fading="backprop"`` (the paper as written) /
+  ``"head_only"`` (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "bitfit": _bitfit,
     "side_kept": _side_kept,
     "mdpd": _mdpd,
-    "mdpd_checkpointed": partial(_mdpd, fading="checkpointed"),
+    "mdpd_backprop": partial(_mdpd, fading="backprop"),
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
 }
 

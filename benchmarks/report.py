@@ -22,7 +22,7 @@ NAMES = {
     "bitfit": "BitFit",
     "side_kept": "ladder side network kept (LST)",
     "mdpd": "MDPD, faded (defaults)",
-    "mdpd_checkpointed": "MDPD, checkpointed fading",
+    "mdpd_backprop": "MDPD, fading by plain backprop (paper)",
     "mdpd_head_only": "MDPD, head-only fading",
     "probe": "linear probe (frozen encoder)",
 }

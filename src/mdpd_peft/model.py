@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -184,13 +185,21 @@ class MDPDModel(BaseTuner):
 
     def _enable_backbone_checkpointing(self) -> None:
         if not getattr(self.model, "supports_gradient_checkpointing", False):
-            raise invalid("fading", "checkpointed", f'"backprop" or "head_only" for {type(self.model).__name__}, which has no gradient checkpointing')
+            warnings.warn(
+                f'MDPDConfig.fading="checkpointed": {type(self.model).__name__} does not support gradient checkpointing, '
+                'so the backbone path stores its activations as with fading="backprop".',
+                stacklevel=3,
+            )
+            return
         # Non-reentrant: the backbone's inputs need no requires_grad, and the layer hooks, which run again
         # during recomputation, find no capture open and record nothing.
         if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also hooks the input embeddings to require grad, which non-reentrant checkpointing does not
+        # need; PeftModel adds the same hook again and keeps only its own handle, so drop this one now.
+        self.model.disable_input_require_grads()
 
     def _build_side_network(self, adapter_name: str) -> None:
         config: MDPDConfig = self.peft_config[adapter_name]
@@ -372,8 +381,11 @@ class MDPDModel(BaseTuner):
         """
         self._remove_hooks()
         if any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
-            # the faded model is a plain inference model
+            # the faded model is a plain inference model: no checkpointing, no input-grad hook of transformers'
             getattr(self.model, "activation_checkpointing_disable", self.model.gradient_checkpointing_disable)()
+            for module in self.model.modules():  # transformers hooks the embeddings of each sub-model
+                if hasattr(module, "disable_input_require_grads"):
+                    module.disable_input_require_grads()
         if not merge:
             for name, module in list(self.model.named_modules()):
                 if isinstance(module, ModulesToSaveWrapper):
