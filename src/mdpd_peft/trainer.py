@@ -54,8 +54,8 @@ class FirstStepPeakMemory(TrainerCallback):
 class MDPDTrainer(Trainer):
     """A ``transformers.Trainer`` for models from ``get_peft_model(model, MDPDConfig(...))``.
 
-    - Training optimises the model's combined MDPD loss and logs its terms as ``loss_task``,
-      ``loss_shallow``, ``loss_deep``, ``loss_logits`` (unweighted means since the last log) and the
+    - Training optimises the model's combined MDPD loss and logs each term as ``loss_<term>`` (``task``,
+      ``shallow``, ``deep``, ``logits``, ``backbone_task``: unweighted means since the last log) and the
       ladder gates as ``gate_<layer>``, at ``logging_steps`` like ``loss``.
     - ``evaluate()`` runs both paths with the user's ``compute_metrics``: ``eval_faded_<metric>`` is the
       backbone path (exactly what ``merge_and_unload()`` ships), ``eval_side_<metric>`` the side network.
