@@ -26,9 +26,7 @@ from transformers import (  # noqa: E402
     AutoImageProcessor,
     AutoModelForImageClassification,
     DefaultDataCollator,
-    set_seed,
 )
-from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mdpd_peft import MDPDConfig  # noqa: E402
 
@@ -45,10 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
-    if args.push_to_hub:
-        os.environ["HF_HUB_OFFLINE"] = "0"
-    hf_logging.set_verbosity_error()  # the new classifier's "newly initialized" notice is expected
-    set_seed(args.seed)
+    mdpd_job.prepare(args)
 
     processor = AutoImageProcessor.from_pretrained(args.model)
     data = load_image_classification(args.dataset, args.image_column, args.label_column)

