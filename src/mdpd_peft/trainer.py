@@ -19,7 +19,7 @@ from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import faded_model_card
 
-EVAL_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
+METRIC_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
 SPEED_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
 # Adapter files that an earlier checkpoint push (``hub_strategy``) may have left in the repository: with them
 # there, transformers would try to load the repository as a PEFT adapter instead of as the faded model.
@@ -131,7 +131,7 @@ class MDPDTrainer(Trainer):
         metrics: dict[str, float] = {}
         start_time = time.time()
         try:
-            for name, path in EVAL_PATHS.items():
+            for name, path in METRIC_PATHS.items():
                 mdpd.set_eval_path(path)
                 output = self.evaluation_loop(
                     dataloader,
@@ -144,8 +144,8 @@ class MDPDTrainer(Trainer):
         finally:
             mdpd.set_eval_path(previous_path)
         batch_size = self.args.eval_batch_size * self.args.world_size
-        steps = len(EVAL_PATHS) * math.ceil(output.num_samples / batch_size)
-        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(EVAL_PATHS) * output.num_samples, num_steps=steps))
+        steps = len(METRIC_PATHS) * math.ceil(output.num_samples / batch_size)
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(METRIC_PATHS) * output.num_samples, num_steps=steps))
 
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -175,7 +175,7 @@ class MDPDTrainer(Trainer):
     def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None):
         mdpd = self._mdpd_model()
         trainable, total = self._peft_model().get_nb_trainable_parameters()
-        prefixes = tuple(f"{self._last_eval_prefix}_{name}_" for name in EVAL_PATHS)
+        prefixes = tuple(f"{self._last_eval_prefix}_{name}_" for name in METRIC_PATHS)
         metrics = {
             k: v for k, v in self.last_eval_metrics.items() if k.startswith(prefixes) and not k.endswith(SPEED_METRICS)
         }
