@@ -70,8 +70,8 @@ class MDPDConfig(PeftConfig):
             head learns, so nothing backpropagates through the backbone (the floor: a probe taught by
             the side network). ``merge_and_unload()`` returns a plain model in every case. Default
             ``"checkpointed"``: measured at BERT-base, batch 16 x 128 (CPU tensor bytes), peak training
-            memory 0.30x LoRA's against 1.21x for ``"backprop"``, for 1.64x LoRA's step time against
-            1.11x (benchmarks/RESULTS.md); the gradients are those of ``"backprop"``.
+            memory 0.23x LoRA's against 1.14x for ``"backprop"``, for 1.60x LoRA's step time against
+            1.09x (benchmarks/RESULTS.md); the gradients are those of ``"backprop"``.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.

@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 class FeatureAligner(nn.Module):
@@ -97,28 +98,56 @@ class DualPathDistiller(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of Eq. 4 over shallow layers and of Eq. 7 over deep layers, each averaged over the batch.
 
+        Each layer's term is recomputed in backward (non-reentrant activation checkpointing): its
+        width-D_B intermediates (aligned, masked and generated features, squared errors) would
+        otherwise stay alive for every side layer until backward; now only one layer's exist at a
+        time. Gradients are unchanged; the cost is one more aligner and G forward per layer.
+
         Args:
             side_states: s^l, (B, N, D_S) per side layer.
             teacher_states: b^l, (B, N, D_B) per side layer, detached.
             real: (B, N) bool, True for real (non-padding) tokens.
         """
-        batch = real.shape[0]
         real_weight = real.unsqueeze(-1).to(side_states[0].dtype)  # (B, N, 1)
-        masked = sample_token_mask(real, mask_ratio)  # one draw for all deep layers
-        masked_weight = masked.unsqueeze(-1).to(real_weight.dtype)
+        masked = sample_token_mask(real, mask_ratio)  # one draw for all deep layers, outside the recomputed part
         shallow = side_states[0].new_zeros(())
         deep = side_states[0].new_zeros(())
         generators = iter(self.generators)
         for is_deep, aligner, side, teacher in zip(self.is_deep, self.aligners, side_states, teacher_states):
-            aligned = aligner(side)  # (B, N, D_B)
-            if not is_deep:
-                shallow = shallow + ((teacher - aligned).pow(2) * real_weight).sum() / batch  # Eq. 4
-                continue
-            # Eq. 6: masked tokens become the shared learnable mask token; padding is zeroed for the convs.
-            filled = torch.where(masked.unsqueeze(-1), self.mask_token.to(aligned.dtype), aligned) * real_weight
-            generated = next(generators)(filled, is_vision)
-            deep = deep + ((teacher - generated).pow(2) * masked_weight).sum() / batch  # Eq. 7
-        return shallow, deep
+            if is_deep:
+                deep = deep + recomputed(self.deep_term, aligner, next(generators), side, teacher, masked, real_weight, is_vision)
+            else:
+                shallow = shallow + recomputed(self.shallow_term, aligner, side, teacher, real_weight)
+        return shallow / real.shape[0], deep / real.shape[0]
+
+    @staticmethod
+    def shallow_term(aligner: FeatureAligner, side: torch.Tensor, teacher: torch.Tensor, real_weight: torch.Tensor) -> torch.Tensor:
+        """Eq. 4 for one layer, summed over the batch: ||b - phi(s)||^2 over real tokens."""
+        return ((teacher - aligner(side)).pow(2) * real_weight).sum()
+
+    def deep_term(
+        self,
+        aligner: FeatureAligner,
+        generator: GenerationBlock,
+        side: torch.Tensor,
+        teacher: torch.Tensor,
+        masked: torch.Tensor,
+        real_weight: torch.Tensor,
+        is_vision: bool,
+    ) -> torch.Tensor:
+        """Eq. 6-7 for one layer, summed over the batch: ||b - G(mask(phi(s)))||^2 over masked tokens."""
+        aligned = aligner(side)  # (B, N, D_B)
+        # Eq. 6: masked tokens become the shared learnable mask token; padding is zeroed for the convs.
+        filled = torch.where(masked.unsqueeze(-1), self.mask_token.to(aligned.dtype), aligned) * real_weight
+        generated = generator(filled, is_vision)
+        return ((teacher - generated).pow(2) * masked.unsqueeze(-1).to(generated.dtype)).sum()
+
+
+def recomputed(function, *args) -> torch.Tensor:
+    """``function(*args)``, recomputed in backward instead of keeping its intermediates when autograd records."""
+    if not torch.is_grad_enabled():
+        return function(*args)
+    return checkpoint(function, *args, use_reentrant=False)
 
 
 def logits_distillation_loss(side_logits: torch.Tensor, backbone_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
