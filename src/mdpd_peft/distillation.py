@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -50,8 +51,16 @@ def token_grid(num_tokens: int, is_vision: bool) -> tuple[int, int, int]:
 
 
 def sample_token_mask(real: torch.Tensor, mask_ratio: float) -> torch.Tensor:
-    """Eq. 5, m_i = 1[r_i < lambda] with r_i ~ U[0, 1), restricted to real tokens: (B, N) bool."""
-    return (torch.rand(real.shape, device=real.device) < mask_ratio) & real
+    """Eq. 5, m_i = 1[r_i < lambda] with r_i ~ U[0, 1), restricted to real tokens: (B, N) bool.
+
+    Data-parallel ranks are seeded alike (transformers' ``set_seed``), so each rank keeps its own slice
+    of one (world size, B, N) draw: ranks mask differently, and the random stream stays identical on
+    every rank (and across a resume). With one process this is exactly ``torch.rand(B, N)``.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    draw = torch.rand((world_size, *real.shape), device=real.device)[rank]
+    return (draw < mask_ratio) & real
 
 
 class GenerationBlock(nn.Module):

@@ -120,7 +120,9 @@ class MDPDModel(BaseTuner):
     skipped; ``merge_and_unload()`` returns the plain transformers model ("fading").
 
     Each output of a training forward pass carries ``mdpd_losses``: the unweighted ``task``,
-    ``shallow``, ``deep``, ``logits`` and ``backbone_task`` terms, for logging.
+    ``shallow``, ``deep``, ``logits`` and ``backbone_task`` terms, for logging. ``latest_losses`` holds
+    the same terms, detached, on the tuner itself: wrappers may rebuild the output and drop the
+    attribute (DDP does with ``find_unused_parameters=True``, the Trainer's setting for PEFT models).
     """
 
     prefix: str = "mdpd_"
@@ -175,6 +177,7 @@ class MDPDModel(BaseTuner):
             self._hook_handles: list = []
             self._capture: ForwardCapture | None = None
             self._adapters_enabled = True
+            self.latest_losses: dict[str, torch.Tensor] = {}
         self.mdpd_encoders[adapter_name] = encoder
         self._build_side_network(adapter_name)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
@@ -299,6 +302,7 @@ class MDPDModel(BaseTuner):
 
     def _begin_forward(self, module, args, kwargs):
         self._capture = None
+        self.latest_losses = {}
         if not self._side_path_needed():
             return
         try:
@@ -369,6 +373,7 @@ class MDPDModel(BaseTuner):
             total = total + config.backbone_task_loss_weight * backbone_task
         output["loss"] = total
         output.mdpd_losses = losses
+        self.latest_losses = {name: value.detach() for name, value in losses.items()}
         return output
 
     # ----------------------------------------------------------------------------------------- fading

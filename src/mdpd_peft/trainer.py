@@ -95,10 +95,10 @@ class MDPDTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        terms = getattr(outputs, "mdpd_losses", None)
-        if terms is not None:
+        terms = self._mdpd_model().latest_losses  # not `outputs.mdpd_losses`: DDP may rebuild `outputs` without it
+        if model.training and terms:
             for name, value in terms.items():
-                self._loss_term_sums[name] += value.detach().float()
+                self._loss_term_sums[name] += value.float()
             self._loss_term_batches += 1
         return (loss, outputs) if return_outputs else loss
 
