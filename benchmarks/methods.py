@@ -11,6 +11,9 @@ method ships for inference. All methods train the task head; what else they trai
 - ``mdpd``: MDPD with its defaults (``fading="checkpointed"``), faded to the base architecture.
 - ``mdpd_backprop`` / ``mdpd_head_only``: MDPD with ``fading="backprop"`` (the paper as written) /
   ``"head_only"`` (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
+
+``ABLATIONS`` are MDPD variants for the accuracy suite only (the paper's Table 5 and Fig. A, in
+miniature): one distillation path switched off, or another mask ratio lambda.
 """
 
 from __future__ import annotations
@@ -71,6 +74,15 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd": _mdpd,
     "mdpd_backprop": partial(_mdpd, fading="backprop"),
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
+}
+
+ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    # S -> B only: the side network learns from its task loss alone, no feature distillation.
+    "mdpd_logits_only": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0),
+    # B -> S only: no logits distillation; the backbone learns from its own task loss.
+    "mdpd_features_only": partial(_mdpd, logits_loss_weight=0.0),
+    "mdpd_mask_0.25": partial(_mdpd, mask_ratio=0.25),
+    "mdpd_mask_0.75": partial(_mdpd, mask_ratio=0.75),
 }
 
 

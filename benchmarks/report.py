@@ -2,7 +2,8 @@
 
     python benchmarks/report.py
 
-Reads ``results/memory_speed-*.json``, ``results/sweep-*.json`` and ``results/accuracy-minilm.jsonl``;
+Reads ``results/memory_speed-*.json``, ``results/sweep-*.json``, ``results/accuracy-minilm.jsonl`` and
+``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
 """
@@ -25,7 +26,12 @@ NAMES = {
     "mdpd_backprop": "MDPD, fading by plain backprop (paper)",
     "mdpd_head_only": "MDPD, head-only fading",
     "probe": "linear probe (frozen encoder)",
+    "mdpd_logits_only": "MDPD, logits path only (S→B): no feature distillation",
+    "mdpd_features_only": "MDPD, feature path only (B→S): no logits distillation",
+    "mdpd_mask_0.25": "MDPD, mask ratio λ = 0.25",
+    "mdpd_mask_0.75": "MDPD, mask ratio λ = 0.75",
 }
+ABLATION = ["mdpd", "mdpd_logits_only", "mdpd_features_only", "mdpd_mask_0.25", "mdpd_mask_0.75"]
 
 
 def header(result: dict) -> list[str]:
@@ -78,19 +84,38 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def accuracy_table(by_method: dict[str, list[dict]]) -> list[str]:
+def retention(row: dict, probe_test: float) -> float:
+    """How much of the side network's gain over the linear probe the faded model keeps (issue 5's measure);
+    undefined (nan) when the side network does not beat the probe."""
+    gain = row["side_test"] - probe_test
+    return (row["test"] - probe_test) / gain if gain > 0 else float("nan")
+
+
+def fading_columns(rows: list[dict], probe_test: float | None) -> str:
+    """Side network test accuracy and retention over the runs that recorded the side network."""
+    with_side = [r for r in rows if "side_test" in r]
+    if not with_side:
+        return "— | —"
+    retained = mean_std([retention(r, probe_test) for r in with_side]) if probe_test is not None else "—"
+    return f"{mean_std([r['side_test'] for r in with_side])} | {retained}"
+
+
+def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: str) -> list[str]:
+    probe_test = statistics.mean(r["test"] for r in by_method["probe"]) if by_method.get("probe") else None
     lines = [
-        "### Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)",
+        f"### {title}",
         "",
-        "`python benchmarks/accuracy.py` (and `--probe`); mean ± std over seeds.",
+        "`python benchmarks/accuracy.py` (and `--probe`); mean ± std over seeds. For faded MDPD, the side network's "
+        "test accuracy at the same epoch and retention = (faded − probe) / (side − probe).",
         "",
-        "| method | seeds | validation | test |",
-        "|---|---:|---:|---:|",
+        "| method | seeds | validation | test | side network test | retention |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    for method in [m for m in NAMES if m in by_method]:
+    for method in [m for m in methods if m in by_method]:
         rows = by_method[method]
         lines.append(
-            f"| {NAMES[method]} | {len(rows)} | {mean_std([r['validation'] for r in rows])} | {mean_std([r['test'] for r in rows])} |"
+            f"| {NAMES[method]} | {len(rows)} | {mean_std([r['validation'] for r in rows])} | {mean_std([r['test'] for r in rows])} "
+            f"| {fading_columns(rows, probe_test)} |"
         )
     return [*lines, ""]
 
@@ -109,6 +134,11 @@ def target_checks(bert_base: dict | None, by_method: dict[str, list[dict]]) -> l
         seeds = min(len(by_method["mdpd"]), len(by_method["lora"]))
         measured = f"{100 * (faded - lora):+.1f} points ({seeds} seed{'s' if seeds > 1 else ''})"
         checks.append(("faded test accuracy >= LoRA - 0.5 points", measured, faded >= lora - 0.005))
+    with_side = [r for r in by_method.get("mdpd", []) if "side_test" in r]
+    if with_side and by_method.get("probe"):
+        probe_test = statistics.mean(r["test"] for r in by_method["probe"])
+        retained = statistics.mean(retention(r, probe_test) for r in with_side)
+        checks.append(("retention >= 0.9", f"{retained:.2f} ({len(with_side)} seed{'s' if len(with_side) > 1 else ''})", retained >= 0.9))
     lines = ["## MDPD's targets", "", "| target | measured | |", "|---|---:|---|"]
     lines += [f"| {name} | {value} | {'met' if met else '**missed**'} |" for name, value, met in checks]
     return [*lines, ""]
@@ -152,7 +182,14 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
     for result in sweeps:
         lines += sweep_table(result)
     if by_method:
-        lines += ["## Accuracy", ""] + accuracy_table(by_method)
+        title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
+        lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)
+    ablation_file = results / "ablation-minilm.jsonl"
+    if ablation_file.exists():  # runs on a training subset by design, so no full-data filter
+        ablation = accuracy_rows(ablation_file, full_data_only=False)
+        sizes = sorted({r["train_size"] for rows in ablation.values() for r in rows})
+        title = f"Ablation (the paper's Table 5 and Fig. A, in miniature: {', '.join(map(str, sizes))} training sentences)"
+        lines += accuracy_table(ablation, ABLATION, title)  # retention against the probe on the same subset
     # The accuracy runs are MiniLM's, so the plot takes MiniLM's memory (any model's if none was measured).
     memory = next((r for r in memory_speed.values() if r["model"] == "minilm"), next(iter(memory_speed.values()), None))
     if memory is not None and by_method:

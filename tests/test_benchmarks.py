@@ -45,9 +45,14 @@ def test_accuracy_suite_and_report(tmp_path):
     assert all(0 <= row["test"] <= 1 and row["epoch"] in (1.0, 2.0) for row in rows)
     accuracy.main(["--probe", "--seeds", "0", "--train-size", "32", "--eval-size", "32", "--output", str(tmp_path / "accuracy-minilm.jsonl")])
     assert len((tmp_path / "accuracy-minilm.jsonl").read_text().splitlines()) == 3
+    assert 0 <= rows[1]["side_test"] <= 1  # MDPD runs also record their side network
+    ablation = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--output", str(tmp_path / "ablation-minilm.jsonl")]
+    accuracy.main(["--methods", "mdpd_logits_only", *ablation])
+    accuracy.main(["--probe", *ablation])
 
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "faded test accuracy >= LoRA - 0.5 points" in results_md
     assert "MDPD, faded (defaults)" in results_md and "linear probe" in results_md
+    assert "retention >= 0.9" in results_md and "MDPD, logits path only" in results_md
     assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
     json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
