@@ -68,3 +68,11 @@ def test_second_adapter_beside_the_first(tmp_path):
     restored = PeftModel.from_pretrained(tiny_text_model(), tmp_path / "other", adapter_name="other")
     for name, value in adapter_state(model, "other").items():
         assert torch.equal(value, dict(restored.named_parameters())[name]), name
+
+
+def test_an_adapter_with_fading_layers_reloads_with_the_same_trainables(tmp_path):
+    model = tiny_mdpd_model(fading_layers=2)
+    model.save_pretrained(tmp_path)
+    restored = PeftModel.from_pretrained(tiny_text_model(), tmp_path, is_trainable=True)
+    names = [{n for n, p in m.named_parameters() if p.requires_grad and "mdpd_copies" in n} for m in (model, restored)]
+    assert names[0] == names[1] and all(".layer.2." in n or ".layer.3." in n for n in names[0])

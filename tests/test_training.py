@@ -144,6 +144,23 @@ def test_recomputing_the_distillation_terms_keeps_their_gradients(monkeypatch):
         torch.testing.assert_close(grads[True][name], grads[False][name], msg=name)
 
 
+@pytest.mark.parametrize("fading", ["checkpointed", "backprop"])
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
+def test_fading_layers_trains_the_last_layers_norms_and_backward_stops_there(fading):
+    model = tiny_mdpd_model(fading_layers=1, fading=fading)
+    copies = {n for n, p in model.named_parameters() if "mdpd_copies" in n and p.requires_grad}
+    assert copies and all(".layer.3." in n for n in copies)
+    entered = []
+    layers = model.get_base_model().bert.encoder.layer
+    for index, layer in enumerate(layers):
+        layer.register_full_backward_pre_hook(lambda module, grad, index=index: entered.append(index))
+    model.train()
+    model(**text_batch()).loss.backward()
+    assert set(entered) == {3}  # no gradient flows below the trained layer
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in copies)
+    assert type(model.merge_and_unload()).__name__ == "BertForSequenceClassification"
+
+
 def test_head_only_fading_trains_no_backbone_norm():
     model = tiny_mdpd_model(fading="head_only")
     before = {n: p.clone() for n, p in model.named_parameters() if "mdpd_copies" in n}

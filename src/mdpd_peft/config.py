@@ -72,6 +72,11 @@ class MDPDConfig(PeftConfig):
             ``"checkpointed"``: measured at BERT-base, batch 16 x 128 (CPU tensor bytes), peak training
             memory 0.23x LoRA's against 1.14x for ``"backprop"``, for 1.60x LoRA's step time against
             1.09x (benchmarks/RESULTS.md); the gradients are those of ``"backprop"``.
+        fading_layers: k: with ``target_modules=None``, train the LayerNorms of only the last k encoder
+            layers (and any norm after the layers, such as a pre-norm model's final LayerNorm) instead of
+            every LayerNorm. Fading's backward then stops k layers deep: the layers before run without
+            autograd, so they are neither stored nor recomputed. ``None`` trains every LayerNorm.
+            Integer in [1, number of layers]; not combinable with explicit ``target_modules``.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
@@ -112,6 +117,9 @@ class MDPDConfig(PeftConfig):
         default=1.0, metadata={"help": "Weight of the task loss on the backbone's own logits (0.0 = the paper: Eq. 3 alone)."}
     )
     fading: str = field(default="checkpointed", metadata={"help": f"How the backbone's trainables learn: one of {FADINGS}."})
+    fading_layers: Optional[int] = field(
+        default=None, metadata={"help": "Train the LayerNorms of only the last k encoder layers (and after them); None = all."}
+    )
     gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
     gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     target_modules: Optional[Union[list[str], str]] = field(
@@ -153,6 +161,9 @@ class MDPDConfig(PeftConfig):
             raise invalid("eval_path", self.eval_path, f"one of {EVAL_PATHS}")
         if self.fading not in FADINGS:
             raise invalid("fading", self.fading, f"one of {FADINGS}")
+        if self.fading_layers is not None:
+            if isinstance(self.fading_layers, bool) or not isinstance(self.fading_layers, int) or self.fading_layers < 1:
+                raise invalid("fading_layers", self.fading_layers, "None or an integer >= 1")
         if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
             raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
         if self.side_layers is not None and (

@@ -85,10 +85,33 @@ def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> i
     return outputs
 
 
-def default_norm_targets(model: nn.Module, head_names) -> set[str]:
-    """Every LayerNorm outside the task head (for a second adapter: the wrappers of the already wrapped norms)."""
+def uses_reentrant_checkpointing(model: nn.Module) -> bool:
+    """Whether some checkpointed layer may use reentrant checkpointing, which reaches the weights inside a
+    layer only when the layer's input requires grad (unknown settings count as reentrant)."""
+    for module in model.modules():
+        if getattr(module, "gradient_checkpointing", False):
+            function = getattr(module, "_gradient_checkpointing_func", None)
+            if getattr(function, "keywords", {}).get("use_reentrant") is not False:
+                return True
+    return False
+
+
+def default_norm_targets(model: nn.Module, head_names, encoder: EncoderMap, last_layers: int | None) -> set[str]:
+    """Every LayerNorm outside the task head; with ``last_layers=k`` only those inside the last k encoder
+    layers or after the layer list (a pre-norm model's final norm). For a second adapter: the wrappers of
+    the already wrapped norms."""
     heads = set(head_names or [])
-    return {name for name, module in backbone_modules(model) if is_norm(module) and not heads.intersection(name.split("."))}
+    prefix = encoder.layers_path + "."
+    first_trained = encoder.num_layers - (last_layers or encoder.num_layers)
+    targets, past_layers = set(), False
+    for name, module in backbone_modules(model):
+        in_layers = name.startswith(prefix)
+        past_layers = past_layers or in_layers
+        if not is_norm(module) or heads.intersection(name.split(".")):
+            continue
+        if last_layers is None or (past_layers and not in_layers) or (in_layers and int(name[len(prefix) :].split(".")[0]) >= first_trained):
+            targets.add(name)
+    return targets
 
 
 def check_against_model(config: MDPDConfig, encoder: EncoderMap) -> None:
@@ -102,6 +125,8 @@ def check_against_model(config: MDPDConfig, encoder: EncoderMap) -> None:
     side_width = encoder.hidden_size // config.reduction_factor
     if side_width < 1:
         raise invalid("reduction_factor", config.reduction_factor, f"an integer in [1, {encoder.hidden_size}] (the hidden size)")
+    if config.fading_layers is not None and config.fading_layers > layers:
+        raise invalid("fading_layers", config.fading_layers, f"None or an integer in [1, {layers}] (the model has {layers} layers)")
     if config.aligner_rank is not None and config.aligner_rank > side_width:
         raise invalid("aligner_rank", config.aligner_rank, f"None or an integer in [1, {side_width}] (the side width)")
 
@@ -133,11 +158,6 @@ class MDPDModel(BaseTuner):
     adapter_containers = ("mdpd_side", "mdpd_distill", "mdpd_copies")
 
     # ---------------------------------------------------------------------------------------- set-up
-
-    def _prepare_adapter_config(self, peft_config: MDPDConfig, model_config: dict) -> MDPDConfig:
-        if peft_config.target_modules is None:
-            peft_config.target_modules = default_norm_targets(self.model, peft_config.modules_to_save)
-        return peft_config
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         if isinstance(target, MDPDLayer):
@@ -179,6 +199,11 @@ class MDPDModel(BaseTuner):
             self._adapters_enabled = True
             self.latest_losses: dict[str, torch.Tensor] = {}
         self.mdpd_encoders[adapter_name] = encoder
+        defaults = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
+        if config.target_modules is None:
+            config.target_modules = defaults
+        elif config.fading_layers is not None and config.target_modules != defaults:  # equal when reloading a saved adapter
+            raise invalid("fading_layers", config.fading_layers, "None when target_modules is given (it selects among the default targets)")
         self._build_side_network(adapter_name)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
         self._register_hooks()
@@ -201,7 +226,8 @@ class MDPDModel(BaseTuner):
         else:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # transformers also hooks the input embeddings to require grad, which non-reentrant checkpointing does not
-        # need; PeftModel adds the same hook again and keeps only its own handle, so drop this one now.
+        # need; PeftModel adds the same hook again and keeps only its own handle, so drop this one now (the
+        # training forward drops PeftModel's: see _begin_forward).
         self.model.disable_input_require_grads()
 
     def _build_side_network(self, adapter_name: str) -> None:
@@ -303,6 +329,11 @@ class MDPDModel(BaseTuner):
     def _begin_forward(self, module, args, kwargs):
         self._capture = None
         self.latest_losses = {}
+        if self.model.training and getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
+            # PeftModel hooks the input embeddings to require grad once the model checkpoints (so do transformers
+            # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
+            # backward would cross the whole backbone even when only the last layers' norms train (fading_layers).
+            self.model.disable_input_require_grads()
         if not self._side_path_needed():
             return
         try:
