@@ -4,6 +4,7 @@ The runs are real: torchrun starts the processes, the Trainer and accelerate wra
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,30 +67,60 @@ def test_two_processes_reproduce_the_one_process_run_at_the_same_global_batch(tr
         assert [two[t] for t in terms] == pytest.approx([one[t] for t in terms], rel=1e-5)
 
 
-def test_accelerate_loop_on_two_processes_reproduces_one_process_and_fades_on_the_main_one(tmp_path, minilm_path):
-    # A tiny random BERT without dropout, MiniLM's tokenizer, sentences of one token length: as above, two
-    # processes at batch 4 must then reproduce one process at batch 8.
+@pytest.fixture(scope="module")
+def loop_job(tmp_path_factory, minilm_path):
+    """Runs examples/accelerate_loop.py on a tiny random BERT without dropout (MiniLM's tokenizer) and
+    sentences of one token length, so runs at the same global batch must agree to float rounding."""
+    root = tmp_path_factory.mktemp("loop")
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path)
     config = transformers.BertConfig(
         vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
     )  # fmt: skip
     torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    transformers.BertForSequenceClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
     words = {"good": ["wonderful", "moving", "brilliant", "great"], "bad": ["dull", "clumsy", "awful", "boring"]}
     rows = [f"a {words[verdict][i % 4]} film,{verdict}" for i in range(80) for verdict in ["good" if i % 3 else "bad"]]
-    (tmp_path / "reviews.csv").write_text("\n".join(["review,verdict", *rows]))
-    common = ["--model", str(tmp_path / "model"), "--dataset", str(tmp_path / "reviews.csv"), "--text-column", "review",
+    (root / "reviews.csv").write_text("\n".join(["review,verdict", *rows]))
+    common = ["--model", str(root / "model"), "--dataset", str(root / "reviews.csv"), "--text-column", "review",
               "--label-column", "verdict", "--epochs", "1", "--cpu"]  # fmt: skip
-    runs = {}
-    for processes, batch in ((2, 4), (1, 8)):
-        runs[processes] = tmp_path / f"out{processes}"
-        launch(ROOT / "examples" / "accelerate_loop.py", [*common, "--batch-size", str(batch), "--output-dir", str(runs[processes])], processes)
-    losses = {processes: json.loads((run / "losses.json").read_text()) for processes, run in runs.items()}
-    assert len(losses[2]) == len(losses[1]) == 8  # 64 training rows / global batch 8
-    assert set(losses[2][0]) == {"loss", "task", "shallow", "deep", "logits", "backbone_task"}
-    for one, two in zip(losses[1], losses[2]):
-        assert two == pytest.approx(one, rel=1e-4)
-    files = {path.name for path in (runs[2] / "faded").iterdir()}
+
+    runs: dict[tuple, Path] = {}  # a run that several tests compare against is made once
+
+    def run(processes: int, *args: str) -> Path:
+        """The output dir of the job on ``processes`` processes with ``args``: losses.json and faded/."""
+        key = (processes, *args)
+        if key not in runs:
+            runs[key] = root / f"run{len(runs)}"
+            launch(ROOT / "examples" / "accelerate_loop.py", [*common, *args, "--output-dir", str(runs[key])], processes)
+        return runs[key]
+
+    return run
+
+
+def losses(output_dir: Path) -> list[dict]:
+    return json.loads((output_dir / "losses.json").read_text())
+
+
+def test_accelerate_loop_on_two_processes_reproduces_one_process_and_fades_on_the_main_one(loop_job):
+    one, two = losses(loop_job(1, "--batch-size", "8")), losses(loop_job(2, "--batch-size", "4"))
+    assert len(one) == len(two) == 8  # 64 training rows / global batch 8
+    assert set(two[0]) == {"loss", "task", "shallow", "deep", "logits", "backbone_task"}
+    for step_one, step_two in zip(one, two):
+        assert step_two == pytest.approx(step_one, rel=1e-4)
+    files = {path.name for path in (loop_job(2, "--batch-size", "4") / "faded").iterdir()}
     assert {"config.json", "model.safetensors"} <= files and not any(name.startswith("adapter_") for name in files)
+
+
+def test_gradient_accumulation_reproduces_the_whole_batch(loop_job):
+    whole = losses(loop_job(1, "--batch-size", "8"))
+    accumulated = losses(loop_job(1, "--batch-size", "4", "--gradient-accumulation-steps", "2"))
+    assert len(accumulated) == len(whole) == 8
+    for step_whole, step_accumulated in zip(whole, accumulated):
+        assert step_accumulated == pytest.approx(step_whole, rel=1e-4)
+
+
+def test_bf16_autocast_on_two_cpu_processes_trains_without_nans(loop_job):
+    steps = losses(loop_job(2, "--batch-size", "4", "--mixed-precision", "bf16"))
+    assert len(steps) == 8 and all(math.isfinite(value) for step in steps for value in step.values())
