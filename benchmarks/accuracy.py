@@ -45,7 +45,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from mdpd_peft import MDPDTrainer  # noqa: E402
 
 BUILDERS = {**METHODS, **ABLATIONS}
-FADED = ["mdpd", "mdpd_backprop", "mdpd_head_only", *ABLATIONS]
+FADED = [name for name in BUILDERS if name.startswith("mdpd")]
 # Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks.
 LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "side_kept": 3e-3, **dict.fromkeys(FADED, 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept ladder, else the faded backbone.

@@ -11,6 +11,8 @@ method ships for inference. All methods train the task head; what else they trai
 - ``mdpd``: MDPD with its defaults (``fading="checkpointed"``), faded to the base architecture.
 - ``mdpd_backprop`` / ``mdpd_head_only``: MDPD with ``fading="backprop"`` (the paper as written) /
   ``"head_only"`` (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
+- ``mdpd_last_1`` / ``mdpd_last_2``: MDPD fading only the LayerNorms of the last 1 / 2 encoder layers
+  (``MDPDConfig.fading_layers``), so fading's backward stops there.
 
 ``ABLATIONS`` are MDPD variants for the accuracy suite only (the paper's Table 5 and Fig. A, in
 miniature): one distillation path switched off, or another mask ratio lambda.
@@ -74,6 +76,8 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd": _mdpd,
     "mdpd_backprop": partial(_mdpd, fading="backprop"),
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
+    "mdpd_last_1": partial(_mdpd, fading_layers=1),
+    "mdpd_last_2": partial(_mdpd, fading_layers=2),
 }
 
 ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {

@@ -25,6 +25,8 @@ NAMES = {
     "mdpd": "MDPD, faded (defaults)",
     "mdpd_backprop": "MDPD, fading by plain backprop (paper)",
     "mdpd_head_only": "MDPD, head-only fading",
+    "mdpd_last_1": "MDPD, fading the last layer's LayerNorms",
+    "mdpd_last_2": "MDPD, fading the last 2 layers' LayerNorms",
     "probe": "linear probe (frozen encoder)",
     "mdpd_logits_only": "MDPD, logits path only (S→B): no feature distillation",
     "mdpd_features_only": "MDPD, feature path only (B→S): no logits distillation",
@@ -97,7 +99,8 @@ def fading_columns(rows: list[dict], probe_test: float | None) -> str:
     if not with_side:
         return "— | —"
     retained = mean_std([retention(r, probe_test) for r in with_side]) if probe_test is not None else "—"
-    return f"{mean_std([r['side_test'] for r in with_side])} | {retained}"
+    seeds = f" ({len(with_side)} of {len(rows)} seeds)" if len(with_side) < len(rows) else ""
+    return f"{mean_std([r['side_test'] for r in with_side])}{seeds} | {retained}{seeds}"
 
 
 def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: str) -> list[str]:

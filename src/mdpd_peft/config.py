@@ -70,7 +70,7 @@ class MDPDConfig(PeftConfig):
             head learns, so nothing backpropagates through the backbone (the floor: a probe taught by
             the side network). ``merge_and_unload()`` returns a plain model in every case. Default
             ``"checkpointed"``: measured at BERT-base, batch 16 x 128 (CPU tensor bytes), peak training
-            memory 0.23x LoRA's against 1.14x for ``"backprop"``, for 1.60x LoRA's step time against
+            memory 0.22x LoRA's against 1.14x for ``"backprop"``, for 1.57x LoRA's step time against
             1.09x (benchmarks/RESULTS.md); the gradients are those of ``"backprop"``.
         fading_layers: k: with ``target_modules=None``, train the LayerNorms of only the last k encoder
             layers (and any norm after the layers, such as a pre-norm model's final LayerNorm) instead of
