@@ -109,7 +109,9 @@ def default_norm_targets(model: nn.Module, head_names, encoder: EncoderMap, last
         past_layers = past_layers or in_layers
         if not is_norm(module) or heads.intersection(name.split(".")):
             continue
-        if last_layers is None or (past_layers and not in_layers) or (in_layers and int(name[len(prefix) :].split(".")[0]) >= first_trained):
+        after_layers = past_layers and not in_layers
+        in_trained_layer = in_layers and int(name[len(prefix) :].split(".")[0]) >= first_trained
+        if last_layers is None or after_layers or in_trained_layer:
             targets.add(name)
     return targets
 
@@ -199,10 +201,11 @@ class MDPDModel(BaseTuner):
             self._adapters_enabled = True
             self.latest_losses: dict[str, torch.Tensor] = {}
         self.mdpd_encoders[adapter_name] = encoder
-        defaults = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
         if config.target_modules is None:
-            config.target_modules = defaults
-        elif config.fading_layers is not None and config.target_modules != defaults:  # equal when reloading a saved adapter
+            config.target_modules = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
+        elif config.fading_layers is not None and config.target_modules != default_norm_targets(
+            model, config.modules_to_save, encoder, config.fading_layers
+        ):  # equal when reloading a saved adapter
             raise invalid("fading_layers", config.fading_layers, "None when target_modules is given (it selects among the default targets)")
         self._build_side_network(adapter_name)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
