@@ -104,6 +104,8 @@ def main(argv=None) -> dict:
     ticks = accelerator.num_processes
     scheduler = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=steps // 10 * ticks, num_training_steps=steps * ticks)
     model, optimizer, train_loader, test_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, test_loader, scheduler)
+    # The loss terms come from the tuner: DDP with find_unused_parameters=True rebuilds `output` without them.
+    tuner = accelerator.unwrap_model(model).base_model
 
     # Training: one optimizer step per `gradient_accumulation_steps` batches on every process.
     losses, pending = [], {}
@@ -117,10 +119,10 @@ def main(argv=None) -> dict:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            # The tuner's copy of the terms: DDP with find_unused_parameters=True rebuilds `output` without them.
-            terms = {"loss": output.loss.detach(), **accelerator.unwrap_model(model).base_model.latest_losses}
-            for name, value in terms.items():  # mean over processes, then over the accumulated batches
-                pending.setdefault(name, []).append(accelerator.reduce(value, reduction="mean").item())
+            terms = {"loss": output.loss.detach(), **tuner.latest_losses}
+            means = accelerator.reduce(torch.stack(list(terms.values())), reduction="mean").tolist()  # one all-reduce
+            for name, value in zip(terms, means):  # mean over processes, then over the accumulated batches
+                pending.setdefault(name, []).append(value)
             if accelerator.sync_gradients:
                 losses.append({name: sum(values) / len(values) for name, values in pending.items()})
                 pending = {}
