@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -87,12 +88,17 @@ def train_steps(peft_model, batch: dict, steps: int = 3, lr: float = 1e-2):
     return output
 
 
-def assert_loads_without_mdpd_peft(folder: Path, batch: dict, expected_logits: torch.Tensor, auto_class: str) -> str:
-    """Load ``folder`` with ``transformers.<auto_class>`` where ``import mdpd_peft`` fails; logits equal; the class name."""
-    check = folder.parent / f"{folder.name}-check.pt"
-    torch.save({"batch": batch, "expected": expected_logits}, check)
-    script = f"""
-import sys
+def load_without_mdpd_peft(checks: list[dict]) -> dict[str, str]:
+    """Load each saved folder with plain transformers in one process where ``import mdpd_peft`` fails.
+
+    Each check names ``folder``, ``auto_class`` (e.g. ``"AutoModelForSequenceClassification"``), ``batch``,
+    ``expected`` (a tensor) and ``output`` (the output field to compare, exactly). Returns, per folder,
+    the loaded class name or the error it raised.
+    """
+    workdir = Path(checks[0]["folder"]).parent
+    torch.save([{**check, "folder": str(check["folder"])} for check in checks], workdir / "load-checks.pt")
+    script = """
+import json, sys
 sys.modules["mdpd_peft"] = None  # any import of our package now fails
 try:
     import mdpd_peft
@@ -101,17 +107,30 @@ except ImportError:
     pass
 import torch
 import transformers
-model = transformers.{auto_class}.from_pretrained({str(folder)!r}).eval()
-check = torch.load({str(check)!r})
-with torch.no_grad():
-    logits = model(**check["batch"]).logits
-torch.testing.assert_close(logits, check["expected"], rtol=0, atol=0)
-assert "mdpd_peft" not in {{m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}}
-print(type(model).__name__)
+results = {}
+for check in torch.load("load-checks.pt"):
+    try:
+        model = getattr(transformers, check["auto_class"]).from_pretrained(check["folder"]).eval()
+        with torch.no_grad():
+            got = model(**check["batch"])[check["output"]]
+        torch.testing.assert_close(got, check["expected"], rtol=0, atol=0)
+        results[check["folder"]] = type(model).__name__
+    except Exception as error:
+        results[check["folder"]] = f"error: {type(error).__name__}: {error}"
+assert "mdpd_peft" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print(json.dumps(results))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=folder.parent)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_loads_without_mdpd_peft(folder: Path, batch: dict, expected_logits: torch.Tensor, auto_class: str) -> str:
+    """Load ``folder`` with ``transformers.<auto_class>`` where ``import mdpd_peft`` fails; logits equal; the class name."""
+    check = dict(folder=folder, auto_class=auto_class, batch=batch, expected=expected_logits, output="logits")
+    loaded = load_without_mdpd_peft([check])[str(folder)]
+    assert not loaded.startswith("error:"), loaded
+    return loaded
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,9 @@ What a rule cannot find is named in the error together with the ``MDPDConfig`` f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
+import torch
 from torch import nn
 
 from .config import MDPDConfig, invalid
@@ -15,7 +17,7 @@ from .config import MDPDConfig, invalid
 # LayerNorm names that mark a pre-norm block (the norm reads the block input): ViT/DeiT/BEiT/Swin,
 # CLIP/SigLIP, DINOv2, ModernBERT. Post-norm blocks (BERT, RoBERTa, DistilBERT, DeBERTa) name theirs
 # "LayerNorm", "sa_layer_norm", "output_layer_norm".
-PRE_NORM_NAMES = ("layernorm_before", "layer_norm1", "norm1", "ln_1", "input_layernorm", "attn_norm")
+PRE_NORM_NAMES = ("layernorm_before", "layer_norm1", "norm1", "ln_1", "input_layernorm", "attn_norm", "mlp_norm")
 
 
 def first_config_value(config, names: tuple[str, ...], default=None):
@@ -42,37 +44,64 @@ def is_norm(module: nn.Module) -> bool:
 
 @dataclass
 class EncoderMap:
-    """What the side network needs to know about the backbone encoder."""
+    """What the side network needs to know about the backbone encoder.
+
+    Layers are counted in calls per forward pass: a model whose layers share weights (ALBERT) runs
+    each module of its layer list several times, and ``layer_module`` says which one runs call i.
+    """
 
     layers_path: str  # dotted path of the nn.ModuleList of encoder layers
-    num_layers: int
-    hidden_size: int  # D_B
+    num_layers: int  # layer calls per forward pass
+    hidden_size: int  # D_B, the width of the last layer's output
     num_heads: int
     intermediate_size: int
     activation: str  # key of transformers.activations.ACT2FN
     norm_position: str  # "pre" or "post"
     norm_eps: float
     is_vision: bool  # tokens are a patch grid (plus prefix tokens such as CLS)
+    embedding_width: int  # width of the first layer's input
+    layer_widths: tuple[int, ...]  # output width of each layer call (Swin's stages widen; others keep D_B)
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         return model.get_submodule(self.layers_path)
 
+    def layer_module(self, model: nn.Module, index: int) -> nn.Module:
+        """The module that computes layer call ``index`` (ALBERT's layer groups run consecutive calls)."""
+        layers = self.layers(model)
+        return layers[index * len(layers) // self.num_layers]
+
+    @property
+    def uniform_width(self) -> bool:
+        return set(self.layer_widths) == {self.embedding_width}
+
 
 def find_layer_list(model: nn.Module, num_layers: int | None) -> str:
-    """The first ModuleList of identical modules whose length is the config's number of layers."""
+    """The first ModuleList of identical modules whose length is the config's number of layers; failing
+    that, the first whose length divides it (layers that share weights, as ALBERT's layer groups)."""
     candidates = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and len(module) > 0 and len({type(m) for m in module}) == 1
+        if isinstance(module, nn.ModuleList)
+        and len(module) > 0
+        and len({type(m) for m in module}) == 1
+        and any(isinstance(m, nn.Linear) for m in module.modules())
     ]
+    lengths = {name: len(model.get_submodule(name)) for name in candidates}
     for name in candidates:
-        if num_layers is None or len(model.get_submodule(name)) == num_layers:
+        if num_layers is None or lengths[name] == num_layers:
+            return name
+    for name in candidates:
+        if num_layers % lengths[name] == 0:
             return name
     raise ValueError(
         f"MDPD could not find the encoder's layer list in {type(model).__name__} (config number of layers: "
         f"{num_layers}; ModuleLists found: {candidates or 'none'}). Set MDPDConfig.layers_path to the dotted path "
         "of the nn.ModuleList that holds the encoder layers, e.g. 'bert.encoder.layer'."
     )
+
+
+def linears_of(module: nn.Module) -> list[nn.Linear]:
+    return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
 def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
@@ -90,24 +119,36 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
     else:
         layers_path = find_layer_list(model, num_layers)
         layers = model.get_submodule(layers_path)
+    if num_layers is None or num_layers % len(layers) != 0:
+        num_layers = len(layers)
 
-    first_layer = layers[0]
-    linears = [m for m in first_layer.modules() if isinstance(m, nn.Linear)]
-    hidden_size = first_config_value(model_config, ("hidden_size", "dim", "d_model"))
-    if hidden_size is None and linears:
-        hidden_size = linears[0].in_features
-    num_heads = first_config_value(model_config, ("num_attention_heads", "n_heads", "num_heads"))
-    if hidden_size is None or num_heads is None:
+    # A layer's output width is that of its last Linear (the FFN output; Swin's patch merging); its
+    # input width that of its first (the query projection).
+    layer_linears = [linears_of(layer) for layer in layers]
+    if not all(layer_linears):
         raise ValueError(
-            f"MDPD could not read the hidden size and number of attention heads of {type(model).__name__} from its "
-            "config (looked for hidden_size/dim/d_model and num_attention_heads/n_heads/num_heads)."
+            f"MDPD found no nn.Linear in the layers at {layers_path!r} of {type(model).__name__}. Set "
+            "MDPDConfig.layers_path to the nn.ModuleList that holds the encoder's transformer layers."
         )
-    intermediate_size = first_config_value(model_config, ("intermediate_size", "hidden_dim", "ffn_dim"), 4 * hidden_size)
-    activation = first_config_value(model_config, ("hidden_act", "activation"), "gelu")
+    module_widths = [linears[-1].out_features for linears in layer_linears]
+    layer_widths = tuple(module_widths[i * len(layers) // num_layers] for i in range(num_layers))
+    hidden_size = first_config_value(model_config, ("hidden_size", "dim", "d_model"), layer_widths[-1])
+    num_heads = first_config_value(model_config, ("num_attention_heads", "n_heads", "num_heads"))
+    if isinstance(num_heads, (list, tuple)):  # per stage (Swin): the deepest stage's, whose width is D_B
+        num_heads = num_heads[-1]
+    if num_heads is None:
+        raise ValueError(
+            f"MDPD could not read the number of attention heads of {type(model).__name__} from its config "
+            "(looked for num_attention_heads/n_heads/num_heads)."
+        )
+    intermediate_size = first_config_value(model_config, ("intermediate_size", "hidden_dim", "ffn_dim"))
+    if intermediate_size is None:
+        intermediate_size = int(first_config_value(model_config, ("mlp_ratio",), 4) * hidden_size)
+    activation = first_config_value(model_config, ("hidden_act", "activation", "hidden_activation"), "gelu")
     if not isinstance(activation, str):
         activation = "gelu"
 
-    norms = [(name, m) for name, m in backbone_modules(first_layer) if is_norm(m)]
+    norms = [(name, m) for name, m in backbone_modules(layers[-1]) if is_norm(m)]
     if config.norm_position is not None:
         norm_position = config.norm_position
     else:
@@ -119,7 +160,7 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
 
     return EncoderMap(
         layers_path=layers_path,
-        num_layers=len(layers),
+        num_layers=num_layers,
         hidden_size=int(hidden_size),
         num_heads=int(num_heads),
         intermediate_size=int(intermediate_size),
@@ -127,37 +168,64 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
         norm_position=norm_position,
         norm_eps=float(norm_eps),
         is_vision=getattr(model, "main_input_name", "input_ids") == "pixel_values",
+        embedding_width=layer_linears[0][0].in_features,
+        layer_widths=layer_widths,
     )
+
+
+Projection = tuple[torch.Tensor, Optional[torch.Tensor]]  # weight (out, in) and bias (out,) of a Linear, or rows of one
+
+
+def projection(linear: nn.Linear, rows: slice = slice(None)) -> Projection:
+    return linear.weight[rows], None if linear.bias is None else linear.bias[rows]
 
 
 @dataclass
 class BlockParts:
-    """The backbone block's modules in the roles a standard transformer block has (for pruned init)."""
+    """The backbone block's weights in the roles a standard transformer block has (for pruned init)."""
 
-    query: nn.Linear
-    key: nn.Linear
-    value: nn.Linear
-    attn_out: nn.Linear
-    ffn_in: nn.Linear
-    ffn_out: nn.Linear
-    attn_norm: nn.Module
-    ffn_norm: nn.Module
+    query: Projection
+    key: Projection
+    value: Projection
+    attn_out: Projection
+    ffn_in: Projection
+    ffn_out: Projection
+    attn_norm: Optional[nn.Module]  # None where the block has not exactly two norms
+    ffn_norm: Optional[nn.Module]
 
 
 def find_block_parts(layer: nn.Module, hidden_size: int, intermediate_size: int) -> BlockParts:
-    """Roles by shape and registration order: the first three D->D Linears are q, k, v, the last one the
-    attention output (DeBERTa's relative-position projections sit between); D->I is the FFN input, I->D its output; the two norms are the attention's then the FFN's.
+    """Roles by shape and registration order.
+
+    - q, k, v: the first three D->D Linears, or the thirds of a fused D->3D one that comes first
+      (ModernBERT's ``Wqkv``, DeBERTa's ``in_proj``);
+    - attention output: the last D->D Linear (DeBERTa-v2's relative-position projections sit between);
+    - FFN input, after it: the D->I Linear, or the first half of a gated D->2I one (ModernBERT's GLU
+      computes act(first half) * second half; the side FFN keeps the first);
+    - FFN output: the I->D Linear after it;
+    - norms: the block's two LayerNorms with weights, the attention's then the FFN's. A block with
+      another count (ModernBERT's first layer has no attention norm) leaves the side norms at identity.
     """
-    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-    square = [m for m in linears if (m.in_features, m.out_features) == (hidden_size, hidden_size)]
-    ffn_in = [m for m in linears if (m.in_features, m.out_features) == (hidden_size, intermediate_size)]
-    ffn_out = [m for m in linears if (m.in_features, m.out_features) == (intermediate_size, hidden_size)]
-    norms = [m for _, m in backbone_modules(layer) if is_norm(m) and getattr(m, "weight", None) is not None]
-    if len(square) < 4 or len(ffn_in) != 1 or len(ffn_out) != 1 or len(norms) != 2 or intermediate_size == hidden_size:
+    d, i = hidden_size, intermediate_size
+    linears = linears_of(layer)
+    square = [n for n, m in enumerate(linears) if (m.in_features, m.out_features) == (d, d)]
+    fused = bool(linears) and (linears[0].in_features, linears[0].out_features) == (d, 3 * d)
+    if len(square) >= 4:
+        qkv = [projection(linears[n]) for n in square[:3]]
+    elif fused and square:
+        qkv = [projection(linears[0], slice(k * d, (k + 1) * d)) for k in range(3)]
+    else:
+        qkv = []
+    after_attention = linears[square[-1] + 1 :] if square else []
+    ffn_in = [m for m in after_attention if m.in_features == d and m.out_features in (i, 2 * i)]
+    ffn_out = [m for m in after_attention if (m.in_features, m.out_features) == (i, d)]
+    if not qkv or len(ffn_in) != 1 or len(ffn_out) != 1 or i == d:
         raise ValueError(
-            f"MDPDConfig.side_init='pruned' needs a standard transformer block (separate q/k/v/output projections "
-            f"of size {hidden_size}, one FFN {hidden_size}->{intermediate_size}->{hidden_size}, two LayerNorms), but "
-            f"{type(layer).__name__} has {len(square)} square Linears, {len(ffn_in)}+{len(ffn_out)} FFN Linears and "
-            f"{len(norms)} norms. Use side_init='random' for this model."
+            f"MDPDConfig.side_init='pruned' needs a standard transformer block (q/k/v projections of size {d}, "
+            f"separate or fused, an output projection, one FFN {d}->{i}->{d}), but {type(layer).__name__} has "
+            f"{len(square)} {d}x{d} Linears and {len(ffn_in)}+{len(ffn_out)} FFN Linears. "
+            "Use side_init='random' for this model."
         )
-    return BlockParts(*square[:3], square[-1], ffn_in[0], ffn_out[0], norms[0], norms[1])
+    norms = [m for _, m in backbone_modules(layer) if is_norm(m) and getattr(m, "weight", None) is not None]
+    attn_norm, ffn_norm = norms if len(norms) == 2 else (None, None)
+    return BlockParts(*qkv, projection(linears[square[-1]]), projection(ffn_in[0], slice(0, i)), projection(ffn_out[0]), attn_norm, ffn_norm)

@@ -89,11 +89,13 @@ class MDPDConfig(PeftConfig):
             yourself for ``task_type=None``, e.g. ``["classifier"]`` for image classification).
         side_init: ``"pruned"`` initialises each side block from its backbone block by structured
             pruning (LST; channels ranked by the L1 norm of the weights that read or write them);
-            ``"random"`` uses PyTorch's default initialisation.
+            ``"random"`` uses PyTorch's default initialisation. Models whose stages change width
+            (Swin) need ``"random"``: pruning keeps one set of residual channels for all blocks.
         eval_path: The path that predicts in eval mode: ``"backbone"`` (what ships after fading) or
             ``"side"`` (the side network's head, for comparison).
         layers_path: Dotted path of the encoder's ``nn.ModuleList`` of layers, for models the
-            generic rule (the ModuleList whose length is the number of layers) cannot find.
+            generic rule (the ModuleList whose length is the number of layers, or divides it where
+            layers share weights as in ALBERT) cannot find.
         norm_position: ``"pre"`` or ``"post"``: where the side blocks put their LayerNorms. ``None``
             reads it from the backbone's LayerNorm names (pre-norm names such as
             ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).

@@ -7,7 +7,9 @@ Choices the paper leaves open, made here:
 - One aligner phi per distilled layer (Eq. 1 indexes phi by nothing, but the layers differ).
 - Deep layers align first, then mask (section 3.3: "we first use a bottleneck module to align the
   hidden dimensions"); one learnable mask token of width D_B is shared by all deep layers, and one
-  random mask per forward pass is shared by all deep layers (Eq. 5: "unitarily applied").
+  random mask per forward pass is shared by all deep layers (Eq. 5: "unitarily applied"). Where the
+  backbone's stages change width and token count (Swin), each width has its mask token and each
+  token count its mask.
 - G (Eq. 7) is Conv3x3(D_B -> d) -> ReLU -> Conv3x3(d -> D_B) with d the aligner rank, which keeps
   its parameter count near the aligner's instead of 18 * D_B^2.
 - Token layout for the 3x3 convolutions: text is a 1 x N image (so a 3x3 kernel sees the previous and
@@ -18,13 +20,13 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .token_layout import stage_real_tokens, token_grid
 
 
 class FeatureAligner(nn.Module):
@@ -37,17 +39,6 @@ class FeatureAligner(nn.Module):
 
     def forward(self, side_state: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(side_state))  # (B, N, D_S) -> (B, N, D_B)
-
-
-def token_grid(num_tokens: int, is_vision: bool) -> tuple[int, int, int]:
-    """(prefix tokens, grid height, grid width) of a token sequence, for the 3x3 convolutions of G."""
-    if is_vision:
-        side = math.isqrt(num_tokens)
-        for prefix in range(num_tokens - side * side, num_tokens):
-            grid = num_tokens - prefix
-            if math.isqrt(grid) ** 2 == grid and grid > 0:
-                return prefix, math.isqrt(grid), math.isqrt(grid)
-    return 0, 1, num_tokens
 
 
 def sample_token_mask(real: torch.Tensor, mask_ratio: float) -> torch.Tensor:
@@ -89,13 +80,16 @@ class GenerationBlock(nn.Module):
 class DualPathDistiller(nn.Module):
     """The distillation modules of one adapter: an aligner per side layer, G per deep layer, the mask token."""
 
-    def __init__(self, side_layers: list[int], deep_layers_start: int, side_width: int, backbone_width: int, rank: int):
+    def __init__(self, side_layers: list[int], deep_layers_start: int, side_width: int, layer_widths: list[int], rank: int):
+        """``layer_widths``: the backbone width of each side layer's teacher (one width but for Swin's stages)."""
         super().__init__()
         self.is_deep = [layer >= deep_layers_start for layer in side_layers]
-        self.aligners = nn.ModuleList(FeatureAligner(side_width, backbone_width, rank) for _ in side_layers)
-        self.generators = nn.ModuleList(GenerationBlock(backbone_width, rank) for deep in self.is_deep if deep)
-        self.mask_token = nn.Parameter(torch.zeros(backbone_width))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self.aligners = nn.ModuleList(FeatureAligner(side_width, width, rank) for width in layer_widths)
+        self.generators = nn.ModuleList(GenerationBlock(width, rank) for width, deep in zip(layer_widths, self.is_deep) if deep)
+        # one mask token per backbone width: a single one, as in the paper, unless the stages widen
+        self.mask_tokens = nn.ParameterDict(
+            {str(width): nn.Parameter(nn.init.trunc_normal_(torch.zeros(width), std=0.02)) for width in layer_widths}
+        )
 
     def forward(
         self,
@@ -113,18 +107,25 @@ class DualPathDistiller(nn.Module):
         time. Gradients are unchanged; the cost is one more aligner and G forward per layer.
 
         Args:
-            side_states: s^l, (B, N, D_S) per side layer.
-            teacher_states: b^l, (B, N, D_B) per side layer, detached.
-            real: (B, N) bool, True for real (non-padding) tokens.
+            side_states: s^l, (B, N_l, D_S) per side layer.
+            teacher_states: b^l, (B, N_l, D_l) per side layer, detached (N_l = N and D_l = D_B but in Swin).
+            real: (B, N) bool, True for real (non-padding) tokens of the input sequence.
         """
-        real_weight = real.unsqueeze(-1).to(side_states[0].dtype)  # (B, N, 1)
-        masked = sample_token_mask(real, mask_ratio)  # one draw for all deep layers, outside the recomputed part
+        masks: dict[int, torch.Tensor] = {}  # one draw per token count for all deep layers, outside the recomputed part
         shallow = side_states[0].new_zeros(())
         deep = side_states[0].new_zeros(())
         generators = iter(self.generators)
         for is_deep, aligner, side, teacher in zip(self.is_deep, self.aligners, side_states, teacher_states):
+            layer_real = stage_real_tokens(real, teacher.shape[1])
+            real_weight = layer_real.unsqueeze(-1).to(side.dtype)  # (B, N, 1)
             if is_deep:
-                deep = deep + recomputed(self.deep_term, aligner, next(generators), side, teacher, masked, real_weight, is_vision)
+                num_tokens = teacher.shape[1]
+                if num_tokens not in masks:
+                    masks[num_tokens] = sample_token_mask(layer_real, mask_ratio)
+                mask_token = self.mask_tokens[str(teacher.shape[-1])]
+                deep = deep + recomputed(
+                    self.deep_term, aligner, next(generators), mask_token, side, teacher, masks[num_tokens], real_weight, is_vision
+                )
             else:
                 shallow = shallow + recomputed(self.shallow_term, aligner, side, teacher, real_weight)
         return shallow / real.shape[0], deep / real.shape[0]
@@ -134,10 +135,11 @@ class DualPathDistiller(nn.Module):
         """Eq. 4 for one layer, summed over the batch: ||b - phi(s)||^2 over real tokens."""
         return ((teacher - aligner(side)).pow(2) * real_weight).sum()
 
+    @staticmethod
     def deep_term(
-        self,
         aligner: FeatureAligner,
         generator: GenerationBlock,
+        mask_token: torch.Tensor,
         side: torch.Tensor,
         teacher: torch.Tensor,
         masked: torch.Tensor,
@@ -147,7 +149,7 @@ class DualPathDistiller(nn.Module):
         """Eq. 6-7 for one layer, summed over the batch: ||b - G(mask(phi(s)))||^2 over masked tokens."""
         aligned = aligner(side)  # (B, N, D_B)
         # Eq. 6: masked tokens become the shared learnable mask token; padding is zeroed for the convs.
-        filled = torch.where(masked.unsqueeze(-1), self.mask_token.to(aligned.dtype), aligned) * real_weight
+        filled = torch.where(masked.unsqueeze(-1), mask_token.to(aligned.dtype), aligned) * real_weight
         generated = generator(filled, is_vision)
         return ((teacher - generated).pow(2) * masked.unsqueeze(-1).to(generated.dtype)).sum()
 

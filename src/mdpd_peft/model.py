@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import re
 import warnings
@@ -35,7 +34,7 @@ class ForwardCapture:
     attention_mask: torch.Tensor | None
     targets: dict[str, torch.Tensor]
     embeddings: torch.Tensor | None = None
-    layer_outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
 
 
 def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -116,7 +115,7 @@ def default_norm_targets(model: nn.Module, head_names, encoder: EncoderMap, last
     return targets
 
 
-def check_against_model(config: MDPDConfig, encoder: EncoderMap) -> None:
+def check_against_model(config: MDPDConfig, encoder: EncoderMap, model: nn.Module) -> None:
     """The settings whose allowed values depend on the model."""
     layers = encoder.num_layers
     if config.side_layers is not None:
@@ -129,6 +128,8 @@ def check_against_model(config: MDPDConfig, encoder: EncoderMap) -> None:
         raise invalid("reduction_factor", config.reduction_factor, f"an integer in [1, {encoder.hidden_size}] (the hidden size)")
     if config.fading_layers is not None and config.fading_layers > layers:
         raise invalid("fading_layers", config.fading_layers, f"None or an integer in [1, {layers}] (the model has {layers} layers)")
+    if config.fading_layers is not None and layers != len(encoder.layers(model)):
+        raise invalid("fading_layers", config.fading_layers, "None for a model whose layers share weights (every layer runs the same LayerNorms)")
     if config.aligner_rank is not None and config.aligner_rank > side_width:
         raise invalid("aligner_rank", config.aligner_rank, f"None or an integer in [1, {side_width}] (the side width)")
 
@@ -191,7 +192,7 @@ class MDPDModel(BaseTuner):
         if config.modules_to_save is None and config.task_type in TASK_HEADS:
             config.modules_to_save = list(TASK_HEADS[config.task_type])
         encoder = map_encoder(model, config)
-        check_against_model(config, encoder)
+        check_against_model(config, encoder, model)
         if not hasattr(self, "mdpd_side"):
             self.mdpd_side = nn.ModuleDict()
             self.mdpd_distill = nn.ModuleDict()
@@ -247,12 +248,12 @@ class MDPDModel(BaseTuner):
             head_outputs(self.model, config.modules_to_save),
         )
         rank = config.aligner_rank or min(16, side.width)
-        distiller = DualPathDistiller(side_layers, deep_start, side.width, encoder.hidden_size, rank)
+        distiller = DualPathDistiller(side_layers, deep_start, side.width, [encoder.layer_widths[i] for i in side_layers], rank)
         device = next(self.model.parameters()).device
         side.to(device)
         distiller.to(device)
         if config.side_init == "pruned":
-            prune_into_side_network(side, encoder.layers(self.model), encoder)
+            prune_into_side_network(side, self.model, encoder)
         self.mdpd_side[adapter_name] = side
         self.mdpd_distill[adapter_name] = distiller
 
@@ -311,11 +312,12 @@ class MDPDModel(BaseTuner):
             return
         self._forward_signature = inspect.signature(self.model.forward)
         layers = next(iter(self.mdpd_encoders.values())).layers(self.model)
+        # Bound methods, not closures: copy.deepcopy of the model rebinds them to the copy. Outputs are kept
+        # in call order, which also counts the layers of models that run one module several times (ALBERT).
         self._hook_handles = [
             self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
             layers[0].register_forward_pre_hook(self._capture_embeddings, with_kwargs=True),
-            # partial of a bound method, not a closure: copy.deepcopy of the model then rebinds it to the copy
-            *(layer.register_forward_hook(functools.partial(self._capture_layer_output, i)) for i, layer in enumerate(layers)),
+            *(layer.register_forward_hook(self._capture_layer_output) for layer in layers),
             self.model.register_forward_hook(self._finish_forward, with_kwargs=True),
         ]
 
@@ -350,12 +352,12 @@ class MDPDModel(BaseTuner):
         )
 
     def _capture_embeddings(self, module, args, kwargs):
-        if self._capture is not None:
+        if self._capture is not None and self._capture.embeddings is None:
             self._capture.embeddings = layer_input(args, kwargs).detach()
 
-    def _capture_layer_output(self, index: int, module, args, output):
+    def _capture_layer_output(self, module, args, output):
         if self._capture is not None:
-            self._capture.layer_outputs[index] = layer_output(output).detach()
+            self._capture.layer_outputs.append(layer_output(output).detach())
 
     def _finish_forward(self, module, args, kwargs, output):
         capture, self._capture = self._capture, None

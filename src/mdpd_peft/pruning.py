@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .architecture import BlockParts, EncoderMap, find_block_parts
+from .architecture import BlockParts, EncoderMap, Projection, find_block_parts
+from .config import invalid
 from .side_network import LadderSideNetwork, SideBlock
 
 
@@ -23,8 +24,8 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def residual_channel_scores(parts: BlockParts) -> torch.Tensor:
     """(D_B,) importance of each residual channel: L1 of the columns that read it and rows that write it."""
-    reads = sum(m.weight.abs().sum(dim=0) for m in (parts.query, parts.key, parts.value, parts.ffn_in))
-    writes = parts.attn_out.weight.abs().sum(dim=1) + parts.ffn_out.weight.abs().sum(dim=1)
+    reads = sum(weight.abs().sum(dim=0) for weight, _ in (parts.query, parts.key, parts.value, parts.ffn_in))
+    writes = parts.attn_out[0].abs().sum(dim=1) + parts.ffn_out[0].abs().sum(dim=1)
     return reads + writes
 
 
@@ -37,13 +38,16 @@ def head_rows(scores: torch.Tensor, backbone_heads: int, side_heads: int, side_h
     return torch.cat([head * per_head.shape[1] + top_indices(per_head[head], side_head_dim) for head in heads.tolist()])
 
 
-def copy_linear(target: nn.Linear, source: nn.Linear, rows: torch.Tensor, cols: torch.Tensor) -> None:
-    target.weight.copy_(source.weight[rows][:, cols])
-    if source.bias is not None:
-        target.bias.copy_(source.bias[rows])
+def copy_linear(target: nn.Linear, source: Projection, rows: torch.Tensor, cols: torch.Tensor) -> None:
+    weight, bias = source
+    target.weight.copy_(weight[rows][:, cols])
+    if bias is not None:
+        target.bias.copy_(bias[rows])
 
 
-def copy_norm(target: nn.LayerNorm, source: nn.Module, channels: torch.Tensor) -> None:
+def copy_norm(target: nn.LayerNorm, source: nn.Module | None, channels: torch.Tensor) -> None:
+    if source is None:
+        return
     target.weight.copy_(source.weight[channels])
     if getattr(source, "bias", None) is not None:
         target.bias.copy_(source.bias[channels])
@@ -51,11 +55,11 @@ def copy_norm(target: nn.LayerNorm, source: nn.Module, channels: torch.Tensor) -
 
 def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backbone_heads: int) -> None:
     side_head_dim = block.query.out_features // block.num_heads
-    qk_scores = parts.query.weight.abs().sum(dim=1) + parts.key.weight.abs().sum(dim=1)
-    vo_scores = parts.value.weight.abs().sum(dim=1) + parts.attn_out.weight.abs().sum(dim=0)
+    qk_scores = parts.query[0].abs().sum(dim=1) + parts.key[0].abs().sum(dim=1)
+    vo_scores = parts.value[0].abs().sum(dim=1) + parts.attn_out[0].abs().sum(dim=0)
     qk_rows = head_rows(qk_scores, backbone_heads, block.num_heads, side_head_dim)
     vo_rows = head_rows(vo_scores, backbone_heads, block.num_heads, side_head_dim)
-    neuron_scores = parts.ffn_in.weight.abs().sum(dim=1) + parts.ffn_out.weight.abs().sum(dim=0)
+    neuron_scores = parts.ffn_in[0].abs().sum(dim=1) + parts.ffn_out[0].abs().sum(dim=0)
     neurons = top_indices(neuron_scores, block.ffn_in.out_features)
 
     copy_linear(block.query, parts.query, qk_rows, hidden)
@@ -69,9 +73,16 @@ def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backb
 
 
 @torch.no_grad()
-def prune_into_side_network(side: LadderSideNetwork, layers: nn.ModuleList, encoder: EncoderMap) -> None:
+def prune_into_side_network(side: LadderSideNetwork, model: nn.Module, encoder: EncoderMap) -> None:
     """Initialise every side block from its backbone layer (the side network's layers map to ``side.side_layers``)."""
-    parts = [find_block_parts(layers[i], encoder.hidden_size, encoder.intermediate_size) for i in side.side_layers]
+    if not encoder.uniform_width:
+        raise invalid(
+            "side_init", "pruned", f"'random' for a model whose layers change width ({type(model).__name__}: "
+            f"{encoder.embedding_width} -> {list(encoder.layer_widths)}); pruning keeps one set of residual channels"
+        )
+    parts = [
+        find_block_parts(encoder.layer_module(model, i), encoder.hidden_size, encoder.intermediate_size) for i in side.side_layers
+    ]
     hidden = top_indices(sum(residual_channel_scores(p).float() for p in parts), side.width)
     for block, block_parts in zip(side.blocks, parts):
         prune_block(block, block_parts, hidden, encoder.num_heads)

@@ -5,7 +5,9 @@ heads with head dimension divided by r, FFN width ``D_ff / r``, the same activat
 placement. Before side block l the side state is mixed with a down-projection of backbone layer l's
 output through a learned gate (LST): ``s <- g_l * s + (1 - g_l) * Down_l(b_l)``, ``g_l = sigmoid(alpha_l / T)``.
 The first side state is ``Down_0`` of the embeddings (the input of backbone layer 0). Backbone states
-arrive detached: no gradient of the side path crosses a backbone weight.
+arrive detached: no gradient of the side path crosses a backbone weight. Where a backbone stage merges
+patches (Swin), the side state is average-pooled to the stage's grid before the mix, and each stage's
+down-projection reads that stage's width.
 
 Attention uses ``F.scaled_dot_product_attention`` with a key-padding mask, so padding tokens are never
 attended to and no attention matrix is stored. The side blocks have no dropout.
@@ -19,6 +21,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from .architecture import EncoderMap
+from .token_layout import pool_tokens, stage_real_tokens
 
 
 def side_head_count(side_width: int, num_heads: int) -> int:
@@ -87,8 +90,9 @@ class LadderSideNetwork(nn.Module):
         self.gate_temperature = gate_temperature
         heads = side_head_count(self.width, encoder.num_heads)
         intermediate = max(1, encoder.intermediate_size // reduction_factor)
-        self.embed_down = nn.Linear(encoder.hidden_size, self.width)
-        self.downs = nn.ModuleList(nn.Linear(encoder.hidden_size, self.width) for _ in self.side_layers)
+        self.is_vision = encoder.is_vision
+        self.embed_down = nn.Linear(encoder.embedding_width, self.width)
+        self.downs = nn.ModuleList(nn.Linear(encoder.layer_widths[i], self.width) for i in self.side_layers)
         self.gate_logits = nn.Parameter(torch.full((len(self.side_layers),), float(gate_init)))
         self.blocks = nn.ModuleList(
             SideBlock(self.width, heads, intermediate, encoder.activation, encoder.norm_eps, encoder.norm_position)
@@ -108,16 +112,18 @@ class LadderSideNetwork(nn.Module):
 
         Args:
             embeddings: (B, N, D_B) input of backbone layer 0, detached.
-            backbone_states: (B, N, D_B) outputs of the backbone's side layers, in order, detached.
+            backbone_states: (B, N, D_B) outputs of the backbone's side layers, in order, detached (Swin's
+                stages: (B, N_l, D_l), fewer tokens and more channels at every stage).
             real: (B, N) bool, True for real (non-padding) tokens.
 
         Returns:
-            The side states s^l after each side block, each (B, N, D_S), and the final normalised state.
+            The side states s^l after each side block, each (B, N_l, D_S), and the final normalised state.
         """
         key_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, N): attend to real keys only
         side = self.embed_down(embeddings)
         side_states = []
         for gate, down, block, state in zip(self.gates(), self.downs, self.blocks, backbone_states):
+            side = pool_tokens(side, state.shape[1], self.is_vision)  # follows merged patches; else unchanged
             side = gate * side + (1.0 - gate) * down(state)
             side = block(side, key_mask)
             side_states.append(side)
@@ -127,4 +133,4 @@ class LadderSideNetwork(nn.Module):
         """Side logits Y_S: the head on the pooled final state (paper: GAP), or on every token for token-level tasks."""
         if per_token:
             return self.head(final_state)  # (B, N, C)
-        return self.head(masked_mean(final_state, real))  # (B, C)
+        return self.head(masked_mean(final_state, stage_real_tokens(real, final_state.shape[1])))  # (B, C)
