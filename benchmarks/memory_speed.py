@@ -13,6 +13,10 @@
   round, reported as a ratio to LoRA measured in the same process.
 - Inference latency: median forward time of what each method deploys (``methods.deployed``) in eval
   mode, as a ratio to the untouched base model and to the side-kept model, interleaved the same way.
+- The side path's share of MDPD's step: the ladder side network and its distillation heads alone,
+  forward, backward and AdamW step on the backbone states MDPD's hooks hand them (here read from
+  ``output_hidden_states``), timed against the whole MDPD step and LoRA's in the same process; its peak
+  memory, and the size of the backbone states it reads.
 
 Results go to ``--output`` (JSON) for ``report.py``.
 """
@@ -39,6 +43,7 @@ from methods import METHODS, deployed, optimizer_for, trainable_parameters  # no
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft.memory import PeakMemory  # noqa: E402
+from mdpd_peft.task_loss import side_task_loss  # noqa: E402
 
 SHAPES = {
     "bert-base": lambda: transformers.BertConfig(num_labels=2),  # 12 layers, hidden 768, random init
@@ -110,6 +115,47 @@ def peak_memory(model_name: str, method: str, batch: dict, device: torch.device)
     return meter.peak_bytes, trainable_parameters(model)
 
 
+def side_path(model_name: str, batch: dict, steps: int, device: torch.device) -> dict:
+    """Time and peak memory of MDPD's side path alone (see the module docstring)."""
+    model = METHODS["mdpd"](base_model(model_name, device))
+    tuner = model.base_model
+    side, distiller, config = tuner.mdpd_side["default"], tuner.mdpd_distill["default"], tuner.peft_config["default"]
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.no_grad(), model.disable_adapter():
+        hidden = model(**inputs, output_hidden_states=True).hidden_states  # embeddings, then every layer's output
+    embeddings, states = hidden[0], [hidden[i + 1] for i in side.side_layers]
+    real = batch["attention_mask"].bool()
+    side_optimizer = torch.optim.AdamW([*side.parameters(), *distiller.parameters()], lr=1e-4)
+
+    def side_step() -> None:
+        side_states, final_state = side(embeddings, states, real)
+        task = side_task_loss(side.logits(final_state, real, per_token=False), {"labels": batch["labels"]}, tuner.model.config)
+        shallow, deep = distiller(side_states, states, real, config.mask_ratio, is_vision=False)
+        (task + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep).backward()
+        side_optimizer.step()
+        side_optimizer.zero_grad(set_to_none=True)
+
+    with PeakMemory(device) as meter:
+        side_step()
+    lora = METHODS["lora"](base_model(model_name, device))
+    optimizers = {"mdpd": optimizer_for(model, 1e-4), "lora": optimizer_for(lora, 1e-4)}
+    seconds = interleaved_medians(
+        {
+            "side": side_step,
+            "mdpd": lambda: train_step(model, optimizers["mdpd"], batch),
+            "lora": lambda: train_step(lora, optimizers["lora"], batch),
+        },
+        steps,
+        device,
+    )
+    return {
+        "peak_mib": meter.peak_bytes / 2**20,
+        "backbone_states_mib": sum(t.numel() * t.element_size() for t in [embeddings, *states]) / 2**20,
+        "step_vs_mdpd": seconds["side"] / seconds["mdpd"],
+        "step_vs_lora": seconds["side"] / seconds["lora"],
+    }
+
+
 def measure(model_name: str, batch_size: int, length: int, steps: int, device: torch.device) -> dict:
     vocab = base_model(model_name, device).config.vocab_size
     batch = random_batch(batch_size, length, vocab, device)
@@ -134,7 +180,8 @@ def measure(model_name: str, batch_size: int, length: int, steps: int, device: t
         row["step_vs_lora"] = step_seconds[method] / step_seconds["lora"]
         row["latency_vs_base"] = latency[method] / latency["base"]
         row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
-    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows}
+    side = side_path(model_name, batch, steps, device)
+    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows, "side_path": side}
 
 
 def environment(device: torch.device, command: str) -> dict:
@@ -176,6 +223,11 @@ def main(argv=None) -> dict:
                 f" ({row['peak_vs_lora']:.2f}x LoRA)  step {row['step_vs_lora']:.2f}x LoRA"
                 f"  latency {row['latency_vs_base']:.2f}x base"
             )
+        side = result["side_path"]
+        print(
+            f"MDPD side path alone: peak {side['peak_mib']:.1f} MiB (reads {side['backbone_states_mib']:.1f} MiB of backbone states),"
+            f" step {side['step_vs_mdpd']:.2f}x MDPD's, {side['step_vs_lora']:.2f}x LoRA's"
+        )
     output = Path(args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))

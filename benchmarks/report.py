@@ -54,6 +54,15 @@ def memory_speed_table(result: dict) -> list[str]:
             f"| {NAMES[method]} | {row['trainable_parameters']:,} | {row['peak_mib']:.1f} | {row['peak_vs_lora']:.2f} "
             f"| {row['step_vs_lora']:.2f} | {row['latency_vs_base']:.2f} | {row['latency_vs_side_kept']:.2f} |"
         )
+    side = result.get("side_path")
+    if side:
+        lines += [
+            "",
+            f"MDPD's side path alone (the ladder with fused SDPA attention, and the distillation heads; forward, backward and "
+            f"AdamW step on the backbone states it is handed): peak {side['peak_mib']:.1f} MiB of MDPD's "
+            f"{result['methods']['mdpd']['peak_mib']:.1f}, reading {side['backbone_states_mib']:.1f} MiB of backbone states; "
+            f"step time {side['step_vs_mdpd']:.2f}x MDPD's step ({side['step_vs_lora']:.2f}x LoRA's).",
+        ]
     return [*lines, ""]
 
 

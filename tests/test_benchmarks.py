@@ -23,6 +23,9 @@ def test_memory_speed_suite_measures_every_method(tmp_path):
     assert result["methods"]["lora"]["peak_vs_lora"] == 1.0
     # Full fine-tuning holds gradients and AdamW state for every weight: it must top LoRA.
     assert result["methods"]["full"]["peak_mib"] > result["methods"]["lora"]["peak_mib"]
+    # The side path alone is part of MDPD's step: less memory than the whole step, measured and timed.
+    side = result["side_path"]
+    assert 0 < side["peak_mib"] < result["methods"]["mdpd"]["peak_mib"] and side["step_vs_mdpd"] > 0
 
 
 def test_memory_sweep_covers_the_grid(tmp_path):
