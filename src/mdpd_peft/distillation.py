@@ -14,7 +14,7 @@ Choices the paper leaves open, made here:
   its parameter count near the aligner's instead of 18 * D_B^2.
 - Token layout for the 3x3 convolutions: text is a 1 x N image (so a 3x3 kernel sees the previous and
   next token); vision tokens go back to their square patch grid, and prefix tokens (CLS, registers)
-  are each convolved as a 1 x 1 image. Padding tokens are zeroed before G so they leak into no real
+  are each convolved as a 1 x 1 image. Padding tokens are zeroed in G's input and hidden map so they leak into no real
   token, and neither they nor unmasked tokens count in Eq. 7.
 """
 
@@ -62,18 +62,23 @@ class GenerationBlock(nn.Module):
         self.conv_in = nn.Conv2d(width, hidden, kernel_size=3, padding=1)
         self.conv_out = nn.Conv2d(hidden, width, kernel_size=3, padding=1)
 
-    def convolve(self, images: torch.Tensor) -> torch.Tensor:
-        return self.conv_out(F.relu(self.conv_in(images)))
+    def convolve(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """images (B, C, H, W) with padding zeroed, keep (B, 1, H, W) 1 for real tokens. The hidden map is
+        zeroed at padding too: the ReLU of conv_in's bias there would otherwise reach the real neighbours."""
+        return self.conv_out(F.relu(self.conv_in(images)) * keep)
 
-    def forward(self, tokens: torch.Tensor, is_vision: bool) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, real_weight: torch.Tensor, is_vision: bool) -> torch.Tensor:
+        """tokens (B, N, D) with padding zeroed, real_weight (B, N, 1) -> generated (B, N, D)."""
         batch, num_tokens, width = tokens.shape
         prefix, height, grid_width = token_grid(num_tokens, is_vision)
         grid = tokens[:, prefix:].transpose(1, 2).reshape(batch, width, height, grid_width)
-        generated = self.convolve(grid).reshape(batch, width, -1).transpose(1, 2)  # (B, N - prefix, D_B)
+        keep = real_weight[:, prefix:].transpose(1, 2).reshape(batch, 1, height, grid_width)
+        generated = self.convolve(grid, keep).reshape(batch, width, -1).transpose(1, 2)  # (B, N - prefix, D)
         if prefix == 0:
             return generated
         single = tokens[:, :prefix].reshape(batch * prefix, width, 1, 1)
-        generated_prefix = self.convolve(single).reshape(batch, prefix, width)
+        single_keep = real_weight[:, :prefix].reshape(batch * prefix, 1, 1, 1)
+        generated_prefix = self.convolve(single, single_keep).reshape(batch, prefix, width)
         return torch.cat([generated_prefix, generated], dim=1)
 
 
@@ -150,7 +155,7 @@ class DualPathDistiller(nn.Module):
         aligned = aligner(side)  # (B, N, D_B)
         # Eq. 6: masked tokens become the shared learnable mask token; padding is zeroed for the convs.
         filled = torch.where(masked.unsqueeze(-1), mask_token.to(aligned.dtype), aligned) * real_weight
-        generated = generator(filled, is_vision)
+        generated = generator(filled, real_weight, is_vision)
         return ((teacher - generated).pow(2) * masked.unsqueeze(-1).to(generated.dtype)).sum()
 
 
