@@ -88,6 +88,41 @@ def train_steps(peft_model, batch: dict, steps: int = 3, lr: float = 1e-2):
     return output
 
 
+def check_train_and_fade(model, config, batch):
+    """Train ``model`` under ``config`` a few steps on ``batch``: frozen weights stay frozen, the faded model is of
+    the base class and computes exactly what the backbone path did. Returns the PEFT model (faded in place)."""
+    from peft import get_peft_model
+
+    base_class = type(model)
+    peft_model = get_peft_model(model, config)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
+    output = train_steps(peft_model, batch, steps=3)
+    assert torch.isfinite(output.loss) and set(output.mdpd_losses) >= {"shallow", "deep"}
+    if peft_model.base_model.mdpd_side["default"].head is not None:  # feature extraction has no logits
+        assert {"task", "logits"} <= set(output.mdpd_losses)
+    assert all(torch.equal(before[n], p) for n, p in peft_model.named_parameters() if n in before)
+    peft_model.eval()
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")}
+    with torch.no_grad():
+        expected = peft_model(**inputs)
+        faded = peft_model.merge_and_unload().eval()
+        got = faded(**inputs)
+    assert type(faded) is base_class
+    for key in ("logits", "start_logits", "end_logits", "last_hidden_state"):
+        if expected.get(key) is not None:
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
+    return peft_model
+
+
+def without_dropout(model):
+    """``model`` with every dropout probability set to 0, so that training-mode forward passes are
+    deterministic and do not depend on the shape of the batch."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model
+
+
 def load_without_mdpd_peft(checks: list[dict]) -> dict[str, str]:
     """Load each saved folder with plain transformers in one process where ``import mdpd_peft`` fails.
 

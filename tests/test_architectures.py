@@ -2,33 +2,10 @@
 
 import pytest
 import torch
-from peft import get_peft_model
 
 from mdpd_peft import MDPDConfig
 from mdpd_peft.architecture import map_encoder
-from conftest import image_batch, text_batch, tiny_mdpd_model, tiny_text_model, tiny_vit, train_steps
-
-
-def check_train_and_fade(model, config, batch):
-    base_class = type(model)
-    peft_model = get_peft_model(model, config)
-    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
-    output = train_steps(peft_model, batch, steps=3)
-    assert torch.isfinite(output.loss) and set(output.mdpd_losses) >= {"shallow", "deep"}
-    if peft_model.base_model.mdpd_side["default"].head is not None:  # feature extraction has no logits
-        assert {"task", "logits"} <= set(output.mdpd_losses)
-    assert all(torch.equal(before[n], p) for n, p in peft_model.named_parameters() if n in before)
-    peft_model.eval()
-    inputs = {k: v for k, v in batch.items() if k not in ("labels", "start_positions", "end_positions")}
-    with torch.no_grad():
-        expected = peft_model(**inputs)
-        faded = peft_model.merge_and_unload().eval()
-        got = faded(**inputs)
-    assert type(faded) is base_class
-    for key in ("logits", "start_logits", "end_logits", "last_hidden_state"):
-        if expected.get(key) is not None:
-            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
-    return peft_model
+from conftest import check_train_and_fade, image_batch, text_batch, tiny_mdpd_model, tiny_text_model, tiny_vit
 
 
 def test_vit_with_task_type_none_runs_through_hooks_only():

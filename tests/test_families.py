@@ -7,6 +7,7 @@ one subprocess for the whole matrix, so the matrix costs one interpreter start, 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -15,8 +16,7 @@ import transformers
 
 from mdpd_peft import MDPDConfig
 from mdpd_peft.architecture import map_encoder
-from conftest import VOCAB, image_batch, load_without_mdpd_peft, text_batch
-from test_architectures import check_train_and_fade
+from conftest import VOCAB, check_train_and_fade, image_batch, load_without_mdpd_peft, text_batch
 
 LAYERS = dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
 TEXT = dict(vocab_size=VOCAB, num_labels=3, max_position_embeddings=64)
@@ -25,7 +25,7 @@ IMAGE = dict(image_size=16, patch_size=4, num_channels=1)
 
 @dataclass
 class Family:
-    config: callable  # () -> a tiny transformers config
+    config: Callable[[], transformers.PretrainedConfig]  # a tiny config of the family
     model_class: str  # the transformers class to build and to reload with
     mdpd: dict  # MDPDConfig arguments beyond reduction_factor=4
 

@@ -13,20 +13,11 @@ import torch.nn.functional as F
 from peft import get_peft_model
 
 from mdpd_peft import MDPDConfig
-from conftest import text_batch, tiny_text_model
+from conftest import text_batch, tiny_text_model, without_dropout
 
 LENGTH, PADDED_LENGTH = 12, 40
 TASK_TYPES = {"seq_cls": "SEQ_CLS", "token_cls": "TOKEN_CLS"}
 PADDING_VALUES = {"input_ids": 0, "attention_mask": 0, "labels": -100}
-
-
-def without_dropout(model):
-    """``model`` with every dropout probability set to 0, so that training-mode forward passes are
-    deterministic and do not depend on the shape of the batch."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return model
 
 
 def padded(batch: dict, length: int) -> dict:

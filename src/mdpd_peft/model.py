@@ -128,6 +128,13 @@ def check_against_model(config: MDPDConfig, encoder: EncoderMap, model: nn.Modul
         raise invalid("reduction_factor", config.reduction_factor, f"an integer in [1, {encoder.hidden_size}] (the hidden size)")
     if config.fading_layers is not None and config.fading_layers > layers:
         raise invalid("fading_layers", config.fading_layers, f"None or an integer in [1, {layers}] (the model has {layers} layers)")
+    if not config.inference_mode and config.modules_to_save and any(p.dtype == torch.float16 for p in model.parameters()):
+        raise ValueError(
+            "MDPD cannot train the task head of a model loaded in float16: PEFT trains it as a float16 modules_to_save "
+            "copy, which AdamW turns to NaN in one step (LoRA's does the same). Load the model in float32 and train with "
+            "fp16 autocast (Trainer(fp16=True), accelerate mixed_precision='fp16'), or load it in bfloat16. A float16 "
+            "model can still load a trained adapter for inference (PeftModel.from_pretrained(..., is_trainable=False))."
+        )
     if config.fading_layers is not None and layers != len(encoder.layers(model)):
         raise invalid("fading_layers", config.fading_layers, "None for a model whose layers share weights (every layer runs the same LayerNorms)")
     if config.aligner_rank is not None and config.aligner_rank > side_width:
@@ -275,9 +282,6 @@ class MDPDModel(BaseTuner):
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         super()._enable_adapter_layers(enabled)
         self._adapters_enabled = enabled
-
-    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
-        """The LayerNorm copies keep the backbone's dtype (an fp32 copy would reject fp16 inputs); the side network is fp32."""
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
