@@ -4,6 +4,7 @@
     python benchmarks/memory_speed.py --sweep                  # memory at batch 8/16/32 x length 64/128/256
     python benchmarks/memory_speed.py --model minilm           # the real pretrained all-MiniLM-L6-v2
     python benchmarks/memory_speed.py --model tiny --steps 3   # the CI smoke version (seconds)
+    python benchmarks/memory_speed.py --side-path              # MDPD's side path alone vs the whole MDPD step
 
 - Peak training memory: the first optimizer step (forward, backward, AdamW step) of a freshly built
   model and optimizer, above what was allocated before it (so weights are excluded; activations,
@@ -180,8 +181,7 @@ def measure(model_name: str, batch_size: int, length: int, steps: int, device: t
         row["step_vs_lora"] = step_seconds[method] / step_seconds["lora"]
         row["latency_vs_base"] = latency[method] / latency["base"]
         row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
-    side = side_path(model_name, batch, steps, device)
-    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows, "side_path": side}
+    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows}
 
 
 def environment(device: torch.device, command: str) -> dict:
@@ -199,12 +199,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--sweep", action="store_true", help="peak memory only, at batch 8/16/32 x length 64/128/256")
+    parser.add_argument("--side-path", action="store_true", help="MDPD's side path alone: its peak memory and share of the step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (after 2 warm-up steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/<suite>-<model>-<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    suite = "sweep" if args.sweep else "memory_speed"
+    suite = "sweep" if args.sweep else "side_path" if args.side_path else "memory_speed"
     result = environment(device, "python benchmarks/memory_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.sweep:
         result["runs"] = []
@@ -215,6 +216,16 @@ def main(argv=None) -> dict:
                 peaks = {method: peak_memory(args.model, method, batch, device)[0] / 2**20 for method in METHODS}
                 result["runs"].append({"batch": batch_size, "length": length, "peak_mib": peaks})
                 print(f"batch {batch_size:>2} x {length:>3}: " + ", ".join(f"{m} {v:.0f}" for m, v in peaks.items()))
+    elif args.side_path:
+        vocab = base_model(args.model, device).config.vocab_size
+        batch = random_batch(args.batch, args.length, vocab, device)
+        result.update(model=args.model, batch=args.batch, length=args.length, mdpd_peak_mib=peak_memory(args.model, "mdpd", batch, device)[0] / 2**20)
+        result.update(side_path(args.model, batch, args.steps, device))
+        print(
+            f"MDPD side path alone: peak {result['peak_mib']:.1f} MiB of MDPD's {result['mdpd_peak_mib']:.1f} (reads "
+            f"{result['backbone_states_mib']:.1f} MiB of backbone states), step {result['step_vs_mdpd']:.2f}x MDPD's, "
+            f"{result['step_vs_lora']:.2f}x LoRA's"
+        )
     else:
         result.update(measure(args.model, args.batch, args.length, args.steps, device))
         for method, row in result["methods"].items():
@@ -223,11 +234,7 @@ def main(argv=None) -> dict:
                 f" ({row['peak_vs_lora']:.2f}x LoRA)  step {row['step_vs_lora']:.2f}x LoRA"
                 f"  latency {row['latency_vs_base']:.2f}x base"
             )
-        side = result["side_path"]
-        print(
-            f"MDPD side path alone: peak {side['peak_mib']:.1f} MiB (reads {side['backbone_states_mib']:.1f} MiB of backbone states),"
-            f" step {side['step_vs_mdpd']:.2f}x MDPD's, {side['step_vs_lora']:.2f}x LoRA's"
-        )
+
     output = Path(args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1))

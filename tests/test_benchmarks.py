@@ -23,9 +23,13 @@ def test_memory_speed_suite_measures_every_method(tmp_path):
     assert result["methods"]["lora"]["peak_vs_lora"] == 1.0
     # Full fine-tuning holds gradients and AdamW state for every weight: it must top LoRA.
     assert result["methods"]["full"]["peak_mib"] > result["methods"]["lora"]["peak_mib"]
-    # The side path alone is part of MDPD's step: less memory than the whole step, measured and timed.
-    side = result["side_path"]
-    assert 0 < side["peak_mib"] < result["methods"]["mdpd"]["peak_mib"] and side["step_vs_mdpd"] > 0
+
+
+def test_side_path_is_measured_as_part_of_the_mdpd_step(tmp_path):
+    side = memory_speed.main(["--model", "tiny", "--side-path", "--steps", "1", "--output", str(tmp_path / "side_path-tiny-cpu.json")])
+    assert 0 < side["peak_mib"] < side["mdpd_peak_mib"] and side["backbone_states_mib"] > 0 and side["step_vs_mdpd"] > 0
+    report.main(results=tmp_path, output_dir=tmp_path)
+    assert "MDPD's side path alone, tiny" in (tmp_path / "RESULTS.md").read_text()
 
 
 def test_memory_sweep_covers_the_grid(tmp_path):
