@@ -65,10 +65,10 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
         weights = {name: parameter.to(dtype) for name, parameter in trained.named_parameters()}  # differentiable cast
         return functional_call(trained, weights, args, kwargs)
 
+    def __repr__(self) -> str:
+        return "mdpd." + super().__repr__()
+
 
 def parameter_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype of the module's first parameter (None for a module without parameters)."""
     return next((parameter.dtype for parameter in module.parameters()), None)
-
-    def __repr__(self) -> str:
-        return "mdpd." + super().__repr__()
