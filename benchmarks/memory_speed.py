@@ -5,6 +5,8 @@
     python benchmarks/memory_speed.py --model minilm           # the real pretrained all-MiniLM-L6-v2
     python benchmarks/memory_speed.py --model tiny --steps 3   # the CI smoke version (seconds)
     python benchmarks/memory_speed.py --side-path              # MDPD's side path alone vs the whole MDPD step
+    python benchmarks/memory_speed.py --methods side_kept_unipt mdpd_unipt dtl  # chosen methods (and LoRA): selected-*.json
+    python benchmarks/memory_speed.py --model vit-base --methods lora dtl side_kept_dtl mdpd_dtl  # ViT-B/16, 224 px
 
 - Peak training memory: the first optimizer step (forward, backward, AdamW step) of a freshly built
   model and optimizer, above what was allocated before it (so weights are excluded; activations,
@@ -40,14 +42,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from methods import METHODS, deployed, optimizer_for, trainable_parameters  # noqa: E402
+from methods import METHODS, SIDE_NETWORK_METHODS, deployed, optimizer_for, trainable_parameters  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft.memory import PeakMemory  # noqa: E402
+from mdpd_peft.side_networks import BackboneStates  # noqa: E402
 from mdpd_peft.task_loss import side_task_loss  # noqa: E402
 
+BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS}
 SHAPES = {
     "bert-base": lambda: transformers.BertConfig(num_labels=2),  # 12 layers, hidden 768, random init
+    "vit-base": lambda: transformers.ViTConfig(num_labels=2),  # ViT-B/16 at 224 px: 196 patches + CLS
     "tiny": lambda: transformers.BertConfig(
         vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, num_labels=2
     ),
@@ -63,16 +68,24 @@ def base_model(name: str, device: torch.device) -> torch.nn.Module:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     else:
         torch.manual_seed(0)
-        model = transformers.BertForSequenceClassification(SHAPES[name]())
+        config = SHAPES[name]()
+        model_class = transformers.ViTForImageClassification if isinstance(config, transformers.ViTConfig) else transformers.BertForSequenceClassification
+        model = model_class(config)
     return model.to(device)
 
 
-def random_batch(batch: int, length: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
+def random_batch(model_name: str, batch: int, length: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Random inputs for ``model_name``: ``length`` tokens of its vocabulary, or images at its size (``length`` unused)."""
+    config = base_model(model_name, torch.device("cpu")).config
     generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (batch,), generator=generator).to(device)
+    if isinstance(config, transformers.ViTConfig):
+        pixels = torch.randn(batch, config.num_channels, config.image_size, config.image_size, generator=generator)
+        return {"pixel_values": pixels.to(device), "labels": labels}
     return {
-        "input_ids": torch.randint(5, vocab, (batch, length), generator=generator).to(device),
+        "input_ids": torch.randint(5, config.vocab_size, (batch, length), generator=generator).to(device),
         "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
-        "labels": torch.randint(0, 2, (batch,), generator=generator).to(device),
+        "labels": labels,
     }
 
 
@@ -109,7 +122,7 @@ def interleaved_medians(functions: dict, rounds: int, device: torch.device, warm
 
 def peak_memory(model_name: str, method: str, batch: dict, device: torch.device) -> tuple[int, int]:
     """(peak bytes of the first optimizer step, trainable parameters) on a fresh model and optimizer."""
-    model = METHODS[method](base_model(model_name, device))
+    model = BUILDERS[method](base_model(model_name, device))
     optimizer = optimizer_for(model, 1e-4)
     with PeakMemory(device) as meter:
         train_step(model, optimizer, batch)
@@ -124,14 +137,15 @@ def side_path(model_name: str, batch: dict, steps: int, device: torch.device) ->
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     with torch.no_grad(), model.disable_adapter():
         hidden = model(**inputs, output_hidden_states=True).hidden_states  # embeddings, then every layer's output
-    embeddings, states = hidden[0], [hidden[i + 1] for i in side.side_layers]
     real = batch["attention_mask"].bool()
+    states = BackboneStates(hidden[0], list(hidden[1:]), real, hidden[0].dtype, rerun=None)  # the ladder re-runs no layer
+    teachers = [states.output_of(i) for i in side.distilled_layers]
     side_optimizer = torch.optim.AdamW([*side.parameters(), *distiller.parameters()], lr=1e-4)
 
     def side_step() -> None:
-        side_states, final_state = side(embeddings, states, real)
-        task = side_task_loss(side.logits(final_state, real, per_token=False), {"labels": batch["labels"]}, tuner.model.config)
-        shallow, deep = distiller(side_states, states, real, config.mask_ratio, is_vision=False)
+        output = side(states)
+        task = side_task_loss(side.logits(output.final_state, real, per_token=False), {"labels": batch["labels"]}, tuner.model.config)
+        shallow, deep = distiller(output.features, teachers, real, config.mask_ratio, is_vision=False)
         (task + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep).backward()
         side_optimizer.step()
         side_optimizer.zero_grad(set_to_none=True)
@@ -151,24 +165,23 @@ def side_path(model_name: str, batch: dict, steps: int, device: torch.device) ->
     )
     return {
         "peak_mib": meter.peak_bytes / 2**20,
-        "backbone_states_mib": sum(t.numel() * t.element_size() for t in [embeddings, *states]) / 2**20,
+        "backbone_states_mib": sum(t.numel() * t.element_size() for t in hidden) / 2**20,
         "step_vs_mdpd": seconds["side"] / seconds["mdpd"],
         "step_vs_lora": seconds["side"] / seconds["lora"],
     }
 
 
-def measure(model_name: str, batch_size: int, length: int, steps: int, device: torch.device) -> dict:
-    vocab = base_model(model_name, device).config.vocab_size
-    batch = random_batch(batch_size, length, vocab, device)
+def measure(model_name: str, methods: list[str], batch_size: int, length: int, steps: int, device: torch.device) -> dict:
+    batch = random_batch(model_name, batch_size, length, device)
     rows = {}
-    for method in tqdm(METHODS, desc=f"peak memory {model_name} {batch_size}x{length}", leave=False):
+    for method in tqdm(methods, desc=f"peak memory {model_name} {batch_size}x{length}", leave=False):
         peak, trainable = peak_memory(model_name, method, batch, device)
         rows[method] = {"trainable_parameters": trainable, "peak_mib": peak / 2**20}
 
-    models = {method: METHODS[method](base_model(model_name, device)) for method in METHODS}
+    models = {method: BUILDERS[method](base_model(model_name, device)) for method in methods}
     optimizers = {method: optimizer_for(model, 1e-4) for method, model in models.items()}
     step_seconds = interleaved_medians(
-        {method: (lambda m=method: train_step(models[m], optimizers[m], batch)) for method in METHODS}, steps, device
+        {method: (lambda m=method: train_step(models[m], optimizers[m], batch)) for method in methods}, steps, device
     )
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     shipped = {"base": base_model(model_name, device).eval()}
@@ -180,7 +193,8 @@ def measure(model_name: str, batch_size: int, length: int, steps: int, device: t
         row["step_s"] = step_seconds[method]
         row["step_vs_lora"] = step_seconds[method] / step_seconds["lora"]
         row["latency_vs_base"] = latency[method] / latency["base"]
-        row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
+        if "side_kept" in latency:
+            row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
     return {"model": model_name, "batch": batch_size, "length": length, "methods": rows}
 
 
@@ -195,7 +209,8 @@ def environment(device: torch.device, command: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["bert-base", "minilm", "tiny"], default="bert-base")
+    parser.add_argument("--model", choices=["bert-base", "vit-base", "minilm", "tiny"], default="bert-base")
+    parser.add_argument("--methods", nargs="+", choices=list(BUILDERS), default=list(METHODS), help="default: the main comparison; LoRA always runs")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--sweep", action="store_true", help="peak memory only, at batch 8/16/32 x length 64/128/256")
@@ -205,20 +220,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/<suite>-<model>-<device>.json)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    suite = "sweep" if args.sweep else "side_path" if args.side_path else "memory_speed"
+    methods = list(dict.fromkeys(["lora", *args.methods]))  # every ratio is to LoRA's
+    suite = "sweep" if args.sweep else "side_path" if args.side_path else "memory_speed" if args.methods == list(METHODS) else "selected"
     result = environment(device, "python benchmarks/memory_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     if args.sweep:
         result["runs"] = []
         for batch_size in (8, 16, 32):
             for length in (64, 128, 256):
-                vocab = base_model(args.model, device).config.vocab_size
-                batch = random_batch(batch_size, length, vocab, device)
-                peaks = {method: peak_memory(args.model, method, batch, device)[0] / 2**20 for method in METHODS}
+                batch = random_batch(args.model, batch_size, length, device)
+                peaks = {method: peak_memory(args.model, method, batch, device)[0] / 2**20 for method in methods}
                 result["runs"].append({"batch": batch_size, "length": length, "peak_mib": peaks})
                 print(f"batch {batch_size:>2} x {length:>3}: " + ", ".join(f"{m} {v:.0f}" for m, v in peaks.items()))
     elif args.side_path:
-        vocab = base_model(args.model, device).config.vocab_size
-        batch = random_batch(args.batch, args.length, vocab, device)
+        batch = random_batch(args.model, args.batch, args.length, device)
         result.update(model=args.model, batch=args.batch, length=args.length, mdpd_peak_mib=peak_memory(args.model, "mdpd", batch, device)[0] / 2**20)
         result.update(side_path(args.model, batch, args.steps, device))
         print(
@@ -227,10 +241,10 @@ def main(argv=None) -> dict:
             f"{result['step_vs_lora']:.2f}x LoRA's"
         )
     else:
-        result.update(measure(args.model, args.batch, args.length, args.steps, device))
+        result.update(measure(args.model, methods, args.batch, args.length, args.steps, device))
         for method, row in result["methods"].items():
             print(
-                f"{method:<10} trainable {row['trainable_parameters']:>11,}  peak {row['peak_mib']:8.1f} MiB"
+                f"{method:<16} trainable {row['trainable_parameters']:>11,}  peak {row['peak_mib']:8.1f} MiB"
                 f" ({row['peak_vs_lora']:.2f}x LoRA)  step {row['step_vs_lora']:.2f}x LoRA"
                 f"  latency {row['latency_vs_base']:.2f}x base"
             )

@@ -4,7 +4,7 @@
 method ships for inference. All methods train the task head; what else they train:
 
 - ``full``: every weight.
-- ``lora``: PEFT LoRA, r = 8 on the attention query and value projections.
+- ``lora``: PEFT LoRA, r = 8 on the attention query and value projections (``query``/``value``, ViT's ``q_proj``/``v_proj``).
 - ``layernorm``: PEFT LayerNorm tuning (every LayerNorm).
 - ``bitfit``: every bias.
 - ``side_kept``: MDPD's ladder side network alone, kept at inference (LST): no distillation, no fading.
@@ -13,6 +13,11 @@ method ships for inference. All methods train the task head; what else they trai
   ``"head_only"`` (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
 - ``mdpd_last_1`` / ``mdpd_last_2``: MDPD fading only the LayerNorms of the last 1 / 2 encoder layers
   (``MDPDConfig.fading_layers``), so fading's backward stops there.
+
+``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network`` (issue 6), each
+kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``, MDPD's defaults
+otherwise), and ``dtl``: DTL's compact side network as its own PEFT method, kept at inference.
+Every builder works on text classifiers and on ViT image classifiers (``--model vit-base``).
 
 ``ABLATIONS`` are MDPD variants for the accuracy suite only (the paper's Table 5 and Fig. A, in
 miniature): one distillation path switched off, or another mask ratio lambda.
@@ -27,9 +32,16 @@ import torch
 from peft import LNTuningConfig, LoraConfig, get_peft_model
 from torch import nn
 
-from mdpd_peft import MDPDConfig
+from mdpd_peft import DTLConfig, MDPDConfig
 
 HEAD_NAMES = ("classifier", "score")
+
+
+def task_settings(model: nn.Module) -> dict:
+    """PEFT's sequence-classification wrapper for text; for a ViT classifier, no wrapper and its head saved."""
+    if model.main_input_name == "pixel_values":
+        return {"modules_to_save": ["classifier"]}
+    return {"task_type": "SEQ_CLS"}
 
 
 def _full(model: nn.Module) -> nn.Module:
@@ -37,11 +49,13 @@ def _full(model: nn.Module) -> nn.Module:
 
 
 def _lora(model: nn.Module) -> nn.Module:
-    return get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=8, lora_alpha=16, target_modules=["query", "value"]))
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = ["query", "value"] if "query" in names else ["q_proj", "v_proj"]  # BERT's names; transformers 5's ViT's
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, **task_settings(model)))
 
 
 def _layernorm(model: nn.Module) -> nn.Module:
-    return get_peft_model(model, LNTuningConfig(task_type="SEQ_CLS", target_modules=["LayerNorm"]))
+    return get_peft_model(model, LNTuningConfig(target_modules=["LayerNorm"], **task_settings(model)))
 
 
 def _bitfit(model: nn.Module) -> nn.Module:
@@ -50,21 +64,26 @@ def _bitfit(model: nn.Module) -> nn.Module:
     return model
 
 
-def _side_kept(model: nn.Module) -> nn.Module:
+def _side_kept(model: nn.Module, side_network: str = "ladder") -> nn.Module:
     config = MDPDConfig(
-        task_type="SEQ_CLS",
+        side_network=side_network,
         fading="head_only",  # the backbone's norms stay frozen: nothing backpropagates into the backbone
         shallow_loss_weight=0.0,
         deep_loss_weight=0.0,
         logits_loss_weight=0.0,
         backbone_task_loss_weight=0.0,
         eval_path="side",
+        **task_settings(model),
     )
     return get_peft_model(model, config)
 
 
 def _mdpd(model: nn.Module, **config) -> nn.Module:
-    return get_peft_model(model, MDPDConfig(task_type="SEQ_CLS", **config))
+    return get_peft_model(model, MDPDConfig(**config, **task_settings(model)))
+
+
+def _dtl(model: nn.Module) -> nn.Module:
+    return get_peft_model(model, DTLConfig(**task_settings(model)))
 
 
 METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -80,6 +99,12 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd_last_2": partial(_mdpd, fading_layers=2),
 }
 
+SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    **{f"side_kept_{network}": partial(_side_kept, side_network=network) for network in ("unipt", "sherl", "dtl", "dtl+")},
+    **{f"mdpd_{network}": partial(_mdpd, side_network=network) for network in ("unipt", "sherl", "dtl", "dtl+")},
+    "dtl": _dtl,
+}
+
 ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
     # S -> B only: the side network learns from its task loss alone, no feature distillation.
     "mdpd_logits_only": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0),
@@ -91,9 +116,9 @@ ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
 
 
 def deployed(name: str, trained: nn.Module) -> nn.Module:
-    """What the method ships: the side-kept model as trained (backbone + side network); every other
+    """What the method ships: side-kept models as trained (backbone + side network, DTL's too); every other
     method ships the base architecture (LoRA and LayerNorm tuning merged, MDPD faded)."""
-    if name == "side_kept":
+    if name.startswith("side_kept") or name == "dtl":
         return trained.eval()
     if hasattr(trained, "merge_and_unload"):
         return trained.merge_and_unload().eval()

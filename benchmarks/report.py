@@ -2,7 +2,7 @@
 
     python benchmarks/report.py
 
-Reads ``results/memory_speed-*.json``, ``results/sweep-*.json``, ``results/side_path-*.json``, ``results/accuracy-minilm.jsonl`` and
+Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``, ``results/side_path-*.json``, ``results/accuracy-minilm.jsonl`` and
 ``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
@@ -27,6 +27,9 @@ NAMES = {
     "mdpd_head_only": "MDPD, head-only fading",
     "mdpd_last_1": "MDPD, fading the last layer's LayerNorms",
     "mdpd_last_2": "MDPD, fading the last 2 layers' LayerNorms",
+    **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
+    **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
+    "dtl": "DTL (its own PEFT method, kept)",
     "probe": "linear probe (frozen encoder)",
     "mdpd_logits_only": "MDPD, logits path only (S→B): no feature distillation",
     "mdpd_features_only": "MDPD, feature path only (B→S): no logits distillation",
@@ -52,7 +55,7 @@ def memory_speed_table(result: dict) -> list[str]:
     for method, row in result["methods"].items():
         lines.append(
             f"| {NAMES[method]} | {row['trainable_parameters']:,} | {row['peak_mib']:.1f} | {row['peak_vs_lora']:.2f} "
-            f"| {row['step_vs_lora']:.2f} | {row['latency_vs_base']:.2f} | {row['latency_vs_side_kept']:.2f} |"
+            f"| {row['step_vs_lora']:.2f} | {row['latency_vs_base']:.2f} | {row.get('latency_vs_side_kept', float('nan')):.2f} |"
         )
     return [*lines, ""]
 
@@ -198,6 +201,8 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
     lines += ["## Memory and speed", ""]
     for result in memory_speed.values():
         lines += memory_speed_table(result)
+    for path in sorted(results.glob("selected-*.json")):
+        lines += memory_speed_table(json.loads(path.read_text()))
     for result in sweeps:
         lines += sweep_table(result)
     for path in sorted(results.glob("side_path-*.json")):

@@ -63,3 +63,18 @@ def test_accuracy_suite_and_report(tmp_path):
     assert "retention >= 0.9" in results_md and "MDPD, logits path only" in results_md
     assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
     json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
+
+
+def test_side_networks_are_measured_on_text_and_vision(tmp_path):
+    """``--methods`` runs the chosen methods beside LoRA; every side network and DTL build on BERT and ViT."""
+    chosen = ["side_kept_sherl", "mdpd_unipt", "mdpd_dtl+", "dtl"]
+    result = memory_speed.main(["--model", "tiny", "--steps", "1", "--methods", *chosen, "--output", str(tmp_path / "selected-tiny-cpu.json")])
+    assert list(result["methods"]) == ["lora", *chosen]
+    assert all(row["peak_mib"] > 0 for row in result["methods"].values())
+    vit = memory_speed.random_batch("vit-base", 1, 0, memory_speed.torch.device("cpu"))
+    assert vit["pixel_values"].shape == (1, 3, 224, 224)
+    for method in ("lora", "dtl", "mdpd_dtl"):  # the ViT-B/16 builders (no step: seconds, not minutes)
+        model = memory_speed.BUILDERS[method](memory_speed.base_model("vit-base", memory_speed.torch.device("cpu")))
+        assert model.base_model.model.__class__.__name__ == "ViTForImageClassification", method
+    report.main(results=tmp_path, output_dir=tmp_path)
+    assert "MDPD on UniPT, faded" in (tmp_path / "RESULTS.md").read_text()

@@ -44,7 +44,8 @@ def run_recording_side(peft_model, batch: dict):
     record = {}
 
     def record_side(module, args, output):
-        record.update(backbone_states=args[1], real=args[2], side_states=output[0])
+        states = args[0]  # BackboneStates
+        record.update(backbone_states=states.layer_outputs, real=states.real, side_states=output.features)
 
     handle = peft_model.base_model.mdpd_side["default"].register_forward_hook(record_side)
     try:

@@ -1,11 +1,12 @@
 """mdpd-peft: Masked Dual Path Distillation for Hugging Face PEFT.
 
-``import mdpd_peft`` registers the ``"mdpd"`` method with PEFT, so ``get_peft_model(model, MDPDConfig(...))``,
+``import mdpd_peft`` registers the ``"mdpd"`` method (and ``"dtl"``, DTL's compact side network kept at inference) with PEFT, so ``get_peft_model(model, MDPDConfig(...))``,
 ``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained`` work on MDPD adapters; ``MDPDTrainer``
 trains them, evaluates both paths and saves or pushes the faded model.
 """
 
 from .config import MDPDConfig
+from .dtl import DTLConfig, DTLModel
 from .layer import MDPDLayer
 from .model import MDPDModel
 from .registration import register
@@ -13,5 +14,5 @@ from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "register"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "register"]
 __version__ = "0.1.0"

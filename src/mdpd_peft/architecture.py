@@ -114,7 +114,7 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
         except AttributeError:
             layers = None
         if not isinstance(layers, nn.ModuleList):
-            raise invalid("layers_path", config.layers_path, f"the dotted path of an nn.ModuleList in {type(model).__name__}")
+            raise invalid("layers_path", config.layers_path, f"the dotted path of an nn.ModuleList in {type(model).__name__}", type(config).__name__)
         layers_path = config.layers_path
     else:
         layers_path = find_layer_list(model, num_layers)
@@ -149,7 +149,7 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
         activation = "gelu"
 
     norms = [(name, m) for name, m in backbone_modules(layers[-1]) if is_norm(m)]
-    if config.norm_position is not None:
+    if getattr(config, "norm_position", None) is not None:  # DTLConfig has no such field
         norm_position = config.norm_position
     else:
         pre = any(name.rsplit(".", 1)[-1].lower() in PRE_NORM_NAMES for name, _ in norms)

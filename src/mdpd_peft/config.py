@@ -18,9 +18,9 @@ NORM_POSITIONS = ("pre", "post")
 FADINGS = ("backprop", "checkpointed", "head_only")
 
 
-def invalid(field_name: str, value, allowed: str) -> ValueError:
-    """The error every bad setting raises: which field, what it got, what it accepts."""
-    return ValueError(f"MDPDConfig.{field_name}={value!r} is invalid: {field_name} must be {allowed}.")
+def invalid(field_name: str, value, allowed: str, owner: str = "MDPDConfig") -> ValueError:
+    """The error every bad setting raises: which field of which config, what it got, what it accepts."""
+    return ValueError(f"{owner}.{field_name}={value!r} is invalid: {field_name} must be {allowed}.")
 
 
 @dataclass
@@ -39,10 +39,19 @@ class MDPDConfig(PeftConfig):
     reduction; with a mean-reduced MSE they would be ~10^5 times too small.
 
     Args:
+        side_network: Which side network runs beside the backbone (``mdpd_peft.side_networks``):
+            ``"ladder"`` (LST: a reduced copy of the blocks fed through gates; the paper's default),
+            ``"unipt"`` (UniPT: per-layer projections of every hidden state merged by token interaction
+            with the last layer and a softmax over layers), ``"sherl"`` (SHERL: anti-redundancy
+            aggregation of every layer, then the frozen last backbone layer), ``"dtl"`` (DTL's compact
+            side network: rank-``dtl_rank`` maps of each block input, summed and added to the blocks
+            from ``dtl_inject_from`` on) or ``"dtl+"`` (DTL with a depthwise convolution over the token
+            layout). Every one fades to the same plain model: only the backbone's norms and head change.
         reduction_factor: r; the side network's width is the backbone's hidden size divided by r
-            (LST; the paper uses 8 for language models). Integer >= 1.
-        side_layers: Indices (0-based) of the backbone layers that feed the side network, one side
-            block each. ``None`` uses every layer.
+            (LST; the paper uses 8 for language models; also UniPT's and SHERL's width). Integer >= 1.
+        side_layers: Indices (0-based) of the backbone layers that feed the side network: one side
+            block each (ladder), one projection each (UniPT, SHERL; the last listed is the anchor or
+            guide). ``None`` uses every layer. DTL reads every block and takes ``None`` only.
         deep_layers_start: Index of the first backbone layer distilled by masked generation; the
             side layers before it are "shallow" (imitation). The paper does not state the split;
             ``None`` takes the second half as deep (its Table C: layers 7-12 of 12).
@@ -91,6 +100,11 @@ class MDPDConfig(PeftConfig):
             pruning (LST; channels ranked by the L1 norm of the weights that read or write them);
             ``"random"`` uses PyTorch's default initialisation. Models whose stages change width
             (Swin) need ``"random"``: pruning keeps one set of residual channels for all blocks.
+            Ladder only: the other side networks initialise as their papers do.
+        dtl_rank: d', the rank of DTL's per-block maps (DTL: 2). Integer >= 1.
+        dtl_inject_from: M, the first block (0-based) whose output DTL's side information is added to;
+            ``None`` is the middle block (``num_layers // 2``: DTL's M = 7 of ViT-B's 12, 1-based).
+        dtl_conv_kernel: Kernel size of DTL+'s depthwise convolution (DTL+: 3 to 5). Odd integer >= 1.
         eval_path: The path that predicts in eval mode: ``"backbone"`` (what ships after fading) or
             ``"side"`` (the side network's head, for comparison).
         layers_path: Dotted path of the encoder's ``nn.ModuleList`` of layers, for models the
@@ -101,6 +115,7 @@ class MDPDConfig(PeftConfig):
             ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).
     """
 
+    side_network: str = field(default="ladder", metadata={"help": "ladder, unipt, sherl, dtl or dtl+ (see side_networks)."})
     reduction_factor: int = field(default=8, metadata={"help": "Side width = hidden size / reduction_factor."})
     side_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Backbone layer indices that feed the side network; None = all."}
@@ -130,7 +145,10 @@ class MDPDConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained in full and saved, e.g. the task head."}
     )
-    side_init: str = field(default="pruned", metadata={"help": f"Side network initialisation: one of {SIDE_INITS}."})
+    side_init: str = field(default="pruned", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
+    dtl_rank: int = field(default=2, metadata={"help": "DTL: rank d' of each block's map."})
+    dtl_inject_from: Optional[int] = field(default=None, metadata={"help": "DTL: first block M (0-based) that gets the side information; None = middle."})
+    dtl_conv_kernel: int = field(default=3, metadata={"help": "DTL+: kernel size of the depthwise convolution."})
     eval_path: str = field(default="backbone", metadata={"help": f"Path predicting in eval mode: one of {EVAL_PATHS}."})
     layers_path: Optional[str] = field(default=None, metadata={"help": "Dotted path of the encoder layer ModuleList."})
     norm_position: Optional[str] = field(
@@ -146,6 +164,10 @@ class MDPDConfig(PeftConfig):
 
     def check_values(self) -> None:
         """Checks the settings that do not depend on the model (the rest are checked by the tuner)."""
+        from .side_networks import SIDE_NETWORKS  # the registry imports this module
+
+        if self.side_network not in SIDE_NETWORKS:
+            raise invalid("side_network", self.side_network, f"one of {tuple(SIDE_NETWORKS)}")
         if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
             raise invalid("reduction_factor", self.reduction_factor, "an integer >= 1")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -168,6 +190,12 @@ class MDPDConfig(PeftConfig):
                 raise invalid("fading_layers", self.fading_layers, "None or an integer >= 1")
         if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
             raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
+        if isinstance(self.dtl_rank, bool) or not isinstance(self.dtl_rank, int) or self.dtl_rank < 1:
+            raise invalid("dtl_rank", self.dtl_rank, "an integer >= 1")
+        if isinstance(self.dtl_conv_kernel, bool) or not isinstance(self.dtl_conv_kernel, int) or self.dtl_conv_kernel < 1 or self.dtl_conv_kernel % 2 == 0:
+            raise invalid("dtl_conv_kernel", self.dtl_conv_kernel, "an odd integer >= 1")
+        if self.side_network.startswith("dtl") and self.side_layers is not None:
+            raise invalid("side_layers", self.side_layers, "None with side_network='dtl' or 'dtl+' (DTL reads every block)")
         if self.side_layers is not None and (
             len(self.side_layers) == 0 or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.side_layers)
         ):

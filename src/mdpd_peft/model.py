@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import inspect
-import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
-from peft.tuners.tuners_utils import BaseTuner, _get_submodules
-from peft.utils import ModulesToSaveWrapper
+from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -18,7 +18,8 @@ from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, logits_distillation_loss
 from .layer import MDPDLayer
 from .pruning import prune_into_side_network
-from .side_network import LadderSideNetwork
+from .shared_state import TunerHeldModules, restore_original_modules
+from .side_networks import SIDE_NETWORKS, BackboneStates
 from .task_loss import side_task_loss
 
 TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
@@ -35,6 +36,7 @@ class ForwardCapture:
     targets: dict[str, torch.Tensor]
     embeddings: torch.Tensor | None = None
     layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
+    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # (args, kwargs) of the calls to re-run
 
 
 def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -47,6 +49,34 @@ def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
 def layer_output(output) -> torch.Tensor:
     """The hidden states an encoder layer returns (a tensor, or the first item of a tuple)."""
     return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def with_layer_input(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
+    """The arguments of a layer call with its hidden states replaced by ``hidden``."""
+    if args:
+        return (hidden, *args[1:]), kwargs
+    name = "hidden_states" if "hidden_states" in kwargs else next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
+    return args, {**kwargs, name: hidden}
+
+
+@contextmanager
+def as_loaded(layer: nn.Module):
+    """Run ``layer`` as it was loaded: its adapter copies bypassed and no activation checkpointing (a
+    recomputation in backward would run after this context has closed, with the copies)."""
+    wrapped = [m for m in layer.modules() if isinstance(m, MDPDLayer)]
+    checkpointed = [m for m in layer.modules() if getattr(m, "gradient_checkpointing", False)]
+    disabled = [m._disable_adapters for m in wrapped]
+    for module in wrapped:
+        module._disable_adapters = True
+    for module in checkpointed:
+        module.gradient_checkpointing = False
+    try:
+        yield layer
+    finally:
+        for module, was_disabled in zip(wrapped, disabled):
+            module._disable_adapters = was_disabled
+        for module in checkpointed:
+            module.gradient_checkpointing = True
 
 
 def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
@@ -141,7 +171,7 @@ def check_against_model(config: MDPDConfig, encoder: EncoderMap, model: nn.Modul
         raise invalid("aligner_rank", config.aligner_rank, f"None or an integer in [1, {side_width}] (the side width)")
 
 
-class MDPDModel(BaseTuner):
+class MDPDModel(TunerHeldModules, BaseTuner):
     """Masked Dual Path Distillation (MDPD) as a PEFT tuner.
 
     Beside the frozen encoder runs a trainable ladder side network (``LadderSideNetwork``); during
@@ -246,20 +276,14 @@ class MDPDModel(BaseTuner):
         encoder = self.mdpd_encoders[adapter_name]
         side_layers = sorted(set(config.side_layers)) if config.side_layers is not None else list(range(encoder.num_layers))
         deep_start = config.deep_layers_start if config.deep_layers_start is not None else encoder.num_layers // 2
-        side = LadderSideNetwork(
-            encoder,
-            side_layers,
-            config.reduction_factor,
-            config.gate_init,
-            config.gate_temperature,
-            head_outputs(self.model, config.modules_to_save),
-        )
-        rank = config.aligner_rank or min(16, side.width)
-        distiller = DualPathDistiller(side_layers, deep_start, side.width, [encoder.layer_widths[i] for i in side_layers], rank)
+        side = SIDE_NETWORKS[config.side_network].from_config(encoder, config, side_layers, head_outputs(self.model, config.modules_to_save))
+        distilled = side.distilled_layers
+        rank = config.aligner_rank or min(16, side.feature_width)
+        distiller = DualPathDistiller(distilled, deep_start, side.feature_width, [encoder.layer_widths[i] for i in distilled], rank)
         device = next(self.model.parameters()).device
         side.to(device)
         distiller.to(device)
-        if config.side_init == "pruned":
+        if config.side_network == "ladder" and config.side_init == "pruned":
             prune_into_side_network(side, self.model, encoder)
         self.mdpd_side[adapter_name] = side
         self.mdpd_distill[adapter_name] = distiller
@@ -297,17 +321,9 @@ class MDPDModel(BaseTuner):
             self.peft_config[name].eval_path = path
 
     def gate_values(self) -> torch.Tensor:
-        """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached."""
+        """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached.
+        ``side_network="ladder"`` only."""
         return self.mdpd_side[self.active_adapters[0]].gates().detach()
-
-    @classmethod
-    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
-        """Checkpoint keys drop the adapter name wherever it sits (it is in the middle of side-network keys)."""
-        for container in cls.adapter_containers:
-            pattern = rf"(^|\.){container}\.{re.escape(adapter_name)}(\.|$)"
-            if re.search(pattern, key):
-                return re.sub(pattern, rf"\g<1>{container}\g<2>", key, count=1)
-        return super()._remove_adapter_name_from_key(key, adapter_name)
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -321,6 +337,7 @@ class MDPDModel(BaseTuner):
         self._hook_handles = [
             self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
             layers[0].register_forward_pre_hook(self._capture_embeddings, with_kwargs=True),
+            *(layer.register_forward_pre_hook(self._capture_layer_call, with_kwargs=True) for layer in layers),
             *(layer.register_forward_hook(self._capture_layer_output) for layer in layers),
             self.model.register_forward_hook(self._finish_forward, with_kwargs=True),
         ]
@@ -359,6 +376,20 @@ class MDPDModel(BaseTuner):
         if self._capture is not None and self._capture.embeddings is None:
             self._capture.embeddings = layer_input(args, kwargs).detach()
 
+    def _capture_layer_call(self, module, args, kwargs):
+        if self._capture is None:
+            return
+        index = len(self._capture.layer_outputs)
+        if index in self.mdpd_side[self.active_adapters[0]].rerun_layers:
+            self._capture.layer_calls[index] = (args, kwargs)
+
+    def _rerun_layer(self, capture: ForwardCapture, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Backbone layer call ``index`` as loaded, on ``hidden``, with the other arguments it had in this pass."""
+        layer = self.mdpd_encoders[self.active_adapters[0]].layer_module(self.model, index)
+        args, kwargs = with_layer_input(*capture.layer_calls[index], hidden.to(capture.embeddings.dtype))
+        with as_loaded(layer):
+            return layer_output(layer(*args, **kwargs))
+
     def _capture_layer_output(self, module, args, output):
         if self._capture is not None:
             self._capture.layer_outputs.append(layer_output(output).detach())
@@ -372,12 +403,13 @@ class MDPDModel(BaseTuner):
         adapter_name = self.active_adapters[0]
         config: MDPDConfig = self.peft_config[adapter_name]
         side = self.mdpd_side[adapter_name]
-        dtype = side.gate_logits.dtype
-        embeddings = capture.embeddings.to(dtype)
-        teacher_states = [capture.layer_outputs[i].to(dtype) for i in side.side_layers]
+        embeddings = capture.embeddings
         real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
-
-        side_states, final_state = side(embeddings, teacher_states, real)
+        dtype = next(side.parameters()).dtype
+        states = BackboneStates(embeddings, capture.layer_outputs, real, dtype, partial(self._rerun_layer, capture))
+        side_output = side(states)
+        side_states, final_state = side_output.features, side_output.final_state
+        teacher_states = [states.output_of(i) for i in side.distilled_layers]
         backbone_logits = backbone_logits_of(output)
         side_logits = None
         if side.head is not None and backbone_logits is not None:
@@ -432,8 +464,5 @@ class MDPDModel(BaseTuner):
                 if hasattr(module, "disable_input_require_grads"):
                     module.disable_input_require_grads()
         if not merge:
-            for name, module in list(self.model.named_modules()):
-                if isinstance(module, ModulesToSaveWrapper):
-                    parent, _, child_name = _get_submodules(self.model, name)
-                    self._replace_module(parent, child_name, module.original_module, module)
+            restore_original_modules(self.model)
         return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)

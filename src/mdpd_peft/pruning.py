@@ -14,7 +14,7 @@ from torch import nn
 
 from .architecture import BlockParts, EncoderMap, Projection, find_block_parts
 from .config import invalid
-from .side_network import LadderSideNetwork, SideBlock
+from .side_networks.ladder import LadderSideNetwork, SideBlock
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -103,16 +103,14 @@ class MDPDTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Training logs (those with ``loss``) gain the MDPD loss terms and the gates."""
+        """Training logs (those with ``loss``) gain the MDPD loss terms and the side network's logged values."""
         if "loss" in logs and self._loss_term_batches:
             for name, total in self._loss_term_sums.items():
                 logs[f"loss_{name}"] = nested_gather(total / self._loss_term_batches, self.args.parallel_mode).mean().item()
             self._loss_term_sums.clear()
             self._loss_term_batches = 0
             mdpd = self._mdpd_model()
-            side = mdpd.mdpd_side[mdpd.active_adapters[0]]
-            for layer, gate in zip(side.side_layers, mdpd.gate_values().tolist()):
-                logs[f"gate_{layer}"] = gate
+            logs.update(mdpd.mdpd_side[mdpd.active_adapters[0]].logged_values())  # the ladder's gates
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------- evaluation

@@ -20,19 +20,14 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from .architecture import EncoderMap
-from .token_layout import pool_tokens, stage_real_tokens
+from ..architecture import EncoderMap
+from ..token_layout import pool_tokens
+from .base import BackboneStates, SideNetwork, SideOutput, register_side_network
 
 
 def side_head_count(side_width: int, num_heads: int) -> int:
     """LST keeps the backbone's head count; when it does not divide the side width, the largest count that does."""
     return max(h for h in range(1, num_heads + 1) if side_width % h == 0)
-
-
-def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Global average pooling over real tokens: (B, N, C), (B, N) bool -> (B, C)."""
-    weights = real.to(tokens.dtype).unsqueeze(-1)
-    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 class SideBlock(nn.Module):
@@ -72,8 +67,13 @@ class SideBlock(nn.Module):
         return self.ffn_norm(x + self.ffn(x))
 
 
-class LadderSideNetwork(nn.Module):
-    """Gated down-projections, side blocks, a final LayerNorm and the side task head (``W_S`` in Eq. 3)."""
+@register_side_network("ladder")
+class LadderSideNetwork(SideNetwork):
+    """Gated down-projections, side blocks, a final LayerNorm and the side task head (``W_S`` in Eq. 3).
+
+    Distilled features: the side state after each side block imitates the output of the backbone layer
+    that fed it, at the side width.
+    """
 
     def __init__(
         self,
@@ -86,7 +86,8 @@ class LadderSideNetwork(nn.Module):
     ):
         super().__init__()
         self.side_layers = list(side_layers)
-        self.width = max(1, encoder.hidden_size // reduction_factor)
+        self.distilled_layers = self.side_layers
+        self.width = self.feature_width = max(1, encoder.hidden_size // reduction_factor)
         self.gate_temperature = gate_temperature
         heads = side_head_count(self.width, encoder.num_heads)
         intermediate = max(1, encoder.intermediate_size // reduction_factor)
@@ -101,36 +102,28 @@ class LadderSideNetwork(nn.Module):
         self.final_norm = nn.LayerNorm(self.width, eps=encoder.norm_eps)
         self.head = nn.Linear(self.width, num_outputs) if num_outputs else None
 
+    @classmethod
+    def from_config(cls, encoder, config, side_layers, num_outputs):
+        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs)
+
     def gates(self) -> torch.Tensor:
         """g_l = sigmoid(alpha_l / T), one per side layer."""
         return torch.sigmoid(self.gate_logits / self.gate_temperature)
 
-    def forward(
-        self, embeddings: torch.Tensor, backbone_states: list[torch.Tensor], real: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Run the ladder.
+    def logged_values(self) -> dict[str, float]:
+        return {f"gate_{layer}": gate for layer, gate in zip(self.side_layers, self.gates().tolist())}
 
-        Args:
-            embeddings: (B, N, D_B) input of backbone layer 0, detached.
-            backbone_states: (B, N, D_B) outputs of the backbone's side layers, in order, detached (Swin's
-                stages: (B, N_l, D_l), fewer tokens and more channels at every stage).
-            real: (B, N) bool, True for real (non-padding) tokens.
-
-        Returns:
-            The side states s^l after each side block, each (B, N_l, D_S), and the final normalised state.
-        """
+    def forward(self, states: BackboneStates) -> SideOutput:
+        """Run the ladder: the side state starts as ``Down_0`` of the embeddings, and before side block l takes
+        in backbone layer l's output (B, N_l, D_l) through its gate (Swin's stages: fewer tokens, more channels)."""
+        real = states.real
         key_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, N): attend to real keys only
-        side = self.embed_down(embeddings)
+        side = self.embed_down(states.input_of(0))
         side_states = []
-        for gate, down, block, state in zip(self.gates(), self.downs, self.blocks, backbone_states):
+        for gate, down, block, layer in zip(self.gates(), self.downs, self.blocks, self.side_layers):
+            state = states.output_of(layer)
             side = pool_tokens(side, state.shape[1], self.is_vision)  # follows merged patches; else unchanged
             side = gate * side + (1.0 - gate) * down(state)
             side = block(side, key_mask)
             side_states.append(side)
-        return side_states, self.final_norm(side)
-
-    def logits(self, final_state: torch.Tensor, real: torch.Tensor, per_token: bool) -> torch.Tensor:
-        """Side logits Y_S: the head on the pooled final state (paper: GAP), or on every token for token-level tasks."""
-        if per_token:
-            return self.head(final_state)  # (B, N, C)
-        return self.head(masked_mean(final_state, stage_real_tokens(real, final_state.shape[1])))  # (B, C)
+        return SideOutput(features=side_states, final_state=self.final_norm(side))

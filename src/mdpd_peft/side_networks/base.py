@@ -1,0 +1,115 @@
+"""What every side network is: its inputs, its outputs, and the registry that names it in ``MDPDConfig``.
+
+A side network reads the frozen backbone's states (detached) and produces
+- ``features``: one state per *distilled* backbone layer, which the backbone teaches through the
+  hierarchical feature loss (Eq. 1, 4 for shallow layers, Eq. 5-7 for deep ones);
+- ``final_state``: what its task head reads, whose logits teach the backbone's head (Eq. 3).
+
+Where the features come from is each network's own choice, documented in its module. A new side
+network is one module: subclass ``SideNetwork``, decorate it with ``register_side_network("name")``
+and import the module in ``side_networks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+from ..config import invalid
+from ..token_layout import stage_real_tokens
+
+if TYPE_CHECKING:  # the config validates side_network against this registry, so it cannot be imported here
+    from ..architecture import EncoderMap
+    from ..config import MDPDConfig
+
+SIDE_NETWORKS: dict[str, type["SideNetwork"]] = {}
+
+
+def register_side_network(name: str):
+    """Class decorator: make the side network available as ``MDPDConfig(side_network=name)``."""
+
+    def register(cls: type[SideNetwork]) -> type[SideNetwork]:
+        SIDE_NETWORKS[name] = cls
+        return cls
+
+    return register
+
+
+@dataclass
+class BackboneStates:
+    """What one backbone forward pass gives the side network (every tensor detached)."""
+
+    embeddings: torch.Tensor  # (B, N, D_0): the input of layer 0
+    layer_outputs: list[torch.Tensor]  # (B, N_l, D_l): every layer's output, in call order
+    real: torch.Tensor  # (B, N) bool, True for real (non-padding) tokens
+    dtype: torch.dtype  # the side network's dtype; states arrive in the backbone's
+    # rerun(i, hidden): backbone layer i as loaded (frozen, LayerNorm copies bypassed), called on ``hidden``
+    # with the other arguments of its call in this pass; only for the layers in ``SideNetwork.rerun_layers``.
+    rerun: Callable[[int, torch.Tensor], torch.Tensor]
+
+    def input_of(self, layer: int) -> torch.Tensor:
+        """The hidden states layer ``layer`` was called with, in the side network's dtype."""
+        return (self.embeddings if layer == 0 else self.layer_outputs[layer - 1]).to(self.dtype)
+
+    def output_of(self, layer: int) -> torch.Tensor:
+        return self.layer_outputs[layer].to(self.dtype)
+
+
+@dataclass
+class SideOutput:
+    features: list[torch.Tensor]  # (B, N_l, feature_width), one per ``SideNetwork.distilled_layers``
+    final_state: torch.Tensor  # (B, N, C): what the side head reads
+
+
+def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Global average pooling over real tokens: (B, N, C), (B, N) bool -> (B, C)."""
+    weights = real.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def projection(in_width: int, out_width: int, norm_eps: float) -> nn.Sequential:
+    """Linear then LayerNorm: UniPT's and SHERL's per-layer down-projection."""
+    return nn.Sequential(nn.Linear(in_width, out_width), nn.LayerNorm(out_width, eps=norm_eps))
+
+
+def require_uniform_width(encoder, side_network: str) -> None:
+    """UniPT, SHERL and DTL combine every layer's tokens; stages that merge patches (Swin) break that."""
+    if not encoder.uniform_width:
+        raise invalid("side_network", side_network, "'ladder' for a model whose stages change width and token count (Swin)")
+
+
+class SideNetwork(nn.Module):
+    """Base class of the side networks.
+
+    Subclasses set ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
+    ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
+    (``nn.Linear`` on the final state's width, or None without a task head), and implement
+    ``from_config`` and ``forward``.
+    """
+
+    distilled_layers: list[int]
+    feature_width: int
+    rerun_layers: frozenset[int] = frozenset()
+    head: nn.Linear | None
+
+    @classmethod
+    def from_config(cls, encoder: EncoderMap, config: MDPDConfig, side_layers: list[int], num_outputs: int | None) -> "SideNetwork":
+        """Build for ``encoder``. ``side_layers``: the backbone layers that feed it (``config.side_layers`` or all);
+        ``num_outputs``: the task head's output size, None for feature extraction."""
+        raise NotImplementedError
+
+    def forward(self, states: BackboneStates) -> SideOutput:
+        raise NotImplementedError
+
+    def logged_values(self) -> dict[str, float]:
+        """Scalars worth a line in the training log (the ladder's gates); none by default."""
+        return {}
+
+    def logits(self, final_state: torch.Tensor, real: torch.Tensor, per_token: bool) -> torch.Tensor:
+        """Side logits Y_S: the head on the pooled final state (paper: GAP), or on every token for token-level tasks."""
+        if per_token:
+            return self.head(final_state)  # (B, N, C)
+        return self.head(masked_mean(final_state, stage_real_tokens(real, final_state.shape[1])))  # (B, C)
