@@ -16,7 +16,7 @@ method ships for inference. All methods train the task head; what else they trai
 
 ``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network`` (issue 6), each
 kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``, MDPD's defaults
-otherwise), and ``dtl``: DTL's compact side network as its own PEFT method, kept at inference.
+otherwise), and ``dtl`` / ``dtl+``: DTL's compact side network as its own PEFT method, kept at inference.
 Every builder works on text classifiers and on ViT image classifiers (``--model vit-base``).
 
 ``ABLATIONS`` are MDPD variants for the accuracy suite only (the paper's Table 5 and Fig. A, in
@@ -82,8 +82,8 @@ def _mdpd(model: nn.Module, **config) -> nn.Module:
     return get_peft_model(model, MDPDConfig(**config, **task_settings(model)))
 
 
-def _dtl(model: nn.Module) -> nn.Module:
-    return get_peft_model(model, DTLConfig(**task_settings(model)))
+def _dtl(model: nn.Module, conv_kernel: int | None = None) -> nn.Module:
+    return get_peft_model(model, DTLConfig(conv_kernel=conv_kernel, **task_settings(model)))
 
 
 METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -103,6 +103,7 @@ SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     **{f"side_kept_{network}": partial(_side_kept, side_network=network) for network in ("unipt", "sherl", "dtl", "dtl+")},
     **{f"mdpd_{network}": partial(_mdpd, side_network=network) for network in ("unipt", "sherl", "dtl", "dtl+")},
     "dtl": _dtl,
+    "dtl+": partial(_dtl, conv_kernel=3),
 }
 
 ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -118,7 +119,7 @@ ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
 def deployed(name: str, trained: nn.Module) -> nn.Module:
     """What the method ships: side-kept models as trained (backbone + side network, DTL's too); every other
     method ships the base architecture (LoRA and LayerNorm tuning merged, MDPD faded)."""
-    if name.startswith("side_kept") or name == "dtl":
+    if name.startswith("side_kept") or name.startswith("dtl"):
         return trained.eval()
     if hasattr(trained, "merge_and_unload"):
         return trained.merge_and_unload().eval()

@@ -27,7 +27,8 @@ def test_trains_and_fades_on_text_and_vision(network):
 @pytest.mark.parametrize("network", NETWORKS)
 def test_side_task_trains_the_side_network_only(network):
     """The side task's gradient reaches every side parameter and nothing of the backbone: SHERL's and DTL's
-    re-run backbone layers run as loaded, so the LayerNorm copies that fading trains get nothing from it."""
+    re-run backbone layers run as loaded, so the LayerNorm copies that fading trains get nothing from it.
+    Without feature losses the distillation modules do not train (nor count as trainable)."""
     model = get_peft_model(tiny_text_model(), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_network=network, **ONLY_TASK))
     model.train()
     output = model(**text_batch())
@@ -35,6 +36,7 @@ def test_side_task_trains_the_side_network_only(network):
     output.loss.backward()
     side = model.base_model.mdpd_side["default"]
     assert all(p.grad is not None for p in side.parameters())
+    assert not any(p.requires_grad for p in model.base_model.mdpd_distill["default"].parameters())  # no feature loss
     backbone = {n: p for n, p in model.named_parameters() if p.requires_grad and "mdpd_side" not in n and "mdpd_distill" not in n}
     assert backbone and all(p.grad is None for p in backbone.values())
 

@@ -289,12 +289,14 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self.mdpd_distill[adapter_name] = distiller
 
     def _sync_side_trainability(self, inference_mode: bool = False) -> None:
-        """Side network and distiller train with their adapter; with ``fading="head_only"`` the norm copies never do."""
+        """Side network and distiller train with their adapter; the distiller only when a feature loss is on (else
+        nothing reaches it), and with ``fading="head_only"`` the norm copies never train."""
         for name in self.mdpd_side:
+            config = self.peft_config[name]
             trainable = name in self.active_adapters and not inference_mode
             self.mdpd_side[name].requires_grad_(trainable)
-            self.mdpd_distill[name].requires_grad_(trainable)
-            if self.peft_config[name].fading == "head_only":
+            self.mdpd_distill[name].requires_grad_(trainable and bool(config.shallow_loss_weight or config.deep_loss_weight))
+            if config.fading == "head_only":
                 for module in self.model.modules():
                     if isinstance(module, MDPDLayer) and name in module.mdpd_copies:
                         module.mdpd_copies[name].requires_grad_(False)

@@ -56,7 +56,8 @@ class MDPDTrainer(Trainer):
 
     - Training optimises the model's combined MDPD loss and logs each term as ``loss_<term>`` (``task``,
       ``shallow``, ``deep``, ``logits``, ``backbone_task``: unweighted means since the last log) and the
-      ladder gates as ``gate_<layer>``, at ``logging_steps`` like ``loss``.
+      side network's logged values (the ladder's gates as ``gate_<layer>``, SHERL's ``skip_gate``), at
+      ``logging_steps`` like ``loss``.
     - ``evaluate()`` runs both paths with the user's ``compute_metrics``: ``eval_faded_<metric>`` is the
       backbone path (exactly what ``merge_and_unload()`` ships), ``eval_side_<metric>`` the side network.
       ``metric_for_best_model="loss"`` (the Trainer's default) means the faded model's loss.
