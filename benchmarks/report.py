@@ -2,7 +2,8 @@
 
     python benchmarks/report.py
 
-Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``, ``results/side_path-*.json``, ``results/accuracy-minilm.jsonl`` and
+Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``,
+``results/image_transfer-digits.jsonl``, ``results/side_path-*.json``, ``results/accuracy-minilm.jsonl`` and
 ``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
@@ -30,6 +31,7 @@ NAMES = {
     **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     "dtl": "DTL (its own PEFT method, kept)",
+    "dtl+": "DTL+ (its own PEFT method, kept)",
     "probe": "linear probe (frozen encoder)",
     "mdpd_logits_only": "MDPD, logits path only (S→B): no feature distillation",
     "mdpd_features_only": "MDPD, feature path only (B→S): no logits distillation",
@@ -46,7 +48,7 @@ def header(result: dict) -> list[str]:
 
 def memory_speed_table(result: dict) -> list[str]:
     lines = [
-        f"### {result['model']}, batch {result['batch']} x {result['length']} tokens",
+        f"### {result['model']}, batch {result['batch']} " + ("images at 224 px" if result["model"].startswith("vit") else f"x {result['length']} tokens"),
         "",
         *header(result),
         "| method | trainable | peak training MiB | x LoRA | step time x LoRA | inference x base | inference x side-kept |",
@@ -99,6 +101,18 @@ def accuracy_rows(path: Path, full_data_only: bool = True) -> dict[str, list[dic
     return by_method
 
 
+def best_learning_rate(by_method: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """Per method, the runs at the learning rate whose mean validation accuracy is best, and that rate."""
+    chosen, rates = {}, {}
+    for method, rows in by_method.items():
+        by_rate = defaultdict(list)
+        for row in rows:
+            by_rate[row["learning_rate"]].append(row)
+        rates[method] = max(by_rate, key=lambda rate: statistics.mean(r["validation"] for r in by_rate[rate]))
+        chosen[method] = by_rate[rates[method]]
+    return chosen, rates
+
+
 def mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -122,12 +136,12 @@ def fading_columns(rows: list[dict], probe_test: float | None) -> str:
     return f"{mean_std([r['side_test'] for r in with_side])}{seeds} | {retained}{seeds}"
 
 
-def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: str) -> list[str]:
+def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: str, source: str = "`python benchmarks/accuracy.py` (and `--probe`)") -> list[str]:
     probe_test = statistics.mean(r["test"] for r in by_method["probe"]) if by_method.get("probe") else None
     lines = [
         f"### {title}",
         "",
-        "`python benchmarks/accuracy.py` (and `--probe`); mean ± std over seeds. For faded MDPD, the side network's "
+        f"{source}; mean ± std over seeds. For faded MDPD, the side network's "
         "test accuracy at the same epoch and retention = (faded − probe) / (side − probe).",
         "",
         "| method | seeds | validation | test | side network test | retention |",
@@ -216,6 +230,12 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
         sizes = sorted({r["train_size"] for rows in ablation.values() for r in rows})
         title = f"Ablation (the paper's Table 5 and Fig. A, in miniature: {', '.join(map(str, sizes))} training sentences)"
         lines += accuracy_table(ablation, ABLATION, title)  # retention against the probe on the same subset
+    image_file = results / "image_transfer-digits.jsonl"
+    if image_file.exists():
+        title = "Image transfer: a small ViT pretrained here on digits 0-4, adapted to digits 5-9 (scikit-learn digits)"
+        rows, rates = best_learning_rate(accuracy_rows(image_file, full_data_only=False))
+        source = "`python benchmarks/image_transfer.py`; per method the learning rate with the best mean validation accuracy (" + ", ".join(f"{NAMES[m].split(' (')[0]} {lr:g}" for m, lr in rates.items()) + ")"
+        lines += accuracy_table(rows, list(NAMES), title, source)
     # The accuracy runs are MiniLM's, so the plot takes MiniLM's memory (any model's if none was measured).
     memory = next((r for r in memory_speed.values() if r["model"] == "minilm"), next(iter(memory_speed.values()), None))
     if memory is not None and by_method:

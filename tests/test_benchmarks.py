@@ -78,3 +78,16 @@ def test_side_networks_are_measured_on_text_and_vision(tmp_path):
         assert model.base_model.model.__class__.__name__ == "ViTForImageClassification", method
     report.main(results=tmp_path, output_dir=tmp_path)
     assert "MDPD on UniPT, faded" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_image_transfer_suite_and_report(tmp_path):
+    import image_transfer
+
+    output = tmp_path / "image_transfer-digits.jsonl"
+    smoke = ["--seeds", "0", "--learning-rates", "1e-3", "1e-2", "--epochs", "1", "--pretrain-epochs", "1", "--output", str(output)]
+    rows = image_transfer.main(["--methods", "probe", "dtl", "mdpd_dtl", *smoke])[::2]  # one row per method, at 1e-3
+    assert [row["method"] for row in rows] == ["probe", "dtl", "mdpd_dtl"] and {row["learning_rate"] for row in rows} == {1e-3}
+    assert all(0 <= row["test"] <= 1 for row in rows) and 0 <= rows[2]["side_test"] <= 1
+    assert rows[1]["trainable_parameters"] == 6 * 2 * 64 * 2 + 64 * 5 + 5  # the maps and the head
+    report.main(results=tmp_path, output_dir=tmp_path)
+    assert "Image transfer" in (tmp_path / "RESULTS.md").read_text()

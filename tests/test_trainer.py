@@ -124,7 +124,7 @@ def test_save_faded_model_writes_model_tokenizer_and_card(tmp_path, minilm_path)
     assert metadata["datasets"] == ["rotten_tomatoes"]
     assert metadata["metrics"] == ["accuracy"]
     assert "base_model" not in metadata  # the base was built in memory, not loaded from the Hub
-    assert "r = 4" in card and "λ = 0.5" in card
+    assert "r = 4" in card and "λ = 0.5" in card and "side network `ladder`" in card and "(an LST ladder)" in card
     assert "eval_faded_accuracy" in card and "eval_side_accuracy" in card
     assert "trainable parameters" in card and "MiB" in card
 

@@ -8,6 +8,7 @@ import re
 from huggingface_hub import ModelCard, ModelCardData
 
 from .config import MDPDConfig
+from .side_networks import SIDE_NETWORKS
 
 TAGS = ["mdpd", "side-network-distillation"]
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -66,7 +67,7 @@ def faded_model_card(
         f"# {model_name or model_class}",
         "",
         f"A plain `{model_class}` fine-tuned from {base} with **Masked Dual Path Distillation (MDPD)** "
-        "and faded: a ladder side network trained beside the frozen encoder, the two paths distilled each "
+        f"and faded: a side network ({SIDE_NETWORKS[config.side_network].title}) trained beside the frozen encoder, the two paths distilled each "
         "other, and the backbone's LayerNorms and task head learned from the side network's logits "
         f"{'and from the task loss on their own logits ' if config.backbone_task_loss_weight else ''}"
         "before the side network was dropped. The model has the base architecture and loads with "
@@ -74,7 +75,7 @@ def faded_model_card(
         "",
         "## Training",
         "",
-        f"- method: MDPD (mdpd-peft), reduction factor r = {config.reduction_factor}, "
+        f"- method: MDPD (mdpd-peft), side network `{config.side_network}`, reduction factor r = {config.reduction_factor}, "
         f"mask ratio λ = {config.mask_ratio}, loss weights shallow/deep/logits = "
         f"{config.shallow_loss_weight:g}/{config.deep_loss_weight:g}/{config.logits_loss_weight:g}, "
         f"backbone task loss weight {config.backbone_task_loss_weight:g}",

@@ -84,12 +84,13 @@ def require_uniform_width(encoder, side_network: str) -> None:
 class SideNetwork(nn.Module):
     """Base class of the side networks.
 
-    Subclasses set ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
+    Subclasses set ``title``, ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
     ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
     (``nn.Linear`` on the final state's width, or None without a task head), and implement
     ``from_config`` and ``forward``.
     """
 
+    title: str  # for model cards: "a side network (<title>) trained beside the frozen encoder"
     distilled_layers: list[int]
     feature_width: int
     rerun_layers: frozenset[int] = frozenset()

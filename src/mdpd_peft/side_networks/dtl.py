@@ -91,6 +91,8 @@ def dtl_inject_from(encoder, requested: int | None, field_name: str, owner: str 
 
 @register_side_network("dtl")
 class DTLSideNetwork(SideNetwork):
+    title = "DTL's compact side network"
+
     def __init__(self, encoder, rank: int, inject_from: int, conv_kernel: int | None, num_outputs: int | None):
         super().__init__()
         self.csn = CompactSideNetwork(encoder.hidden_size, encoder.num_layers, rank, inject_from, conv_kernel, encoder.is_vision)

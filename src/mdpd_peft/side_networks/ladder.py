@@ -75,6 +75,8 @@ class LadderSideNetwork(SideNetwork):
     that fed it, at the side width.
     """
 
+    title = "an LST ladder"
+
     def __init__(
         self,
         encoder: EncoderMap,

@@ -34,6 +34,8 @@ SKIP_GATE_TEMPERATURE = 0.1  # SHERL's tanh(g / 0.1)
 
 @register_side_network("sherl")
 class SHERLSideNetwork(SideNetwork):
+    title = "SHERL"
+
     def __init__(self, encoder, collected: list[int], reduction_factor: int, num_outputs: int | None):
         super().__init__()
         self.last_layer = encoder.num_layers - 1

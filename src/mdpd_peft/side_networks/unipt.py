@@ -28,6 +28,8 @@ from .base import BackboneStates, SideNetwork, SideOutput, masked_mean, projecti
 
 @register_side_network("unipt")
 class UniPTSideNetwork(SideNetwork):
+    title = "UniPT"
+
     def __init__(self, encoder, side_layers: list[int], reduction_factor: int, num_outputs: int | None):
         super().__init__()
         self.side_layers = list(side_layers)  # the last is the anchor
