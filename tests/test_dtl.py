@@ -97,3 +97,14 @@ def test_config_errors(kwargs, match):
 def test_inject_from_beyond_the_model_is_refused():
     with pytest.raises(ValueError, match=r"DTLConfig.inject_from=4 is invalid: inject_from must be None or an integer in \[0, 3\]"):
         get_peft_model(tiny_text_model(), DTLConfig(task_type="SEQ_CLS", inject_from=4))
+
+
+def test_gradient_checkpointing_is_refused_with_a_clear_error():
+    model = get_peft_model(tiny_text_model(), DTLConfig(task_type="SEQ_CLS"))
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    with pytest.raises(ValueError, match="DTL cannot train with gradient checkpointing"):
+        model(**text_batch())
+    model.eval()
+    with torch.no_grad():
+        model(**inputs_of(text_batch()))  # inference is unaffected

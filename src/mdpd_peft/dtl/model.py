@@ -98,6 +98,12 @@ class DTLModel(TunerHeldModules, BaseTuner):
         return self.dtl_csn[name] if self._adapters_enabled and name in self.dtl_csn else None
 
     def _begin_forward(self, module, args, kwargs):
+        if self.model.training and self._active_csn() is not None and any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
+            raise ValueError(
+                "DTL cannot train with gradient checkpointing: a recomputed block would add the side information again "
+                "outside the forward pass. Disable it (model.gradient_checkpointing_disable(), or gradient_checkpointing="
+                "False in TrainingArguments); DTL stores only the blocks from inject_from on."
+            )
         mask = kwargs.get("attention_mask")
         self._real = mask.bool() if mask is not None and mask.dim() == 2 else None
         self._running_sum = None
