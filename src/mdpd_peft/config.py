@@ -40,7 +40,8 @@ class MDPDConfig(PeftConfig):
 
     Args:
         side_network: Which side network runs beside the backbone (``mdpd_peft.side_networks``):
-            ``"ladder"`` (LST: a reduced copy of the blocks fed through gates; the paper's default),
+            ``"ladder"`` (LST: a reduced copy of the blocks fed through gates; the default here; the paper
+            builds its two variants on ``"unipt"`` and ``"sherl"``),
             ``"unipt"`` (UniPT: per-layer projections of every hidden state merged by token interaction
             with the last layer and a softmax over layers), ``"sherl"`` (SHERL: anti-redundancy
             aggregation of every layer, then the frozen last backbone layer), ``"dtl"`` (DTL's compact

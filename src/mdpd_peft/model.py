@@ -174,9 +174,9 @@ def check_against_model(config: MDPDConfig, encoder: EncoderMap, model: nn.Modul
 class MDPDModel(TunerHeldModules, BaseTuner):
     """Masked Dual Path Distillation (MDPD) as a PEFT tuner.
 
-    Beside the frozen encoder runs a trainable ladder side network (``LadderSideNetwork``); during
-    training the two paths distil each other (``DualPathDistiller``, Eq. 1-7) and the loss of the
-    wrapped model's output becomes ``task(side logits) + w_sha * L_sha + w_deep * L_deep + w_log * L_log
+    Beside the frozen encoder runs a trainable side network (``MDPDConfig.side_network``: the LST ladder
+    by default, or UniPT, SHERL, DTL; see ``side_networks``); during training the two paths distil each
+    other (``DualPathDistiller``, Eq. 1-7) and the loss of the wrapped model's output becomes ``task(side logits) + w_sha * L_sha + w_deep * L_deep + w_log * L_log
     + w_bt * task(backbone logits)`` (the last term is ours, not the paper's: see ``MDPDConfig``).
     The backbone itself only trains adapter-held copies of ``target_modules`` (LayerNorms by default)
     and the ``modules_to_save`` task head. Everything runs in forward hooks on the base model's modules,

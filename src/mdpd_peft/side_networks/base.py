@@ -13,17 +13,14 @@ and import the module in ``side_networks/__init__.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..config import invalid
+from ..architecture import EncoderMap
+from ..config import MDPDConfig, invalid
 from ..token_layout import stage_real_tokens
-
-if TYPE_CHECKING:  # the config validates side_network against this registry, so it cannot be imported here
-    from ..architecture import EncoderMap
-    from ..config import MDPDConfig
 
 SIDE_NETWORKS: dict[str, type["SideNetwork"]] = {}
 
