@@ -17,7 +17,6 @@ from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, logits_distillation_loss
 from .layer import MDPDLayer
-from .pruning import prune_into_side_network
 from .shared_state import TunerHeldModules, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
 from .task_loss import side_task_loss
@@ -283,8 +282,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         device = next(self.model.parameters()).device
         side.to(device)
         distiller.to(device)
-        if config.side_network == "ladder" and config.side_init == "pruned":
-            prune_into_side_network(side, self.model, encoder)
+        side.init_from_backbone(self.model, encoder)
         self.mdpd_side[adapter_name] = side
         self.mdpd_distill[adapter_name] = distiller
 

@@ -9,12 +9,16 @@ products stay meaningful, and by v and the output projection) and FFN neurons.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .architecture import BlockParts, EncoderMap, Projection, find_block_parts
 from .config import invalid
-from .side_networks.ladder import LadderSideNetwork, SideBlock
+
+if TYPE_CHECKING:  # the ladder imports this module
+    from .side_networks.ladder import LadderSideNetwork, SideBlock
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:

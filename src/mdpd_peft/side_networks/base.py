@@ -12,6 +12,7 @@ and import the module in ``side_networks/__init__.py``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,13 +79,13 @@ def require_uniform_width(encoder, side_network: str) -> None:
         raise invalid("side_network", side_network, "'ladder' for a model whose stages change width and token count (Swin)")
 
 
-class SideNetwork(nn.Module):
+class SideNetwork(nn.Module, ABC):
     """Base class of the side networks.
 
     Subclasses set ``title``, ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
     ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
     (``nn.Linear`` on the final state's width, or None without a task head), and implement
-    ``from_config`` and ``forward``.
+    ``from_config`` and ``forward``; ``init_from_backbone`` and ``logged_values`` are optional.
     """
 
     title: str  # for model cards: "a side network (<title>) trained beside the frozen encoder"
@@ -94,13 +95,17 @@ class SideNetwork(nn.Module):
     head: nn.Linear | None
 
     @classmethod
+    @abstractmethod
     def from_config(cls, encoder: EncoderMap, config: MDPDConfig, side_layers: list[int], num_outputs: int | None) -> "SideNetwork":
         """Build for ``encoder``. ``side_layers``: the backbone layers that feed it (``config.side_layers`` or all);
         ``num_outputs``: the task head's output size, None for feature extraction."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, states: BackboneStates) -> SideOutput:
-        raise NotImplementedError
+        """The features for the distilled layers and the final state, from one pass's backbone states."""
+
+    def init_from_backbone(self, model: nn.Module, encoder: EncoderMap) -> None:
+        """Initialise from the backbone's weights once built (the ladder's pruned init); nothing by default."""
 
     def logged_values(self) -> dict[str, float]:
         """Scalars worth a line in the training log (the ladder's gates); none by default."""

@@ -21,6 +21,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..architecture import EncoderMap
+from ..pruning import prune_into_side_network
 from ..token_layout import pool_tokens
 from .base import BackboneStates, SideNetwork, SideOutput, register_side_network
 
@@ -85,8 +86,10 @@ class LadderSideNetwork(SideNetwork):
         gate_init: float,
         gate_temperature: float,
         num_outputs: int | None,
+        pruned_init: bool = False,
     ):
         super().__init__()
+        self.pruned_init = pruned_init
         self.side_layers = list(side_layers)
         self.distilled_layers = self.side_layers
         self.width = self.feature_width = max(1, encoder.hidden_size // reduction_factor)
@@ -106,7 +109,13 @@ class LadderSideNetwork(SideNetwork):
 
     @classmethod
     def from_config(cls, encoder, config, side_layers, num_outputs):
-        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs)
+        pruned = config.side_init == "pruned"
+        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs, pruned)
+
+    def init_from_backbone(self, model: nn.Module, encoder: EncoderMap) -> None:
+        """LST's pruned initialisation (``MDPDConfig.side_init="pruned"``): see ``pruning.py``."""
+        if self.pruned_init:
+            prune_into_side_network(self, model, encoder)
 
     def gates(self) -> torch.Tensor:
         """g_l = sigmoid(alpha_l / T), one per side layer."""
