@@ -108,3 +108,23 @@ def test_gradient_checkpointing_is_refused_with_a_clear_error():
     model.eval()
     with torch.no_grad():
         model(**inputs_of(text_batch()))  # inference is unaffected
+
+
+def test_a_deep_copy_runs_its_own_side_network():
+    """The hooks follow the copy (the benchmarks deep-copy what each method deploys): the copy's outputs equal the
+    original's, pass after pass, and training the original leaves the copy as it was."""
+    import copy
+
+    model = get_peft_model(tiny_vit(), DTLConfig(modules_to_save=["classifier"], conv_kernel=3))
+    batch = image_batch()
+    train_steps(model, batch)
+    model.eval()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        expected = model(**inputs_of(batch)).logits
+        for _ in range(2):
+            torch.testing.assert_close(twin(**inputs_of(batch)).logits, expected, rtol=0, atol=0)
+    train_steps(model, batch)
+    twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(twin(**inputs_of(batch)).logits, expected, rtol=0, atol=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from torch import nn
@@ -87,10 +89,11 @@ class DTLModel(TunerHeldModules, BaseTuner):
     def _register_hooks(self) -> None:
         if self._hook_handles:
             return
+        # Bound methods (in partials), not closures: copy.deepcopy of the model rebinds them to the copy's tuner.
         self._hook_handles = [self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True)]
         for index, layer in enumerate(self.model.get_submodule(self._layers_path)):
-            self._hook_handles.append(layer.register_forward_pre_hook(self._accumulate(index), with_kwargs=True))
-            self._hook_handles.append(layer.register_forward_hook(self._inject(index)))
+            self._hook_handles.append(layer.register_forward_pre_hook(partial(self._accumulate, index), with_kwargs=True))
+            self._hook_handles.append(layer.register_forward_hook(partial(self._inject, index)))
         self._hook_handles.append(self.model.register_forward_hook(self._finish_forward))
 
     def _active_csn(self) -> CompactSideNetwork | None:
@@ -111,27 +114,23 @@ class DTLModel(TunerHeldModules, BaseTuner):
     def _finish_forward(self, module, args, output):
         self._running_sum = self._real = None  # hold no graph between passes
 
-    def _accumulate(self, index: int):
-        def hook(module, args, kwargs):
-            csn = self._active_csn()
-            if csn is None:
-                return
-            hidden = layer_input(args, kwargs)
-            mapped = csn.maps[index](hidden.to(csn.maps[index].up.weight.dtype))
-            self._running_sum = mapped if self._running_sum is None else self._running_sum + mapped
+    def _accumulate(self, index: int, module, args, kwargs):
+        """Before block ``index``: z <- z + B A x."""
+        csn = self._active_csn()
+        if csn is None:
+            return
+        hidden = layer_input(args, kwargs)
+        mapped = csn.maps[index](hidden.to(csn.maps[index].up.weight.dtype))
+        self._running_sum = mapped if self._running_sum is None else self._running_sum + mapped
 
-        return hook
-
-    def _inject(self, index: int):
-        def hook(module, args, output):
-            csn = self._active_csn()
-            if csn is None or index < csn.inject_from or self._running_sum is None:
-                return output
-            hidden = layer_output(output)
-            real = self._real if self._real is not None and self._real.shape == hidden.shape[:2] else None
-            return with_hidden(output, hidden + csn.side_information(self._running_sum, real).to(hidden.dtype))
-
-        return hook
+    def _inject(self, index: int, module, args, output):
+        """After block ``index`` >= M: add the side information."""
+        csn = self._active_csn()
+        if csn is None or index < csn.inject_from or self._running_sum is None:
+            return output
+        hidden = layer_output(output)
+        real = self._real if self._real is not None and self._real.shape == hidden.shape[:2] else None
+        return with_hidden(output, hidden + csn.side_information(self._running_sum, real).to(hidden.dtype))
 
     # ------------------------------------------------------------------------------------- unloading
 
