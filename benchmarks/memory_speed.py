@@ -13,7 +13,8 @@
   gradients and the new optimizer state are counted). CUDA: ``torch.cuda.max_memory_allocated``; CPU:
   live tensor bytes counted by ``mdpd_peft.memory.LiveTensorBytes`` (deterministic).
 - Step time: median over ``--steps`` timed steps after 2 warm-up steps, methods interleaved round by
-  round, reported as a ratio to LoRA measured in the same process.
+  round, reported as a ratio to LoRA measured in the same process. A method whose steps differ in a
+  repeating pattern (``fading_interval=n``) is timed over whole cycles of n steps, per step.
 - Inference latency: median forward time of what each method deploys (``methods.deployed``) in eval
   mode, as a ratio to the untouched base model and to the side-kept model, interleaved the same way.
 - The side path's share of MDPD's step: the ladder side network and its distillation heads alone,
@@ -42,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from methods import METHODS, SIDE_NETWORK_METHODS, deployed, optimizer_for, trainable_parameters  # noqa: E402
+from methods import METHODS, SIDE_NETWORK_METHODS, deployed, optimizer_for, steps_per_cycle, trainable_parameters  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft.memory import PeakMemory  # noqa: E402
@@ -180,9 +181,13 @@ def measure(model_name: str, methods: list[str], batch_size: int, length: int, s
 
     models = {method: BUILDERS[method](base_model(model_name, device)) for method in methods}
     optimizers = {method: optimizer_for(model, 1e-4) for method, model in models.items()}
-    step_seconds = interleaved_medians(
-        {method: (lambda m=method: train_step(models[m], optimizers[m], batch)) for method in methods}, steps, device
+    cycles = {method: steps_per_cycle(model) for method, model in models.items()}
+    cycle_seconds = interleaved_medians(
+        {method: (lambda m=method: [train_step(models[m], optimizers[m], batch) for _ in range(cycles[m])]) for method in methods},
+        steps,
+        device,
     )
+    step_seconds = {method: cycle_seconds[method] / cycles[method] for method in methods}
     inputs = {key: value for key, value in batch.items() if key != "labels"}
     shipped = {"base": base_model(model_name, device).eval()}
     shipped.update({method: deployed(method, copy.deepcopy(model)) for method, model in models.items()})
@@ -249,10 +254,13 @@ def main(argv=None) -> dict:
                 f"  latency {row['latency_vs_base']:.2f}x base"
             )
 
-    output = Path(args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    save_result(result, args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
     return result
+
+
+def save_result(result: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
     python examples/accelerate_loop.py                                          # one process
     torchrun --standalone --nproc_per_node 2 examples/accelerate_loop.py        # two data-parallel GPU processes
     torchrun --standalone --nproc_per_node 2 examples/accelerate_loop.py --cpu  # two CPU processes (gloo)
+    accelerate launch --config_file examples/accelerate_configs/fsdp.yaml examples/accelerate_loop.py  # GPUs; untested, see README
 
 Trains all-MiniLM-L6-v2 (or ``--model``) with MDPD on Rotten Tomatoes (or ``--dataset``), tests the
-faded path, then fades on the main process and saves the plain transformers model to
-``<output-dir>/faded``. ``--batch-size`` is per process: the global batch is that times the number of
+faded path, then gathers the weights, fades them on the main process and saves the plain transformers
+model to ``<output-dir>/faded``. ``--batch-size`` is per process: the global batch is that times the number of
 processes (times ``--gradient-accumulation-steps``). ``<output-dir>/losses.json`` holds, per optimizer
 step, every loss term averaged over the processes.
 
@@ -40,7 +41,7 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from mdpd_peft import MDPDConfig  # noqa: E402
+from mdpd_peft import MDPDConfig, gathered_faded_model  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,12 +133,11 @@ def main(argv=None) -> dict:
 
     # Test the faded path (the backbone: what ships), then fade on the main process and save.
     faded_accuracy = test_accuracy(model, test_loader, accelerator)
-    accelerator.wait_for_everyone()
+    faded = gathered_faded_model(model, accelerator)  # every process takes part: FSDP and ZeRO-3 gather their shards
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "losses.json").write_text(json.dumps(losses))
-        faded = accelerator.unwrap_model(model).merge_and_unload()
         faded.save_pretrained(output_dir / "faded")
         tokenizer.save_pretrained(output_dir / "faded")
         accelerator.print(f"{accelerator.num_processes} process(es), {steps} steps: faded test accuracy {faded_accuracy:.3f}")

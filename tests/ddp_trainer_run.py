@@ -5,7 +5,7 @@
 
 Trains the conftest's tiny random BERT (dropout off, so runs differ only by their masks) on fixed random
 token batches, then each rank writes ``OUT/rank<r>.pt``: its trainable weights after training and the
-masked-generation masks it drew; rank 0 also writes ``OUT/log_history.json``.
+masked-generation masks it drew; rank 0 also writes ``OUT/log_history.json`` and the faded model, ``OUT/faded``.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ def main() -> None:
     )
     trainer = MDPDTrainer(model=model, args=training_args, train_dataset=data, data_collator=default_data_collator)
     trainer.train()
+    trainer.save_faded_model(str(Path(args.output_dir) / "faded"))  # every rank calls it, the main one writes
 
     rank = trainer.args.process_index
     output_dir = Path(args.output_dir)

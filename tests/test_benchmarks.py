@@ -10,6 +10,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import accuracy  # noqa: E402
+import distributed_memory  # noqa: E402
 import memory_speed  # noqa: E402
 import report  # noqa: E402
 from methods import METHODS  # noqa: E402
@@ -23,6 +24,16 @@ def test_memory_speed_suite_measures_every_method(tmp_path):
     assert result["methods"]["lora"]["peak_vs_lora"] == 1.0
     # Full fine-tuning holds gradients and AdamW state for every weight: it must top LoRA.
     assert result["methods"]["full"]["peak_mib"] > result["methods"]["lora"]["peak_mib"]
+
+
+def test_distributed_memory_is_measured_per_process_for_one_and_two_processes(tmp_path):
+    result = distributed_memory.main(["--model", "tiny", "--methods", "mdpd", "--device", "cpu", "--output", str(tmp_path / "distributed-tiny-cpu.json")])
+    runs = {(run["processes"], run["mixed_precision"]): run for run in result["runs"]}
+    assert set(runs) == {(n, p) for n in (1, 2) for p in ("no", "bf16")}
+    for precision in ("no", "bf16"):
+        assert runs[2, precision]["per_process_batch"] == runs[1, precision]["per_process_batch"] // 2
+        assert 0 < runs[2, precision]["peak_mib"] < runs[1, precision]["peak_mib"]  # half the batch per process
+    assert "per process" in report.main(tmp_path, tmp_path).read_text()
 
 
 def test_side_path_is_measured_as_part_of_the_mdpd_step(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).parents[1]
 
@@ -67,6 +68,19 @@ def test_two_processes_reproduce_the_one_process_run_at_the_same_global_batch(tr
         assert [two[t] for t in terms] == pytest.approx([one[t] for t in terms], rel=1e-5)
 
 
+def assert_same_faded_weights(one: Path, two: Path) -> None:
+    """The faded folders of a 1- and a 2-process run at the same global batch hold the same tensors, to float rounding."""
+    weights = [load_file(folder / "model.safetensors") for folder in (one, two)]
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_two_processes_fade_to_the_one_process_model(trainer_runs):
+    assert not (trainer_runs[2] / "faded" / "adapter_config.json").exists()
+    assert_same_faded_weights(trainer_runs[1] / "faded", trainer_runs[2] / "faded")
+
+
 @pytest.fixture(scope="module")
 def loop_job(tmp_path_factory, minilm_path):
     """Runs examples/accelerate_loop.py on a tiny random BERT without dropout (MiniLM's tokenizer) and
@@ -111,6 +125,7 @@ def test_accelerate_loop_on_two_processes_reproduces_one_process_and_fades_on_th
         assert step_two == pytest.approx(step_one, rel=1e-4)
     files = {path.name for path in (loop_job(2, "--batch-size", "4") / "faded").iterdir()}
     assert {"config.json", "model.safetensors"} <= files and not any(name.startswith("adapter_") for name in files)
+    assert_same_faded_weights(loop_job(1, "--batch-size", "8") / "faded", loop_job(2, "--batch-size", "4") / "faded")
 
 
 def test_gradient_accumulation_reproduces_the_whole_batch(loop_job):
@@ -124,3 +139,14 @@ def test_gradient_accumulation_reproduces_the_whole_batch(loop_job):
 def test_bf16_autocast_on_two_cpu_processes_trains_without_nans(loop_job):
     steps = losses(loop_job(2, "--batch-size", "4", "--mixed-precision", "bf16"))
     assert len(steps) == 8 and all(math.isfinite(value) for step in steps for value in step.values())
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type", [("multi_gpu", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED"), ("deepspeed_zero3", "DEEPSPEED")]
+)
+def test_example_accelerate_configs_are_read_by_accelerate(name, distributed_type):
+    """The configs of examples/accelerate_configs/ load as accelerate's own config class (running them needs GPUs)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "examples" / "accelerate_configs" / f"{name}.yaml"))
+    assert config.distributed_type == distributed_type and config.num_processes == 2 and not config.use_cpu

@@ -1,7 +1,11 @@
 """Fading: merge_and_unload returns the plain transformers model that the backbone path computed."""
 
+import pytest
 import torch
+from accelerate import Accelerator
 from transformers import BertForSequenceClassification
+
+from mdpd_peft import gathered_faded_model
 
 from conftest import assert_loads_without_mdpd_peft, text_batch, tiny_mdpd_model, tiny_text_model, train_steps
 
@@ -74,3 +78,19 @@ def test_eval_path_side_predicts_with_the_side_head():
     assert not torch.allclose(backbone.logits, side.logits)
     assert torch.isfinite(side.loss)
     assert not hasattr(backbone, "mdpd_losses")
+
+
+@pytest.mark.parametrize("dtype, adapter_name", [(torch.float32, "default"), (torch.bfloat16, "sentiment")])
+def test_gathered_faded_model_equals_fading_the_model_itself(dtype, adapter_name):
+    """gathered_faded_model (what MDPDTrainer.save_faded_model and the accelerate loop use) rebuilds the model from
+    its gathered weights: the same faded tensors and dtype as fading the trained model in place."""
+    peft_model = tiny_mdpd_model(adapter_name=adapter_name)
+    peft_model.to(dtype)
+    train_steps(peft_model, text_batch(), steps=2)
+    gathered = gathered_faded_model(peft_model, Accelerator(cpu=True))
+    in_place = peft_model.merge_and_unload()
+    assert type(gathered) is type(in_place) and gathered.dtype == dtype
+    expected = in_place.state_dict()
+    assert gathered.state_dict().keys() == expected.keys()
+    for name, tensor in gathered.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name

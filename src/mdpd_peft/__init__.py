@@ -7,6 +7,7 @@ trains them, evaluates both paths and saves or pushes the faded model.
 
 from .config import MDPDConfig
 from .dtl import DTLConfig, DTLModel
+from .gathering import gathered_faded_model
 from .layer import MDPDLayer
 from .model import MDPDModel
 from .registration import register
@@ -14,5 +15,5 @@ from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "register"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "gathered_faded_model", "register"]
 __version__ = "0.1.0"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import time
@@ -15,6 +14,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import speed_metrics
 
+from .gathering import gathered_faded_model
 from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import faded_model_card
@@ -159,12 +159,13 @@ class MDPDTrainer(Trainer):
 
         Writes ``config.json``, ``model.safetensors``, the tokenizer or image processor given to the
         Trainer, and ``README.md`` (see ``model_card``; ``card_kwargs``: ``datasets``, ``tags``,
-        ``model_name``). Returns the folder (default ``<output_dir>/faded``). Only the main process writes.
+        ``model_name``). Returns the folder (default ``<output_dir>/faded``). Every process must call it (the
+        weights are gathered first: ``gathered_faded_model``); only the main process writes.
         """
         output_dir = output_dir or os.path.join(self.args.output_dir, "faded")
-        if not self.args.should_save:
+        faded = gathered_faded_model(self.deepspeed if self.is_deepspeed_enabled else self.model, self.accelerator)
+        if faded is None or not self.args.should_save:  # the weights were gathered on the main process alone
             return output_dir
-        faded = copy.deepcopy(self._peft_model()).merge_and_unload()
         faded.save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
