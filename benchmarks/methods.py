@@ -13,6 +13,8 @@ method ships for inference. All methods train the task head; what else they trai
   ``"head_only"`` (how the backbone's LayerNorms and head get their gradients; see ``MDPDConfig.fading``).
 - ``mdpd_last_1`` / ``mdpd_last_2``: MDPD fading only the LayerNorms of the last 1 / 2 encoder layers
   (``MDPDConfig.fading_layers``), so fading's backward stops there.
+- ``mdpd_every_2`` / ``_3`` / ``_4``: MDPD whose LayerNorms learn on every 2nd / 3rd / 4th step
+  (``MDPDConfig.fading_interval``); between those, the backbone runs without autograd.
 
 ``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network`` (issue 6), each
 kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``, MDPD's defaults
@@ -97,6 +99,7 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
     "mdpd_last_1": partial(_mdpd, fading_layers=1),
     "mdpd_last_2": partial(_mdpd, fading_layers=2),
+    **{f"mdpd_every_{n}": partial(_mdpd, fading_interval=n) for n in (2, 3, 4)},
 }
 
 SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
@@ -124,6 +127,12 @@ def deployed(name: str, trained: nn.Module) -> nn.Module:
     if hasattr(trained, "merge_and_unload"):
         return trained.merge_and_unload().eval()
     return trained.eval()
+
+
+def steps_per_cycle(model: nn.Module) -> int:
+    """How many training steps one repetition of the method's work spans: ``fading_interval`` for MDPD, else 1."""
+    config = getattr(model, "peft_config", {}).get("default")
+    return getattr(config, "fading_interval", 1)
 
 
 def trainable_parameters(model: nn.Module) -> int:

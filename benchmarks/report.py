@@ -3,8 +3,8 @@
     python benchmarks/report.py
 
 Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``,
-``results/image_transfer-digits.jsonl``, ``results/side_path-*.json``, ``results/accuracy-minilm.jsonl`` and
-``results/ablation-minilm.jsonl``;
+``results/distributed-*.json``, ``results/image_transfer-digits.jsonl``, ``results/side_path-*.json``,
+``results/accuracy-minilm.jsonl`` and ``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
 """
@@ -28,6 +28,9 @@ NAMES = {
     "mdpd_head_only": "MDPD, head-only fading",
     "mdpd_last_1": "MDPD, fading the last layer's LayerNorms",
     "mdpd_last_2": "MDPD, fading the last 2 layers' LayerNorms",
+    "mdpd_every_2": "MDPD, LayerNorms learning every 2nd step",
+    "mdpd_every_3": "MDPD, LayerNorms learning every 3rd step",
+    "mdpd_every_4": "MDPD, LayerNorms learning every 4th step",
     **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     "dtl": "DTL (its own PEFT method, kept)",
@@ -89,6 +92,27 @@ def sweep_table(result: dict) -> list[str]:
     ]
     for run in result["runs"]:
         lines.append(f"| {run['batch']} x {run['length']} | " + " | ".join(f"{run['peak_mib'][m]:.0f}" for m in methods) + " |")
+    return [*lines, ""]
+
+
+def distributed_table(result: dict) -> list[str]:
+    lines = [
+        f"### Peak training memory per process, 1 and 2 data-parallel processes: {result['model']}, global batch {result['batch']} x {result['length']} tokens",
+        "",
+        *header(result),
+        "Each process's peak for one optimizer step on its share of the batch "
+        "(the largest over the processes); accelerate prepares the model (DDP for 2 processes) and runs the mixed precision.",
+        "",
+        "| method | mixed precision | processes x batch per process | peak MiB per process | x 1 process |",
+        "|---|---|---|---:|---:|",
+    ]
+    single = {(run["method"], run["mixed_precision"]): run["peak_mib"] for run in result["runs"] if run["processes"] == 1}
+    for run in result["runs"]:
+        ratio = run["peak_mib"] / single[run["method"], run["mixed_precision"]]
+        lines.append(
+            f"| {NAMES[run['method']]} | {run['mixed_precision']} | {run['processes']} x {run['per_process_batch']} "
+            f"| {run['peak_mib']:.1f} | {ratio:.2f} |"
+        )
     return [*lines, ""]
 
 
@@ -221,6 +245,8 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
         lines += sweep_table(result)
     for path in sorted(results.glob("side_path-*.json")):
         lines += side_path_lines(json.loads(path.read_text()))
+    for path in sorted(results.glob("distributed-*.json")):
+        lines += distributed_table(json.loads(path.read_text()))
     if by_method:
         title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
         lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)

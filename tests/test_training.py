@@ -161,6 +161,27 @@ def test_fading_layers_trains_the_last_layers_norms_and_backward_stops_there(fad
     assert type(model.merge_and_unload()).__name__ == "BertForSequenceClassification"
 
 
+def test_fading_interval_lets_the_norms_learn_every_nth_pass_and_the_backbone_skip_autograd_between():
+    model = tiny_mdpd_model(fading_interval=2)
+    entered = []
+    for index, layer in enumerate(model.get_base_model().bert.encoder.layer):
+        layer.register_full_backward_pre_hook(lambda module, grad, index=index: entered.append(index))
+    model.train()
+    for learning_pass in (True, False, True, False):
+        model.zero_grad(set_to_none=True)
+        entered.clear()
+        model(**text_batch()).loss.backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        copies = [g for n, g in grads.items() if "mdpd_copies" in n]
+        assert entered == ([3, 2, 1, 0] if learning_pass else [])  # held still: backward never enters the backbone
+        assert all((g is not None) == learning_pass for g in copies)
+        assert all(g is not None for n, g in grads.items() if "mdpd_copies" not in n)  # side, distiller, head learn
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    model(**{k: v for k, v in text_batch().items() if k != "labels"}).logits.sum().backward()  # eval holds nothing still
+    assert all(p.grad is not None for n, p in model.named_parameters() if "mdpd_copies" in n and p.requires_grad)
+
+
 def test_head_only_fading_trains_no_backbone_norm():
     model = tiny_mdpd_model(fading="head_only")
     before = {n: p.clone() for n, p in model.named_parameters() if "mdpd_copies" in n}

@@ -87,6 +87,13 @@ class MDPDConfig(PeftConfig):
             every LayerNorm. Fading's backward then stops k layers deep: the layers before run without
             autograd, so they are neither stored nor recomputed. ``None`` trains every LayerNorm.
             Integer in [1, number of layers]; not combinable with explicit ``target_modules``.
+        fading_interval: n: the LayerNorm copies learn on every n-th training forward pass (the first,
+            the (n+1)-th, ...); on the others they are held still, so the backbone runs without autograd
+            and nothing is stored, recomputed or backpropagated through it, while the side network, the
+            distillation and the head (from the backbone's pooled features) learn as usual. The step
+            time then falls from the full cost toward ``"head_only"``'s, on average. Ours, not the
+            paper's. Counted in forward passes (micro-batches under gradient accumulation) since the
+            model was built or loaded. Integer >= 1; 1 (default) lets them learn on every pass.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
@@ -138,6 +145,7 @@ class MDPDConfig(PeftConfig):
     fading_layers: Optional[int] = field(
         default=None, metadata={"help": "Train the LayerNorms of only the last k encoder layers (and after them); None = all."}
     )
+    fading_interval: int = field(default=1, metadata={"help": "The LayerNorm copies learn on every n-th training forward pass."})
     gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
     gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     target_modules: Optional[Union[list[str], str]] = field(
@@ -189,6 +197,10 @@ class MDPDConfig(PeftConfig):
         if self.fading_layers is not None:
             if isinstance(self.fading_layers, bool) or not isinstance(self.fading_layers, int) or self.fading_layers < 1:
                 raise invalid("fading_layers", self.fading_layers, "None or an integer >= 1")
+        if isinstance(self.fading_interval, bool) or not isinstance(self.fading_interval, int) or self.fading_interval < 1:
+            raise invalid("fading_interval", self.fading_interval, "an integer >= 1")
+        if self.fading == "head_only" and self.fading_interval != 1:
+            raise invalid("fading_interval", self.fading_interval, '1 with fading="head_only" (no LayerNorm learns)')
         if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
             raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
         if isinstance(self.dtl_rank, bool) or not isinstance(self.dtl_rank, int) or self.dtl_rank < 1:

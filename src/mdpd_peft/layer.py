@@ -23,6 +23,9 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
     """
 
     adapter_layer_names = ("mdpd_copies",)
+    # Set by the tuner before each training pass; False holds the copy still for that pass
+    # (``MDPDConfig.fading_interval``), so that no autograd graph is built through the backbone.
+    learns: bool = True
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, inference_mode: bool = False):
         super().__init__()
@@ -60,9 +63,11 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
             return self.base_layer(*args, **kwargs)
         trained = self.mdpd_copies[self.active_adapters[0]]
         dtype = parameter_dtype(self.base_layer)
-        if parameter_dtype(trained) == dtype:
+        if self.learns and parameter_dtype(trained) == dtype:
             return trained(*args, **kwargs)
-        weights = {name: parameter.to(dtype) for name, parameter in trained.named_parameters()}  # differentiable cast
+        weights = {  # a differentiable cast, or the values alone when held still
+            name: (parameter if self.learns else parameter.detach()).to(dtype) for name, parameter in trained.named_parameters()
+        }
         return functional_call(trained, weights, args, kwargs)
 
     def __repr__(self) -> str:

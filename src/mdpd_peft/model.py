@@ -237,6 +237,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             self._capture: ForwardCapture | None = None
             self._adapters_enabled = True
             self.latest_losses: dict[str, torch.Tensor] = {}
+            self._training_passes = 0  # counts fading_interval
         self.mdpd_encoders[adapter_name] = encoder
         if config.target_modules is None:
             config.target_modules = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
@@ -360,6 +361,11 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
             # backward would cross the whole backbone even when only the last layers' norms train (fading_layers).
             self.model.disable_input_require_grads()
+        learns = True
+        if self.model.training and self._side_path_needed():
+            learns = self._training_passes % self.peft_config[self.active_adapters[0]].fading_interval == 0
+            self._training_passes += 1
+        self._let_norm_copies_learn(learns)
         if not self._side_path_needed():
             return
         try:
@@ -371,6 +377,12 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             attention_mask=arguments.get("attention_mask"),
             targets={name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None},
         )
+
+    def _let_norm_copies_learn(self, learns: bool) -> None:
+        """Held-still copies (``fading_interval``) give a backbone pass that autograd does not record."""
+        for module in self.model.modules():
+            if isinstance(module, MDPDLayer):
+                module.learns = learns
 
     def _capture_embeddings(self, module, args, kwargs):
         if self._capture is not None and self._capture.embeddings is None:
