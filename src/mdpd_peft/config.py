@@ -91,9 +91,12 @@ class MDPDConfig(PeftConfig):
             the (n+1)-th, ...); on the others they are held still, so the backbone runs without autograd
             and nothing is stored, recomputed or backpropagated through it, while the side network, the
             distillation and the head (from the backbone's pooled features) learn as usual. The step
-            time then falls from the full cost toward ``"head_only"``'s, on average. Ours, not the
-            paper's. Counted in forward passes (micro-batches under gradient accumulation) since the
-            model was built or loaded. Integer >= 1; 1 (default) lets them learn on every pass.
+            time then falls from the full cost toward ``"head_only"``'s, on average; peak memory stays
+            the learning pass's. Ours, not the paper's. Counted in forward passes (micro-batches under
+            gradient accumulation) since the model was built or loaded. Measured (docs/fading.md):
+            BERT-base 16 x 128, step time 1.01x / 0.86x LoRA's for n = 2 / 3 (1.47x every pass);
+            all-MiniLM-L6-v2 + Rotten Tomatoes, faded test 0.807 / 0.788 (every pass 0.816, 3 seeds).
+            Integer >= 1; 1 (default) lets them learn on every pass.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
