@@ -21,8 +21,9 @@ kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``
 otherwise), and ``dtl`` / ``dtl+``: DTL's compact side network as its own PEFT method, kept at inference.
 Every builder works on text classifiers and on ViT image classifiers (``--model vit-base``).
 
-``ABLATIONS`` are MDPD variants for the accuracy suite only (the paper's Table 5 and Fig. A, in
-miniature): one distillation path switched off, or another mask ratio lambda.
+``ABLATIONS`` are MDPD variants for the accuracy suite only: the paper's Table 5 and Fig. A in
+miniature (one distillation path switched off, or another mask ratio lambda), and ``mdpd_last_3`` to
+``_5``, fading the last 3 to 5 layers' LayerNorms.
 """
 
 from __future__ import annotations
@@ -97,8 +98,7 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd": _mdpd,
     "mdpd_backprop": partial(_mdpd, fading="backprop"),
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
-    "mdpd_last_1": partial(_mdpd, fading_layers=1),
-    "mdpd_last_2": partial(_mdpd, fading_layers=2),
+    **{f"mdpd_last_{k}": partial(_mdpd, fading_layers=k) for k in (1, 2)},
     **{f"mdpd_every_{n}": partial(_mdpd, fading_interval=n) for n in (2, 3, 4)},
 }
 
@@ -110,6 +110,8 @@ SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
 }
 
 ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
+    # fading_layers k = 3-5 (of MiniLM's 6), between mdpd_last_2 and every layer
+    **{f"mdpd_last_{k}": partial(_mdpd, fading_layers=k) for k in (3, 4, 5)},
     # S -> B only: the side network learns from its task loss alone, no feature distillation.
     "mdpd_logits_only": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0),
     # B -> S only: no logits distillation; the backbone learns from its own task loss.

@@ -28,6 +28,7 @@ NAMES = {
     "mdpd_head_only": "MDPD, head-only fading",
     "mdpd_last_1": "MDPD, fading the last layer's LayerNorms",
     "mdpd_last_2": "MDPD, fading the last 2 layers' LayerNorms",
+    **{f"mdpd_last_{k}": f"MDPD, fading the last {k} layers' LayerNorms" for k in (3, 4, 5)},
     "mdpd_every_2": "MDPD, LayerNorms learning every 2nd step",
     "mdpd_every_3": "MDPD, LayerNorms learning every 3rd step",
     "mdpd_every_4": "MDPD, LayerNorms learning every 4th step",
