@@ -15,6 +15,8 @@ method ships for inference. All methods train the task head; what else they trai
   (``MDPDConfig.fading_layers``), so fading's backward stops there.
 - ``mdpd_every_2`` / ``_3`` / ``_4``: MDPD whose LayerNorms learn on every 2nd / 3rd / 4th step
   (``MDPDConfig.fading_interval``); between those, the backbone runs without autograd.
+- ``mdpd_block_local``: MDPD whose layers' LayerNorms each learn from a probe of their own output
+  (``fading="block_local"``), so no backward crosses more than one layer.
 
 ``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network`` (issue 6), each
 kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``, MDPD's defaults
@@ -100,6 +102,7 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd_head_only": partial(_mdpd, fading="head_only"),
     **{f"mdpd_last_{k}": partial(_mdpd, fading_layers=k) for k in (1, 2)},
     **{f"mdpd_every_{n}": partial(_mdpd, fading_interval=n) for n in (2, 3, 4)},
+    "mdpd_block_local": partial(_mdpd, fading="block_local"),
 }
 
 SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {

@@ -18,7 +18,7 @@ from conftest import tiny_text_model
         ({"side_init": "zeros"}, "side_init", "'pruned', 'random'"),
         ({"eval_path": "both"}, "eval_path", "'backbone', 'side'"),
         ({"norm_position": "middle"}, "norm_position", "'pre', 'post'"),
-        ({"fading": "later"}, "fading", "'backprop', 'checkpointed', 'head_only'"),
+        ({"fading": "later"}, "fading", "'backprop', 'checkpointed', 'head_only', 'block_local'"),
         ({"fading_layers": 0}, "fading_layers", "integer >= 1"),
         ({"fading_layers": 5}, "fading_layers", "[1, 4] (the model has 4 layers)"),
         ({"fading_layers": 1, "target_modules": ["LayerNorm"]}, "fading_layers", "None when target_modules is given"),

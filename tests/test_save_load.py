@@ -76,3 +76,16 @@ def test_an_adapter_with_fading_layers_reloads_with_the_same_trainables(tmp_path
     restored = PeftModel.from_pretrained(tiny_text_model(), tmp_path, is_trainable=True)
     names = [{n for n, p in m.named_parameters() if p.requires_grad and "mdpd_copies" in n} for m in (model, restored)]
     assert names[0] == names[1] and all(".layer.2." in n or ".layer.3." in n for n in names[0])
+
+
+def test_a_block_local_adapter_reloads_with_its_layer_probes(tmp_path):
+    model = tiny_mdpd_model(fading="block_local")
+    train_steps(model, text_batch(), steps=2)
+    model.save_pretrained(tmp_path)
+    assert any(key.startswith("base_model.mdpd_local.") for key in load_file(tmp_path / "adapter_model.safetensors"))
+    restored = PeftModel.from_pretrained(tiny_text_model(), tmp_path, is_trainable=True)
+    loaded = dict(restored.named_parameters())
+    probes = {n: p for n, p in model.named_parameters() if ".mdpd_local." in n}
+    assert len(probes) == 2 * 4  # a weight and a bias per layer
+    for name, value in probes.items():
+        assert torch.equal(value, loaded[name]) and loaded[name].requires_grad, name

@@ -182,6 +182,19 @@ def test_fading_interval_lets_the_norms_learn_every_nth_pass_and_the_backbone_sk
     assert all(p.grad is not None for n, p in model.named_parameters() if "mdpd_copies" in n and p.requires_grad)
 
 
+def test_block_local_fading_learns_each_layer_inside_the_forward_and_no_backward_crosses_the_backbone():
+    model = tiny_mdpd_model(fading="block_local")
+    model.train()
+    output = model(**text_batch())
+    copies = [p for n, p in model.named_parameters() if "mdpd_copies" in n and p.requires_grad]
+    assert len(copies) == 2 * (1 + 2 * 4) and all(p.grad is not None for p in copies)  # learnt during the forward
+    assert torch.isfinite(output.mdpd_losses["local"])
+    assert all(g is None for g in torch.autograd.grad(output.loss, copies, allow_unused=True))  # the step's loss reaches none
+    output.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad)  # side, distiller, probes, head
+    assert type(model.merge_and_unload()).__name__ == "BertForSequenceClassification"
+
+
 def test_head_only_fading_trains_no_backbone_norm():
     model = tiny_mdpd_model(fading="head_only")
     before = {n: p.clone() for n, p in model.named_parameters() if "mdpd_copies" in n}

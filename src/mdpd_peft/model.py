@@ -19,6 +19,7 @@ from .distillation import DualPathDistiller, logits_distillation_loss
 from .layer import MDPDLayer
 from .shared_state import TunerHeldModules, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
+from .side_networks.base import masked_mean
 from .task_loss import side_task_loss
 
 TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
@@ -36,6 +37,7 @@ class ForwardCapture:
     embeddings: torch.Tensor | None = None
     layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
     layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # (args, kwargs) of the calls to re-run
+    local_losses: list[torch.Tensor] = field(default_factory=list)  # fading="block_local": each layer's, detached
 
 
 def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
@@ -48,6 +50,11 @@ def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
 def layer_output(output) -> torch.Tensor:
     """The hidden states an encoder layer returns (a tensor, or the first item of a tuple)."""
     return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def with_layer_output(output, hidden: torch.Tensor):
+    """A layer's return value with its hidden states replaced by ``hidden``."""
+    return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
 
 
 def with_layer_input(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
@@ -194,7 +201,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     target_module_mapping: dict = {}
     # The side network lives on the tuner; `inject_adapter_in_model` would drop it.
     uses_shared_state: bool = True
-    adapter_containers = ("mdpd_side", "mdpd_distill", "mdpd_copies")
+    adapter_containers = ("mdpd_side", "mdpd_distill", "mdpd_local", "mdpd_copies")
 
     # ---------------------------------------------------------------------------------------- set-up
 
@@ -232,6 +239,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         if not hasattr(self, "mdpd_side"):
             self.mdpd_side = nn.ModuleDict()
             self.mdpd_distill = nn.ModuleDict()
+            self.mdpd_local = nn.ModuleDict()  # fading="block_local": a probe per layer
             self.mdpd_encoders: dict[str, EncoderMap] = {}
             self._hook_handles: list = []
             self._capture: ForwardCapture | None = None
@@ -286,6 +294,11 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         side.init_from_backbone(self.model, encoder)
         self.mdpd_side[adapter_name] = side
         self.mdpd_distill[adapter_name] = distiller
+        if config.fading == "block_local":
+            outputs = head_outputs(self.model, config.modules_to_save)
+            if outputs is None or config.task_type in ("TOKEN_CLS", "QUESTION_ANS"):
+                raise invalid("fading", config.fading, "another fading: block_local needs a sequence-level task head (its layer probes pool tokens)")
+            self.mdpd_local[adapter_name] = nn.ModuleList(nn.Linear(width, outputs) for width in encoder.layer_widths).to(device)
 
     def _sync_side_trainability(self, inference_mode: bool = False) -> None:
         """Side network and distiller train with their adapter; the distiller only when a feature loss is on (else
@@ -295,6 +308,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             trainable = name in self.active_adapters and not inference_mode
             self.mdpd_side[name].requires_grad_(trainable)
             self.mdpd_distill[name].requires_grad_(trainable and bool(config.shallow_loss_weight or config.deep_loss_weight))
+            if name in self.mdpd_local:
+                self.mdpd_local[name].requires_grad_(trainable)
             if config.fading == "head_only":
                 for module in self.model.modules():
                     if isinstance(module, MDPDLayer) and name in module.mdpd_copies:
@@ -312,6 +327,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         super().delete_adapter(adapter_name)
         for container in (self.mdpd_side, self.mdpd_distill):
             del container[adapter_name]
+        self.mdpd_local.pop(adapter_name, None)
         del self.mdpd_encoders[adapter_name]
 
     def set_eval_path(self, path: str) -> None:
@@ -403,8 +419,28 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             return layer_output(layer(*args, **kwargs))
 
     def _capture_layer_output(self, module, args, output):
-        if self._capture is not None:
-            self._capture.layer_outputs.append(layer_output(output).detach())
+        if self._capture is None:
+            return None
+        hidden = layer_output(output)
+        self._capture.layer_outputs.append(hidden.detach())
+        if hidden.requires_grad and self.active_adapters[0] in self.mdpd_local:
+            self._learn_locally(len(self._capture.layer_outputs) - 1, hidden)
+            return with_layer_output(output, hidden.detach())  # no backward crosses this layer again
+        return None
+
+    def _learn_locally(self, index: int, hidden: torch.Tensor) -> None:
+        """``fading="block_local"``: layer call ``index``'s trainables learn now, from the task loss of its probe."""
+        if index == 0 and torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            raise RuntimeError('MDPDConfig.fading="block_local" runs its backward inside the forward, which DDP does not allow; use fading="checkpointed".')
+        if index == 0 and any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
+            raise RuntimeError('MDPDConfig.fading="block_local" cannot run under gradient checkpointing: recomputed layers would learn twice.')
+        capture = self._capture
+        real = real_tokens(capture.attention_mask, *hidden.shape[:2], hidden.device)
+        probe = self.mdpd_local[self.active_adapters[0]][index]
+        loss = side_task_loss(probe(masked_mean(hidden, real).to(probe.weight.dtype)), capture.targets, self.model.config)
+        if loss is not None:
+            loss.backward()
+            capture.local_losses.append(loss.detach())
 
     def _finish_forward(self, module, args, kwargs, output):
         capture, self._capture = self._capture, None
@@ -450,6 +486,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         if config.logits_loss_weight and side_logits is not None:
             losses["logits"] = logits_distillation_loss(side_logits, backbone_logits, real)
             total = total + config.logits_loss_weight * losses["logits"]
+        if capture.local_losses:  # already backpropagated, layer by layer (fading="block_local"): logged only
+            losses["local"] = torch.stack(capture.local_losses).mean()
         backbone_task = output.get("loss")  # the wrapped model's own loss on its own logits, when it got labels
         if config.backbone_task_loss_weight and backbone_task is not None:
             # Not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits (see MDPDConfig).
