@@ -195,6 +195,14 @@ def test_block_local_fading_learns_each_layer_inside_the_forward_and_no_backward
     assert type(model.merge_and_unload()).__name__ == "BertForSequenceClassification"
 
 
+def test_block_local_fading_refuses_gradient_checkpointing():
+    model = tiny_mdpd_model(fading="block_local")
+    model.get_base_model().gradient_checkpointing_enable()
+    model.train()
+    with pytest.raises(RuntimeError, match='fading="block_local" cannot run under gradient checkpointing'):
+        model(**text_batch())
+
+
 def test_head_only_fading_trains_no_backbone_norm():
     model = tiny_mdpd_model(fading="head_only")
     before = {n: p.clone() for n, p in model.named_parameters() if "mdpd_copies" in n}

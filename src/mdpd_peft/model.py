@@ -120,6 +120,11 @@ def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> i
     return outputs
 
 
+def checkpoints(model: nn.Module) -> bool:
+    """Whether any module of the model runs gradient checkpointing."""
+    return any(getattr(module, "gradient_checkpointing", False) for module in model.modules())
+
+
 def uses_reentrant_checkpointing(model: nn.Module) -> bool:
     """Whether some checkpointed layer may use reentrant checkpointing, which reaches the weights inside a
     layer only when the layer's input requires grad (unknown settings count as reentrant)."""
@@ -432,7 +437,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         """``fading="block_local"``: layer call ``index``'s trainables learn now, from the task loss of its probe."""
         if index == 0 and torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             raise RuntimeError('MDPDConfig.fading="block_local" runs its backward inside the forward, which DDP does not allow; use fading="checkpointed".')
-        if index == 0 and any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
+        if index == 0 and checkpoints(self.model):
             raise RuntimeError('MDPDConfig.fading="block_local" cannot run under gradient checkpointing: recomputed layers would learn twice.')
         capture = self._capture
         real = real_tokens(capture.attention_mask, *hidden.shape[:2], hidden.device)
@@ -507,7 +512,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         original head included, so that ``unload()`` really undoes the adapter.
         """
         self._remove_hooks()
-        if any(getattr(module, "gradient_checkpointing", False) for module in self.model.modules()):
+        if checkpoints(self.model):
             # the faded model is a plain inference model: no checkpointing, no input-grad hook of transformers'
             getattr(self.model, "activation_checkpointing_disable", self.model.gradient_checkpointing_disable)()
             for module in self.model.modules():  # transformers hooks the embeddings of each sub-model

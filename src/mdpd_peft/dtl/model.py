@@ -10,7 +10,7 @@ from torch import nn
 
 from ..architecture import map_encoder
 from ..config import invalid
-from ..model import layer_input, layer_output
+from ..model import checkpoints, layer_input, layer_output
 from ..shared_state import TunerHeldModules, restore_original_modules
 from ..side_networks.base import require_uniform_width
 from ..side_networks.dtl import CompactSideNetwork, dtl_inject_from
@@ -101,7 +101,7 @@ class DTLModel(TunerHeldModules, BaseTuner):
         return self.dtl_csn[name] if self._adapters_enabled and name in self.dtl_csn else None
 
     def _begin_forward(self, module, args, kwargs):
-        if self.model.training and self._active_csn() is not None and any(getattr(m, "gradient_checkpointing", False) for m in self.model.modules()):
+        if self.model.training and self._active_csn() is not None and checkpoints(self.model):
             raise ValueError(
                 "DTL cannot train with gradient checkpointing: a recomputed block would add the side information again "
                 "outside the forward pass. Disable it (model.gradient_checkpointing_disable(), or gradient_checkpointing="
