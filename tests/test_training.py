@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mdpd_peft import distillation
+from mdpd_peft.side_networks import ladder
 from mdpd_peft.distillation import sample_token_mask
 from conftest import text_batch, tiny_mdpd_model, train_steps
 
@@ -126,19 +127,20 @@ def test_checkpointed_fading_keeps_the_gradients_and_fades_to_a_plain_model():
     assert not any(getattr(module, "gradient_checkpointing", False) for module in faded.modules())
 
 
-def test_recomputing_the_distillation_terms_keeps_their_gradients(monkeypatch):
+def test_recomputing_the_side_blocks_and_distillation_terms_keeps_their_gradients(monkeypatch):
     batch = text_batch()
     model = tiny_mdpd_model(logits_loss_weight=0.0, backbone_task_loss_weight=0.0)
     model.train()
     grads = {}
     for recompute in (True, False):
         if not recompute:
-            monkeypatch.setattr(distillation, "recomputed", lambda function, *args: function(*args))
+            for module in (distillation, ladder):
+                monkeypatch.setattr(module, "recomputed", lambda function, *args: function(*args))
         model.zero_grad()
         torch.manual_seed(0)  # the same dropout and masks in both runs
         model(**batch).loss.backward()
         grads[recompute] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    assert any("mdpd_distill" in name for name in grads[True])
+    assert any("mdpd_distill" in name for name in grads[True]) and any(".blocks." in name for name in grads[True])
     assert grads[True].keys() == grads[False].keys()
     for name in grads[False]:
         torch.testing.assert_close(grads[True][name], grads[False][name], msg=name)

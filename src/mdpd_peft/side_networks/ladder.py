@@ -21,6 +21,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from ..architecture import EncoderMap
+from ..distillation import recomputed
 from ..pruning import prune_into_side_network
 from ..token_layout import pool_tokens
 from .base import BackboneStates, SideNetwork, SideOutput, register_side_network
@@ -134,7 +135,11 @@ class LadderSideNetwork(SideNetwork):
         for gate, down, block, layer in zip(self.gates(), self.downs, self.blocks, self.side_layers):
             state = states.output_of(layer)
             side = pool_tokens(side, state.shape[1], self.is_vision)  # follows merged patches; else unchanged
-            side = gate * side + (1.0 - gate) * down(state)
-            side = block(side, key_mask)
+            side = recomputed(self.ladder_step, gate, down, block, side, state, key_mask)
             side_states.append(side)
         return SideOutput(features=side_states, final_state=self.final_norm(side))
+
+    @staticmethod
+    def ladder_step(gate, down: nn.Linear, block: SideBlock, side: torch.Tensor, state: torch.Tensor, key_mask) -> torch.Tensor:
+        """The gated mix of the side state (B, N, D_S) with backbone state (B, N, D_l), then one side block."""
+        return block(gate * side + (1.0 - gate) * down(state), key_mask)
