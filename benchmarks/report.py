@@ -21,6 +21,8 @@ NAMES = {
     "full": "full fine-tuning",
     "lora": "LoRA r=8 (query, value)",
     "layernorm": "LayerNorm tuning",
+    "lora_checkpointed": "LoRA r=8 + gradient checkpointing",
+    "layernorm_checkpointed": "LayerNorm tuning + gradient checkpointing",
     "bitfit": "BitFit",
     "side_kept": "ladder side network kept (LST)",
     "mdpd": "MDPD, faded (defaults)",
