@@ -139,13 +139,13 @@ def side_path(model_name: str, batch: dict, steps: int, device: torch.device) ->
     with torch.no_grad(), model.disable_adapter():
         hidden = model(**inputs, output_hidden_states=True).hidden_states  # embeddings, then every layer's output
     real = batch["attention_mask"].bool()
-    states = BackboneStates(hidden[0], list(hidden[1:]), real, hidden[0].dtype, rerun=None)  # the ladder re-runs no layer
-    teachers = [states.output_of(i) for i in side.distilled_layers]
+    states = BackboneStates(hidden[0], list(hidden[1:]), real, rerun=None)  # the ladder re-runs no layer
+    teachers = [states.layer_outputs[i] for i in side.distilled_layers]
     side_optimizer = torch.optim.AdamW([*side.parameters(), *distiller.parameters()], lr=1e-4)
 
     def side_step() -> None:
-        output = side(states)
-        task = side_task_loss(side.logits(output.final_state, real, per_token=False), {"labels": batch["labels"]}, tuner.model.config)
+        output = side(states, per_token=False)
+        task = side_task_loss(output.logits, {"labels": batch["labels"]}, tuner.model.config)
         shallow, deep = distiller(output.features, teachers, real, config.mask_ratio, is_vision=False)
         (task + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep).backward()
         side_optimizer.step()

@@ -19,7 +19,7 @@ from .distillation import DualPathDistiller, logits_distillation_loss
 from .layer import MDPDLayer
 from .shared_state import TunerHeldModules, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
-from .side_networks.base import masked_mean
+from .side_networks.base import full_value, masked_mean
 from .task_loss import side_task_loss
 
 TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
@@ -345,7 +345,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     def gate_values(self) -> torch.Tensor:
         """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached.
         ``side_network="ladder"`` only."""
-        return self.mdpd_side[self.active_adapters[0]].gates().detach()
+        return full_value(self.mdpd_side[self.active_adapters[0]].gates())
 
     # ------------------------------------------------------------------------------------------ hooks
 
@@ -458,15 +458,12 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         side = self.mdpd_side[adapter_name]
         embeddings = capture.embeddings
         real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
-        dtype = next(side.parameters()).dtype
-        states = BackboneStates(embeddings, capture.layer_outputs, real, dtype, partial(self._rerun_layer, capture))
-        side_output = side(states)
-        side_states, final_state = side_output.features, side_output.final_state
-        teacher_states = [states.output_of(i) for i in side.distilled_layers]
+        states = BackboneStates(embeddings, capture.layer_outputs, real, partial(self._rerun_layer, capture))
         backbone_logits = backbone_logits_of(output)
-        side_logits = None
-        if side.head is not None and backbone_logits is not None:
-            side_logits = side.logits(final_state, real, per_token=backbone_logits.dim() == 3).to(backbone_logits.dtype)
+        side_output = side(states, per_token=None if backbone_logits is None else backbone_logits.dim() == 3)
+        side_states, final_state = side_output.features, side_output.final_state
+        teacher_states = [states.layer_outputs[i].to(feature.dtype) for i, feature in zip(side.distilled_layers, side_states)]
+        side_logits = None if side_output.logits is None else side_output.logits.to(backbone_logits.dtype)
         task = side_task_loss(side_logits, capture.targets, self.model.config) if side_logits is not None else None
 
         if not self.model.training:  # eval_path == "side": the side network predicts

@@ -13,11 +13,12 @@ and import the module in ``side_networks/__init__.py``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from ..architecture import EncoderMap
 from ..config import MDPDConfig, invalid
@@ -43,10 +44,10 @@ class BackboneStates:
     embeddings: torch.Tensor  # (B, N, D_0): the input of layer 0
     layer_outputs: list[torch.Tensor]  # (B, N_l, D_l): every layer's output, in call order
     real: torch.Tensor  # (B, N) bool, True for real (non-padding) tokens
-    dtype: torch.dtype  # the side network's dtype; states arrive in the backbone's
     # rerun(i, hidden): backbone layer i as loaded (frozen, LayerNorm copies bypassed), called on ``hidden``
     # with the other arguments of its call in this pass; only for the layers in ``SideNetwork.rerun_layers``.
     rerun: Callable[[int, torch.Tensor], torch.Tensor]
+    dtype: torch.dtype | None = None  # the side network's compute dtype, set by its forward; states arrive in the backbone's
 
     def input_of(self, layer: int) -> torch.Tensor:
         """The hidden states layer ``layer`` was called with, in the side network's dtype."""
@@ -60,6 +61,7 @@ class BackboneStates:
 class SideOutput:
     features: list[torch.Tensor]  # (B, N_l, feature_width), one per ``SideNetwork.distilled_layers``
     final_state: torch.Tensor  # (B, N, C): what the side head reads
+    logits: torch.Tensor | None = None  # Y_S: (B, C) or (B, N, C); None without a head or when not asked for
 
 
 def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,15 @@ def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 def projection(in_width: int, out_width: int, norm_eps: float) -> nn.Sequential:
     """Linear then LayerNorm: UniPT's and SHERL's per-layer down-projection."""
     return nn.Sequential(nn.Linear(in_width, out_width), nn.LayerNorm(out_width, eps=norm_eps))
+
+
+def full_value(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor's whole value, detached. Under FSDP, outside the forward pass, a parameter and what is computed
+    from it are DTensors of which each process holds a shard (possibly empty); gathering it is a collective,
+    so every process must call this."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach()
 
 
 def require_uniform_width(encoder, side_network: str) -> None:
@@ -85,7 +96,10 @@ class SideNetwork(nn.Module, ABC):
     Subclasses set ``title``, ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
     ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
     (``nn.Linear`` on the final state's width, or None without a task head), and implement
-    ``from_config`` and ``forward``; ``init_from_backbone`` and ``logged_values`` are optional.
+    ``from_config`` and ``run``; ``init_from_backbone`` and ``logged_values`` are optional.
+
+    ``forward`` runs ``run`` and the head in one call, so that a side network sharded as its own FSDP unit has
+    its head's weights gathered while the head runs.
     """
 
     title: str  # for model cards: "a side network (<title>) trained beside the frozen encoder"
@@ -101,14 +115,25 @@ class SideNetwork(nn.Module, ABC):
         ``num_outputs``: the task head's output size, None for feature extraction."""
 
     @abstractmethod
-    def forward(self, states: BackboneStates) -> SideOutput:
+    def run(self, states: BackboneStates) -> SideOutput:
         """The features for the distilled layers and the final state, from one pass's backbone states."""
+
+    def forward(self, states: BackboneStates, per_token: bool | None = None) -> SideOutput:
+        """``run``, then the side logits when the network has a head and ``per_token`` says their kind (None: no logits).
+
+        The states are cast to the dtype the parameters have now, inside the pass: under FSDP mixed precision
+        that is the compute dtype (``MixedPrecisionPolicy.param_dtype``), not the sharded parameters' own."""
+        output = self.run(replace(states, dtype=next(self.parameters()).dtype))
+        if self.head is not None and per_token is not None:
+            output.logits = self.logits(output.final_state, states.real, per_token)
+        return output
 
     def init_from_backbone(self, model: nn.Module, encoder: EncoderMap) -> None:
         """Initialise from the backbone's weights once built (the ladder's pruned init); nothing by default."""
 
     def logged_values(self) -> dict[str, float]:
-        """Scalars worth a line in the training log (the ladder's gates); none by default."""
+        """Scalars worth a line in the training log (the ladder's gates); none by default. Read parameters through
+        ``full_value``: every process calls this at each log, the Trainer's way."""
         return {}
 
     def logits(self, final_state: torch.Tensor, real: torch.Tensor, per_token: bool) -> torch.Tensor:

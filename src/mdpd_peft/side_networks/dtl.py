@@ -109,7 +109,7 @@ class DTLSideNetwork(SideNetwork):
         conv_kernel = config.dtl_conv_kernel if config.side_network == "dtl+" else None
         return cls(encoder, config.dtl_rank, inject_from, conv_kernel, num_outputs)
 
-    def forward(self, states: BackboneStates) -> SideOutput:
+    def run(self, states: BackboneStates) -> SideOutput:
         start = self.csn.inject_from
         running_sum = sum(self.csn.maps[i](states.input_of(i)) for i in range(start + 1))  # z after block M's input
         hidden = states.output_of(start) + self.csn.side_information(running_sum, states.real)  # (B, N, D_B)

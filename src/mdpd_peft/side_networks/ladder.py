@@ -24,7 +24,7 @@ from ..architecture import EncoderMap
 from ..distillation import recomputed
 from ..pruning import prune_into_side_network
 from ..token_layout import pool_tokens
-from .base import BackboneStates, SideNetwork, SideOutput, register_side_network
+from .base import BackboneStates, SideNetwork, SideOutput, full_value, register_side_network
 
 
 def side_head_count(side_width: int, num_heads: int) -> int:
@@ -123,9 +123,9 @@ class LadderSideNetwork(SideNetwork):
         return torch.sigmoid(self.gate_logits / self.gate_temperature)
 
     def logged_values(self) -> dict[str, float]:
-        return {f"gate_{layer}": gate for layer, gate in zip(self.side_layers, self.gates().tolist())}
+        return {f"gate_{layer}": gate for layer, gate in zip(self.side_layers, full_value(self.gates()).tolist())}
 
-    def forward(self, states: BackboneStates) -> SideOutput:
+    def run(self, states: BackboneStates) -> SideOutput:
         """Run the ladder: the side state starts as ``Down_0`` of the embeddings, and before side block l takes
         in backbone layer l's output (B, N_l, D_l) through its gate (Swin's stages: fewer tokens, more channels)."""
         real = states.real

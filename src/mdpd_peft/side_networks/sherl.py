@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import invalid
-from .base import BackboneStates, SideNetwork, SideOutput, projection, register_side_network, require_uniform_width
+from .base import BackboneStates, SideNetwork, SideOutput, full_value, projection, register_side_network, require_uniform_width
 
 SKIP_GATE_TEMPERATURE = 0.1  # SHERL's tanh(g / 0.1)
 
@@ -60,9 +60,9 @@ class SHERLSideNetwork(SideNetwork):
         return cls(encoder, [layer for layer in side_layers if layer < last], config.reduction_factor, num_outputs)
 
     def logged_values(self) -> dict[str, float]:
-        return {"skip_gate": torch.tanh(self.skip_gate / SKIP_GATE_TEMPERATURE).item()}
+        return {"skip_gate": full_value(torch.tanh(self.skip_gate / SKIP_GATE_TEMPERATURE)).item()}
 
-    def forward(self, states: BackboneStates) -> SideOutput:
+    def run(self, states: BackboneStates) -> SideOutput:
         inputs = [states.input_of(0), *(states.output_of(layer) for layer in self.collected)]
         projected = [down(state) for down, state in zip(self.downs, inputs)]
         *shallow, guide = projected

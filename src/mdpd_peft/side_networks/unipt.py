@@ -47,7 +47,7 @@ class UniPTSideNetwork(SideNetwork):
         require_uniform_width(encoder, config.side_network)
         return cls(encoder, side_layers, config.reduction_factor, num_outputs)
 
-    def forward(self, states: BackboneStates) -> SideOutput:
+    def run(self, states: BackboneStates) -> SideOutput:
         real = states.real  # (B, N)
         anchor = self.projections[-1](states.output_of(self.side_layers[-1]))  # A: (B, N, d)
         anchor_pooled = masked_mean(anchor, real)  # (B, d)
