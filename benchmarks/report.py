@@ -98,24 +98,43 @@ def sweep_table(result: dict) -> list[str]:
     return [*lines, ""]
 
 
-def distributed_table(result: dict) -> list[str]:
-    lines = [
-        f"### Peak training memory per process, 1 and 2 data-parallel processes: {result['model']}, global batch {result['batch']} x {result['length']} tokens",
-        "",
-        *header(result),
+DISTRIBUTED = {  # sharding: (title, what is measured, columns as (heading, key); the last is compared with 1 process)
+    "ddp": (
+        "Peak training memory per process, 1 and 2 data-parallel processes",
         "Each process's peak for one optimizer step on its share of the batch "
         "(the largest over the processes); accelerate prepares the model (DDP for 2 processes) and runs the mixed precision.",
+        [("peak MiB per process", "peak_mib")],
+    ),
+    "fsdp2": (
+        "Memory per process under FSDP2, 1 and 2 processes",
+        "Each process shards the model itself (`fully_shard` on each encoder layer, then the root; bf16: "
+        "`MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)`). Weights count: the resident weight shards, "
+        "the gradient shards after backward and the optimizer state after the step, and the step's peak above the "
+        "weights (gathered layers, activations, gradients, new optimizer state). Total = weights + step peak; "
+        "each figure the largest over the processes.",
+        [("weights MiB", "weight_mib"), ("gradients MiB", "gradient_mib"), ("optimizer state MiB", "optimizer_state_mib"),
+         ("step peak MiB", "peak_mib"), ("total MiB per process", "total_mib")],
+    ),
+}  # fmt: skip
+
+
+def distributed_table(result: dict) -> list[str]:
+    title, measured, columns = DISTRIBUTED[result.get("sharding", "ddp")]
+    compared = columns[-1][1]
+    lines = [
+        f"### {title}: {result['model']}, global batch {result['batch']} x {result['length']} tokens",
         "",
-        "| method | mixed precision | processes x batch per process | peak MiB per process | x 1 process |",
-        "|---|---|---|---:|---:|",
+        *header(result),
+        measured,
+        "",
+        "| method | mixed precision | processes x batch per process | " + " | ".join(heading for heading, _ in columns) + " | x 1 process |",
+        "|---|---|---|" + "---:|" * (len(columns) + 1),
     ]
-    single = {(run["method"], run["mixed_precision"]): run["peak_mib"] for run in result["runs"] if run["processes"] == 1}
+    single = {(run["method"], run["mixed_precision"]): run[compared] for run in result["runs"] if run["processes"] == 1}
     for run in result["runs"]:
-        ratio = run["peak_mib"] / single[run["method"], run["mixed_precision"]]
-        lines.append(
-            f"| {NAMES[run['method']]} | {run['mixed_precision']} | {run['processes']} x {run['per_process_batch']} "
-            f"| {run['peak_mib']:.1f} | {ratio:.2f} |"
-        )
+        ratio = run[compared] / single[run["method"], run["mixed_precision"]]
+        figures = " | ".join(f"{run[key]:.1f}" for _, key in columns)
+        lines.append(f"| {NAMES[run['method']]} | {run['mixed_precision']} | {run['processes']} x {run['per_process_batch']} | {figures} | {ratio:.2f} |")
     return [*lines, ""]
 
 
