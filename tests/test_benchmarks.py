@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,6 +36,28 @@ def test_distributed_memory_is_measured_per_process_for_one_and_two_processes(tm
         assert runs[2, precision]["per_process_batch"] == runs[1, precision]["per_process_batch"] // 2
         assert 0 < runs[2, precision]["peak_mib"] < runs[1, precision]["peak_mib"]  # half the batch per process
     assert "per process" in report.main(tmp_path, tmp_path).read_text()
+
+
+def test_fsdp2_memory_counts_weights_and_halves_them_on_two_processes(tmp_path):
+    output = tmp_path / "distributed-fsdp2-tiny-cpu.json"
+    result = distributed_memory.main(["--model", "tiny", "--methods", "mdpd", "--device", "cpu", "--sharding", "fsdp2", "--precisions", "no", "--output", str(output)])
+    runs = {run["processes"]: run for run in result["runs"]}
+    assert result["sharding"] == "fsdp2" and set(runs) == {1, 2}
+    for run in runs.values():
+        assert run["total_mib"] == pytest.approx(run["weight_mib"] + run["peak_mib"], rel=1e-6)
+        assert 0 < run["optimizer_state_mib"] and 0 < run["gradient_mib"] < run["peak_mib"]
+    assert runs[2]["weight_mib"] == pytest.approx(runs[1]["weight_mib"] / 2, rel=0.05)  # every parameter sharded
+    assert runs[2]["optimizer_state_mib"] == pytest.approx(runs[1]["optimizer_state_mib"] / 2, rel=0.05)
+    assert "under FSDP2" in report.main(tmp_path, tmp_path).read_text()
+
+
+def test_gpu_check_script_is_valid_bash_and_skips_without_cuda(tmp_path):
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    result = subprocess.run(["bash", str(script)], env={**os.environ, "OUT": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "gpu_check summary" in result.stdout and "no CUDA device" in result.stdout
+    assert (tmp_path / "gpu_check" / "summary.tsv").read_text().startswith("cuda\tskip")
 
 
 def test_side_path_is_measured_as_part_of_the_mdpd_step(tmp_path):
