@@ -40,6 +40,15 @@ class ForwardCapture:
     local_losses: list[torch.Tensor] = field(default_factory=list)  # fading="block_local": each layer's, detached
 
 
+@dataclass
+class SidePass:
+    """The side path's result on one batch: its logits, its unweighted loss terms and their weighted sum."""
+
+    logits: torch.Tensor | None  # (B, C) or (B, N, C); None without a task head
+    losses: dict[str, torch.Tensor]  # "task", "shallow", "deep" (those computed)
+    loss: torch.Tensor
+
+
 def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     """The hidden states an encoder layer is called with (positionally or as ``hidden_states=``)."""
     if args:
@@ -453,38 +462,23 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             return output
         if not isinstance(output, ModelOutput):
             raise ValueError("MDPD needs the model to return a ModelOutput; call it with return_dict=True.")
-        adapter_name = self.active_adapters[0]
-        config: MDPDConfig = self.peft_config[adapter_name]
-        side = self.mdpd_side[adapter_name]
+        config: MDPDConfig = self.peft_config[self.active_adapters[0]]
         embeddings = capture.embeddings
         real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
         states = BackboneStates(embeddings, capture.layer_outputs, real, partial(self._rerun_layer, capture))
         backbone_logits = backbone_logits_of(output)
-        side_output = side(states, per_token=None if backbone_logits is None else backbone_logits.dim() == 3)
-        side_states, final_state = side_output.features, side_output.final_state
-        teacher_states = [states.layer_outputs[i].to(feature.dtype) for i, feature in zip(side.distilled_layers, side_states)]
-        side_logits = None if side_output.logits is None else side_output.logits.to(backbone_logits.dtype)
-        task = side_task_loss(side_logits, capture.targets, self.model.config) if side_logits is not None else None
+        logits_dtype = backbone_logits.dtype if backbone_logits is not None else None
+        per_token = backbone_logits is not None and backbone_logits.dim() == 3
+        side_pass = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
+        side_logits, losses, total = side_pass.logits, side_pass.losses, side_pass.loss
 
         if not self.model.training:  # eval_path == "side": the side network predicts
             if side_logits is not None:
                 write_logits(output, side_logits)
-            if task is not None:
-                output["loss"] = task
+            if "task" in losses:
+                output["loss"] = losses["task"]
             return output
 
-        # A term whose weight is 0 is not computed at all: even times 0 it would keep its graph (and the
-        # backbone activations behind it) alive until backward.
-        losses: dict[str, torch.Tensor] = {}
-        total = final_state.new_zeros(())
-        if task is not None:
-            losses["task"] = task
-            total = total + task
-        if config.shallow_loss_weight or config.deep_loss_weight:
-            encoder = self.mdpd_encoders[adapter_name]
-            shallow, deep = self.mdpd_distill[adapter_name](side_states, teacher_states, real, config.mask_ratio, encoder.is_vision)
-            losses.update(shallow=shallow, deep=deep)
-            total = total + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep
         if config.logits_loss_weight and side_logits is not None:
             losses["logits"] = logits_distillation_loss(side_logits, backbone_logits, real)
             total = total + config.logits_loss_weight * losses["logits"]
@@ -499,6 +493,53 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         output.mdpd_losses = losses
         self.latest_losses = {name: value.detach() for name, value in losses.items()}
         return output
+
+    # ------------------------------------------------------------------------------------- side path
+
+    def _side_pass(self, states: BackboneStates, targets: dict, per_token: bool, logits_dtype: torch.dtype | None, distil: bool = True) -> SidePass:
+        """The side network on ``states``, its task loss and the feature distillation (Eq. 1-7): the terms that
+        train the side network, shared by the live pass (hooks) and training on cached states."""
+        adapter_name = self.active_adapters[0]
+        config: MDPDConfig = self.peft_config[adapter_name]
+        side = self.mdpd_side[adapter_name]
+        side_output = side(states, per_token=None if logits_dtype is None else per_token)  # the head runs inside (FSDP)
+        side_logits = None if side_output.logits is None else side_output.logits.to(logits_dtype)
+        # A term whose weight is 0 is not computed at all: even times 0 it would keep its graph (and the
+        # backbone activations behind it) alive until backward.
+        losses: dict[str, torch.Tensor] = {}
+        total = side_output.final_state.new_zeros(())
+        task = side_task_loss(side_logits, targets, self.model.config) if side_logits is not None else None
+        if task is not None:
+            losses["task"] = task
+            total = total + task
+        if distil and (config.shallow_loss_weight or config.deep_loss_weight):
+            teacher_states = [states.layer_outputs[i].to(feature.dtype) for i, feature in zip(side.distilled_layers, side_output.features)]
+            encoder = self.mdpd_encoders[adapter_name]
+            shallow, deep = self.mdpd_distill[adapter_name](side_output.features, teacher_states, states.real, config.mask_ratio, encoder.is_vision)
+            losses.update(shallow=shallow, deep=deep)
+            total = total + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep
+        return SidePass(side_logits, losses, total)
+
+    def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
+        """Train the side network without the backbone: its loss terms on one batch of cached backbone states.
+
+        ``batch`` is ``StateCache.collate``'s (``hidden_states`` (B, N, S, D), ``attention_mask``, targets). The
+        terms are the live pass's side terms (side task, shallow, deep), computed by the same code; the ones that
+        need the backbone's logits (Eq. 3, the backbone task loss) are the fade phase's. ``loss`` is their
+        weighted sum; ``latest_losses`` holds them for logging, as after a live pass.
+        """
+        from .state_cache import cached_backbone_states
+
+        adapter_name = self.active_adapters[0]
+        side = self.mdpd_side[adapter_name]
+        dtype = next(side.parameters()).dtype
+        indices = tuple(int(i) for i in batch["hidden_state_indices"])
+        states = cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype)
+        targets = {name: batch[name] for name in TARGET_ARGUMENTS if batch.get(name) is not None}
+        per_token = self.peft_config[adapter_name].task_type in ("TOKEN_CLS", "QUESTION_ANS")
+        side_pass = self._side_pass(states, targets, per_token, dtype)
+        self.latest_losses = {name: value.detach() for name, value in side_pass.losses.items()}
+        return side_pass
 
     # ----------------------------------------------------------------------------------------- fading
 

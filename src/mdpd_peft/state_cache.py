@@ -1,0 +1,443 @@
+"""The backbone-state cache: run the frozen backbone once per example, not once per training step.
+
+A side network reads the frozen backbone's states and never changes them; while nothing in the backbone
+trains, those states depend only on the input, so every epoch after the first recomputes what the first
+already computed. ``build_state_cache`` runs the backbone once over a dataset, in eval mode (no dropout),
+and stores what the adapter's side network reads: the embeddings and the outputs of the layers it reads
+(``MDPDConfig.side_layers``; transformers' ``hidden_states`` numbering: 0 is the embeddings, l + 1 the
+output of layer l), real tokens only, in ``dtype`` (bfloat16 by default). ``StateCache`` serves them as a
+map-style dataset whose ``collate`` re-pads each batch, and ``MDPDModel.side_pass_on_cached_states``
+trains the side network on such a batch with no backbone in the forward (``MDPDTrainer(state_cache=...)``).
+
+Storage: safetensors shards of ``examples_per_shard`` examples, memory-mapped when read. Each shard holds
+one (tokens, states, D) tensor, so one example is one contiguous slice (one read per example, whatever the
+number of layers), and bfloat16 is stored as is (Arrow has no bfloat16 type). Measured with
+``benchmarks/state_cache.py --storage``.
+
+The key (``StateCacheKey``) covers what makes states differ: the weights that compute them (embeddings,
+layers and the adapter's LayerNorm copies; the task head is not read), the model config, the input token
+ids (what the tokenizer and max length produced, so any change of either that changes a token changes the
+key), the tokenizer, the max length, the stored layers and the dtype. Opening a cache for a model whose
+key differs raises ``StaleStateCacheError`` naming the fields that differ.
+
+A build writes each shard to a temporary file and renames it when complete, and writes ``state_cache.json``
+(the manifest) last: an interrupted build leaves complete shards and no manifest, so it is never read, and
+building again into the folder resumes after the last complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from peft.utils import ModulesToSaveWrapper
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from .config import invalid
+from .side_networks import BackboneStates
+
+MANIFEST = "state_cache.json"  # written last: a folder without it holds an unfinished build
+BUILD_KEY = "build_key.json"  # written first: the key the shards in the folder belong to
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TARGET_NAMES = ("labels", "start_positions", "end_positions")
+FORMAT_VERSION = 1
+CONFIG_FIELDS_IGNORED = ("use_cache",)  # a decoding switch
+
+
+class StaleStateCacheError(ValueError):
+    """The cache was built for other weights, config, inputs, layers or dtype than it is used with."""
+
+
+@dataclass(frozen=True)
+class StateCacheKey:
+    """What the stored states depend on; two equal keys mean equal states."""
+
+    weights: str  # sha256 of the parameters and buffers that compute the states (head excluded)
+    config: str  # sha256 of the model config
+    inputs: str  # sha256 of the input token ids (or pixels) of every example, in order
+    tokenizer: str | None  # sha256 of the tokenizer's vocabulary and rules, when one was given
+    max_length: int | None
+    hidden_state_indices: tuple[int, ...]  # 0: embeddings, l + 1: output of layer l
+    dtype: str
+    format: int = FORMAT_VERSION
+
+    def differences(self, other: "StateCacheKey", fields: tuple[str, ...] | None = None) -> list[str]:
+        names = fields or tuple(asdict(self))
+        return [name for name in names if getattr(self, name) != getattr(other, name)]
+
+
+def sha256_of(chunks) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk if isinstance(chunk, bytes) else str(chunk).encode())
+    return digest.hexdigest()
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def weights_hash(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer of the transformers model under the tuner except the task head's
+    (``modules_to_save``): the head reads no stored state and trains in the side phase."""
+    heads = [name + "." for name, module in model.named_modules() if isinstance(module, ModulesToSaveWrapper)]
+    state = model.state_dict()
+    return sha256_of(f"{name}:{tuple(t.shape)}:{t.dtype}".encode() + tensor_bytes(t) for name, t in state.items() if not name.startswith(tuple(heads)))
+
+
+def config_hash(model: torch.nn.Module) -> str:
+    """sha256 of the model config, less the fields that change no state (the Trainer turns ``use_cache`` off)."""
+    fields = {name: value for name, value in model.config.to_dict().items() if name not in CONFIG_FIELDS_IGNORED}
+    return sha256_of([json.dumps(fields, sort_keys=True, default=str)])
+
+
+def tokenizer_hash(tokenizer) -> str | None:
+    if tokenizer is None:
+        return None
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return sha256_of([rules, type(tokenizer).__name__, tokenizer.padding_side])
+
+
+def mdpd_tuner(model):
+    """The ``MDPDModel`` of a PeftModel (or the tuner itself)."""
+    from .model import MDPDModel  # the tuner imports this module's users, not this module
+
+    tuner = getattr(model, "base_model", model)
+    if not isinstance(tuner, MDPDModel):
+        raise TypeError(f"The state cache needs a model from get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}.")
+    return tuner
+
+
+def hidden_state_indices(tuner) -> tuple[int, ...]:
+    """The states the active adapter's side network reads and distils: the embeddings and its layers' outputs."""
+    name = tuner.active_adapters[0]
+    side = tuner.mdpd_side[name]
+    encoder = tuner.mdpd_encoders[name]
+    config = tuner.peft_config[name]
+    if side.rerun_layers:
+        raise invalid(
+            "side_network", config.side_network,
+            "'ladder' or 'unipt' to train on cached states: this side network re-runs backbone layers on its own states "
+            f"(layers {sorted(side.rerun_layers)}), which no cache can hold",
+        )
+    if not encoder.uniform_width:
+        raise invalid("side_network", config.side_network, "a model whose layers keep one width and token count to cache its states (not Swin)")
+    return (0, *(layer + 1 for layer in side.distilled_layers))
+
+
+def model_inputs(tuner, row_names) -> list[str]:
+    """The columns the transformers model takes as inputs (targets excluded)."""
+    parameters = inspect.signature(tuner.model.forward).parameters
+    return [name for name in row_names if name in parameters and name not in TARGET_NAMES]
+
+
+def rows_of(dataset, start: int, stop: int) -> list[dict]:
+    if hasattr(dataset, "select"):  # datasets.Dataset: one Arrow read per batch
+        batch = dataset[start:stop]
+        return [dict(zip(batch, values)) for values in zip(*batch.values())]
+    return [dataset[i] for i in range(start, stop)]
+
+
+def padded_inputs(rows: list[dict], names: list[str], tokenizer) -> dict[str, torch.Tensor]:
+    features = [{name: row[name] for name in names} for row in rows]
+    if tokenizer is not None:
+        return dict(tokenizer.pad(features, return_tensors="pt"))
+    return {name: torch.stack([torch.as_tensor(row[name]) for row in features]) for name in names}
+
+
+def inputs_hash(dataset, names: list[str], batch_size: int) -> str:
+    def chunks():
+        for start in range(0, len(dataset), batch_size):
+            for row in rows_of(dataset, start, min(start + batch_size, len(dataset))):
+                for name in names:
+                    yield tensor_bytes(torch.as_tensor(row[name])) + b"|"
+
+    return sha256_of(chunks())
+
+
+def key_for(model, dataset, tokenizer, max_length, dtype: torch.dtype, batch_size: int = 256) -> StateCacheKey:
+    """The key of the states ``model`` computes for ``dataset`` (every field, inputs included)."""
+    tuner = mdpd_tuner(model)
+    names = model_inputs(tuner, rows_of(dataset, 0, 1)[0])
+    return StateCacheKey(
+        weights=weights_hash(tuner.model),
+        config=config_hash(tuner.model),
+        inputs=inputs_hash(dataset, names, batch_size),
+        tokenizer=tokenizer_hash(tokenizer),
+        max_length=max_length,
+        hidden_state_indices=hidden_state_indices(tuner),
+        dtype=dtype_name(dtype),
+    )
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise invalid("dtype", dtype, f"one of {tuple(DTYPES)}", "build_state_cache")
+    return name
+
+
+class StateRecorder:
+    """Hooks that collect one backbone pass's embeddings and layer outputs, in call order."""
+
+    def __init__(self, tuner):
+        from .model import layer_input, layer_output
+
+        self.states: list[torch.Tensor] = []
+        layers = tuner.mdpd_encoders[tuner.active_adapters[0]].layers(tuner.model)
+        self._handles = [
+            layers[0].register_forward_pre_hook(lambda m, a, k: self._first(layer_input(a, k)), with_kwargs=True),
+            *(layer.register_forward_hook(lambda m, a, o: self.states.append(layer_output(o))) for layer in layers),
+        ]
+
+    def _first(self, hidden: torch.Tensor) -> None:
+        if not self.states:
+            self.states.append(hidden)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+@torch.no_grad()
+def backbone_states(tuner, inputs: dict[str, torch.Tensor], indices: tuple[int, ...]) -> torch.Tensor:
+    """One eval-mode backbone pass: the states at ``indices``, (B, N, S, D)."""
+    recorder = StateRecorder(tuner)
+    try:
+        tuner.model(**inputs)
+    finally:
+        recorder.remove()
+    return torch.stack([recorder.states[i] for i in indices], dim=2)
+
+
+def split_targets(rows: list[dict], real: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    """Each example's targets; per-token labels (one per input position) keep their real tokens only."""
+    targets = {}
+    for name in TARGET_NAMES:
+        if name in rows[0] and rows[0][name] is not None:
+            values = []
+            for row, row_real in zip(rows, real):
+                value = torch.as_tensor(row[name])
+                if value.dim() == 1 and value.shape[0] == row_real.shape[0] and row_real.shape[0] > 1:
+                    value = value[row_real]
+                values.append(value)
+            targets[name] = values
+    return targets
+
+
+def build_state_cache(
+    model,
+    dataset,
+    cache_dir: str | os.PathLike,
+    tokenizer=None,
+    max_length: int | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+    batch_size: int = 64,
+    examples_per_shard: int = 4096,
+    overwrite: bool = False,
+) -> "StateCache":
+    """Run ``model``'s frozen backbone once over ``dataset`` and store what its side network reads.
+
+    Args:
+        model: a PeftModel with an MDPD adapter (its side network decides the stored layers; ladder or UniPT:
+            SHERL and DTL re-run backbone layers on their own states, which no cache can hold).
+        dataset: a tokenized ``datasets.Dataset`` (or any indexable of dicts) with the model's input columns
+            and, for training, its targets (``labels``, or ``start_positions``/``end_positions``).
+        cache_dir: the folder; a finished cache there with the same key is reused, an unfinished one resumed.
+        tokenizer: pads each batch (``tokenizer.pad``) and enters the key; without it rows must have one length.
+        max_length: the max length the dataset was tokenized with, for the key; rows longer are refused.
+        dtype: storage precision, one of float32, bfloat16 (default: half the bytes), float16.
+        overwrite: replace a cache of another key in ``cache_dir`` instead of refusing it.
+    """
+    tuner = mdpd_tuner(model)
+    folder = Path(cache_dir)
+    key = key_for(model, dataset, tokenizer, max_length, dtype)
+    if (folder / MANIFEST).exists() or (folder / BUILD_KEY).exists():
+        found = read_key(folder)
+        if found != key and not overwrite:
+            raise StaleStateCacheError(
+                f"{folder} holds states of another build (differs in {', '.join(key.differences(found))}); "
+                "use another cache_dir, or build_state_cache(..., overwrite=True) to replace it."
+            )
+        if found != key:
+            for path in [*folder.glob("states-*"), *folder.glob("*.tmp"), folder / MANIFEST, folder / BUILD_KEY]:
+                path.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / MANIFEST).exists():
+        return StateCache(folder)
+    if not (folder / BUILD_KEY).exists():
+        write_json(folder / BUILD_KEY, {"key": asdict(key), "examples_per_shard": examples_per_shard})
+    examples_per_shard = json.loads((folder / BUILD_KEY).read_text())["examples_per_shard"]  # a resumed build keeps its sharding
+
+    names = model_inputs(tuner, rows_of(dataset, 0, 1)[0])
+    indices = key.hidden_state_indices
+    num_shards = -(-len(dataset) // examples_per_shard)
+    first_missing = next((i for i in range(num_shards) if not (folder / shard_name(i)).exists()), num_shards)
+    training, eval_path = tuner.model.training, tuner.peft_config[tuner.active_adapters[0]].eval_path
+    tuner.model.eval()
+    tuner.set_eval_path("backbone")  # the side network does not run while the backbone is recorded
+    device = next(tuner.model.parameters()).device
+    progress = tqdm(total=len(dataset), initial=first_missing * examples_per_shard, desc="Caching backbone states", unit="example")
+    try:
+        for shard in range(first_missing, num_shards):
+            start, stop = shard * examples_per_shard, min((shard + 1) * examples_per_shard, len(dataset))
+            examples, targets = [], {}
+            for batch_start in range(start, stop, batch_size):
+                rows = rows_of(dataset, batch_start, min(batch_start + batch_size, stop))
+                inputs = {k: v.to(device) for k, v in padded_inputs(rows, names, tokenizer).items()}
+                if max_length is not None and "input_ids" in inputs and inputs["input_ids"].shape[1] > max_length:
+                    raise invalid("max_length", max_length, f"at least the dataset's longest row ({inputs['input_ids'].shape[1]} tokens)", "build_state_cache")
+                states = backbone_states(tuner, inputs, indices).to(dtype).cpu()  # (B, N, S, D)
+                mask = inputs.get("attention_mask")
+                real = mask.bool().cpu() if mask is not None and mask.dim() == 2 else torch.ones(states.shape[:2], dtype=torch.bool)
+                examples.extend(row_states[row_real] for row_states, row_real in zip(states, real))  # (n_i, S, D)
+                for name, values in split_targets(rows, real).items():
+                    targets.setdefault(name, []).extend(values)
+                progress.update(len(rows))
+            write_shard(folder / shard_name(shard), examples, targets)
+    finally:
+        progress.close()
+        tuner.model.train(training)
+        tuner.set_eval_path(eval_path)
+    shards = [shard_name(i) for i in range(num_shards)]
+    write_json(folder / MANIFEST, {"key": asdict(key), "num_examples": len(dataset), "shards": shards})
+    return StateCache(folder)
+
+
+def shard_name(index: int) -> str:
+    return f"states-{index:05d}.safetensors"
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Write ``path`` whole or not at all (temporary file, then rename)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(content, indent=1))
+    os.replace(temporary, path)
+
+
+def write_shard(path: Path, examples: list[torch.Tensor], targets: dict[str, list[torch.Tensor]]) -> None:
+    """One shard: ``hidden_states`` (T, S, D) of its examples' real tokens, ``offsets`` (n + 1,) where each example
+    starts, sequence-level targets stacked (n, ...) and per-token targets flat (T, ...) like the states."""
+    lengths = torch.tensor([0] + [len(example) for example in examples])
+    tensors = {"hidden_states": torch.cat(examples).contiguous(), "offsets": lengths.cumsum(0)}
+    for name, values in targets.items():
+        per_token = all(v.dim() >= 1 and v.shape[0] == len(e) for v, e in zip(values, examples)) and any(v.dim() >= 1 for v in values)
+        tensors[f"{'token' if per_token else 'sequence'}_target.{name}"] = torch.cat(values) if per_token else torch.stack(values)
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary))
+    os.replace(temporary, path)
+
+
+def read_key(folder: Path) -> StateCacheKey:
+    path = folder / MANIFEST if (folder / MANIFEST).exists() else folder / BUILD_KEY
+    fields = json.loads(path.read_text())["key"]
+    return StateCacheKey(**{**fields, "hidden_state_indices": tuple(fields["hidden_state_indices"])})
+
+
+class StateCache(Dataset):
+    """A finished cache, as a map-style dataset of examples ``{"hidden_states": (n, S, D), <targets>}``.
+
+    Shards are memory-mapped (``safe_open``): an example is read from disk when it is indexed. ``collate``
+    re-pads a list of examples into the batch ``MDPDModel.side_pass_on_cached_states`` takes.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.folder = Path(cache_dir)
+        if not (self.folder / MANIFEST).exists():
+            state = "an unfinished build: call build_state_cache again to resume it" if (self.folder / BUILD_KEY).exists() else "no state cache"
+            raise FileNotFoundError(f"{self.folder} holds {state}.")
+        manifest = json.loads((self.folder / MANIFEST).read_text())
+        self.key = read_key(self.folder)
+        self.shard_names: list[str] = manifest["shards"]
+        self._files: dict[int, object] = {}
+        self._offsets = [self._file(i).get_tensor("offsets") for i in range(len(self.shard_names))]
+        self._starts = torch.tensor([0] + [len(offsets) - 1 for offsets in self._offsets]).cumsum(0)
+        self._files.clear()  # reopened lazily, also in DataLoader workers
+        if int(self._starts[-1]) != manifest["num_examples"]:
+            raise StaleStateCacheError(f"{self.folder}: the shards hold {int(self._starts[-1])} examples, the manifest {manifest['num_examples']}.")
+
+    @property
+    def hidden_state_indices(self) -> tuple[int, ...]:
+        return self.key.hidden_state_indices
+
+    @property
+    def num_bytes(self) -> int:
+        return sum((self.folder / name).stat().st_size for name in self.shard_names)
+
+    def _file(self, shard: int):
+        if shard not in self._files:
+            self._files[shard] = safe_open(str(self.folder / self.shard_names[shard]), framework="pt")
+        return self._files[shard]
+
+    def __getstate__(self):
+        return {**self.__dict__, "_files": {}}
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        shard = int(torch.searchsorted(self._starts, index, right=True)) - 1
+        row = index - int(self._starts[shard])
+        start, stop = (int(v) for v in self._offsets[shard][row : row + 2])
+        file = self._file(shard)
+        example = {"hidden_states": file.get_slice("hidden_states")[start:stop]}
+        for name in file.keys():
+            kind, _, target = name.partition("_target.")
+            if target:
+                example[target] = file.get_slice(name)[start:stop] if kind == "token" else file.get_slice(name)[row : row + 1][0]
+        return example
+
+    def check(self, model) -> None:
+        """Raise ``StaleStateCacheError`` unless ``model`` computes the stored states: same weights (LayerNorm copies
+        included), config, layers and dtype (the inputs and tokenizer were checked when it was built)."""
+        tuner = mdpd_tuner(model)
+        current = dict(weights=weights_hash(tuner.model), config=config_hash(tuner.model), hidden_state_indices=hidden_state_indices(tuner))
+        differing = [name for name, value in current.items() if getattr(self.key, name) != value]
+        if differing:
+            raise StaleStateCacheError(
+                f"The state cache in {self.folder} was built for another model: its {', '.join(differing)} differ "
+                "(a trained LayerNorm copy changes the weights). Build a new cache for this model with build_state_cache."
+            )
+
+    def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding,
+        ``attention_mask`` (B, N), ``hidden_state_indices`` (S,), targets stacked (per-token ones padded with
+        -100, the ignored label)."""
+        lengths = [len(example["hidden_states"]) for example in examples]
+        first = examples[0]["hidden_states"]
+        states = first.new_zeros(len(examples), max(lengths), *first.shape[1:])
+        mask = torch.zeros(len(examples), max(lengths), dtype=torch.long)
+        for row, (example, length) in enumerate(zip(examples, lengths)):
+            states[row, :length] = example["hidden_states"]
+            mask[row, :length] = 1
+        batch = {"hidden_states": states, "attention_mask": mask, "hidden_state_indices": torch.tensor(self.hidden_state_indices)}
+        for name in sorted(examples[0].keys() - {"hidden_states"}):
+            values = [example[name] for example in examples]
+            if values[0].dim() >= 1 and all(len(v) == n for v, n in zip(values, lengths)):
+                batch[name] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=-100)
+            else:
+                batch[name] = torch.stack(values)
+        return batch
+
+
+def cached_backbone_states(batch: dict[str, torch.Tensor], indices: tuple[int, ...], num_layers: int, dtype: torch.dtype) -> BackboneStates:
+    """``BackboneStates`` from a collated batch: the stored states in place, every other layer missing."""
+    stored = dict(zip(indices, batch["hidden_states"].unbind(dim=2)))  # hidden-state index -> (B, N, D)
+
+    def missing(index: int, hidden: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(f"backbone layer {index} cannot run on cached states")
+
+    layer_outputs = [stored.get(layer + 1) for layer in range(num_layers)]
+    return BackboneStates(stored[0], layer_outputs, batch["attention_mask"].bool(), missing, dtype)
