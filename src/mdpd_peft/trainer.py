@@ -66,10 +66,18 @@ class MDPDTrainer(Trainer):
       continues the run exactly.
     - ``save_faded_model()`` writes the plain faded model with a model card; ``push_to_hub()`` pushes that
       folder, not the adapter (``PeftModel.push_to_hub`` still pushes the adapter with PEFT's card).
+    - ``state_cache`` (a ``StateCache`` of ``train_dataset``): ``train()`` first trains the side network on the
+      cached backbone states (``side_phase_args``, default: these arguments with ``output_dir/side_phase``),
+      then fades through the backbone with ``args`` and the side network frozen (``num_train_epochs=0``: the
+      side phase only); see ``phases``. ``fade_loss(outputs, inputs) -> loss`` replaces the combined MDPD loss
+      of passes through the backbone.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, state_cache=None, side_phase_args=None, fade_loss=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.state_cache, self.side_phase_args, self.fade_loss = state_cache, side_phase_args, fade_loss
+        self.user_callbacks = kwargs.get("callbacks")
+        self.side_phase_trainer: MDPDTrainer | None = None  # set by train() with a state_cache
         self._mdpd_model()  # fail early on a model without an MDPD adapter
         self.model_accepts_loss_kwargs = False  # the combined loss is a per-batch mean: scale it for accumulation
         if self.args.metric_for_best_model in ("loss", "eval_loss"):
@@ -94,14 +102,26 @@ class MDPDTrainer(Trainer):
 
     # --------------------------------------------------------------------------------------- training
 
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if self.state_cache is None:
+            return super().train(resume_from_checkpoint, trial, **kwargs)
+        from .phases import train_side_then_fade
+
+        return train_side_then_fade(self, resume_from_checkpoint, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.fade_loss is not None and model.training:
+            loss = self.fade_loss(outputs, inputs)
+        self._record_loss_terms(model)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_loss_terms(self, model) -> None:
         terms = self._mdpd_model().latest_losses  # not `outputs.mdpd_losses`: DDP may rebuild `outputs` without it
         if model.training and terms:
             for name, value in terms.items():
                 self._loss_term_sums[name] += value.float()
             self._loss_term_batches += 1
-        return (loss, outputs) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs (those with ``loss``) gain the MDPD loss terms and the side network's logged values."""

@@ -1,0 +1,233 @@
+"""The backbone-state cache: exact round trip, stale keys refused, cached training equal to live training,
+interrupted builds never read and resumed, and MDPDTrainer's side phase on the cache followed by a fade phase."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback, TrainingArguments
+
+from conftest import VOCAB, tiny_mdpd_model, tiny_text_model, without_dropout
+from mdpd_peft import MDPDConfig, MDPDTrainer, StaleStateCacheError, StateCache, build_state_cache
+
+
+def ragged_dataset(rows: int = 13, length: int = 12, seed: int = 0) -> Dataset:
+    """Rows of 3..length real tokens, right-padded to ``length``, with class labels."""
+    generator = np.random.RandomState(seed)
+    lengths = generator.randint(3, length + 1, rows)
+    lengths[0] = length
+    ids = generator.randint(5, VOCAB, (rows, length))
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    return Dataset.from_dict({"input_ids": (ids * mask).tolist(), "attention_mask": mask.tolist(), "labels": generator.randint(0, 3, rows).tolist()})
+
+
+def live_states(model, data: Dataset) -> list[torch.Tensor]:
+    """Each example's (n, S, D) states from one eval-mode pass over the whole dataset, real tokens only."""
+    model.eval()
+    mask = torch.tensor(data["attention_mask"])
+    with torch.no_grad():
+        hidden = model.base_model.model(input_ids=torch.tensor(data["input_ids"]), attention_mask=mask, output_hidden_states=True).hidden_states
+    stacked = torch.stack(hidden, dim=2)  # (B, N, L + 1, D)
+    return [row[real.bool()] for row, real in zip(stacked, mask)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_cache_round_trips_the_backbone_states_exactly(tmp_path, dtype):
+    model, data = tiny_mdpd_model(), ragged_dataset()
+    cache = build_state_cache(model, data, tmp_path, dtype=dtype, batch_size=len(data), examples_per_shard=5)
+    assert len(cache) == len(data) and len(cache.shard_names) == 3
+    assert cache.hidden_state_indices == (0, 1, 2, 3, 4)  # the ladder reads the embeddings and every layer
+    for index, expected in enumerate(live_states(model, data)):
+        example = cache[index]
+        assert example["hidden_states"].dtype == dtype
+        torch.testing.assert_close(example["hidden_states"], expected.to(dtype), rtol=0, atol=0)  # no padding stored
+        assert int(example["labels"]) == data[index]["labels"]
+    batch = cache.collate([cache[i] for i in (1, 2, 3)])  # re-padded to the batch's longest
+    lengths = [sum(data[i]["attention_mask"]) for i in (1, 2, 3)]
+    assert batch["hidden_states"].shape == (3, max(lengths), 5, 64)
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert not batch["hidden_states"][~batch["attention_mask"].bool()].any()
+    # fewer layers, fewer bytes: MDPDConfig.side_layers decides what is stored
+    fewer = build_state_cache(tiny_mdpd_model(side_layers=[1, 3]), data, tmp_path / "fewer", dtype=dtype)
+    assert fewer.hidden_state_indices == (0, 2, 4)
+    assert fewer[0]["hidden_states"].shape == (12, 3, 64)
+
+
+def test_a_stale_or_foreign_cache_is_refused(tmp_path):
+    model, data = tiny_mdpd_model(), ragged_dataset()
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    cache.check(model)
+    assert build_state_cache(model, data, tmp_path / "cache").key == cache.key  # the same key is reused
+
+    with pytest.raises(StaleStateCacheError, match="hidden_state_indices"):
+        cache.check(tiny_mdpd_model(side_layers=[0, 2]))
+    with pytest.raises(StaleStateCacheError, match="dtype"):
+        build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32)
+    with pytest.raises(StaleStateCacheError, match="inputs"):
+        build_state_cache(model, ragged_dataset(seed=1), tmp_path / "cache")
+    rebuilt = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32, overwrite=True)
+    assert rebuilt.key.dtype == "float32" and len(rebuilt) == len(data)
+
+    copy = next(m for n, m in model.named_modules() if n.endswith("mdpd_copies.default"))
+    with torch.no_grad():
+        copy.weight.add_(0.01)  # what fading does to the states: they are stale now
+    with pytest.raises(StaleStateCacheError, match="weights"):
+        rebuilt.check(model)
+    trainer = MDPDTrainer(model=model, args=training_args(tmp_path / "out", max_steps=1), train_dataset=data, state_cache=rebuilt)
+    with pytest.raises(StaleStateCacheError, match="weights"):
+        trainer.train()
+
+    with pytest.raises(ValueError, match="side_network='sherl' is invalid.*'ladder' or 'unipt'"):
+        build_state_cache(tiny_mdpd_model(side_network="sherl"), data, tmp_path / "sherl")
+
+
+@pytest.mark.parametrize("side_network", ["ladder", "unipt"])
+def test_training_on_the_cache_equals_training_on_live_states(tmp_path, side_network):
+    """Dropout off and the backbone held still (``fading="head_only"``): the side network sees the same states
+    either way, so the same seeds give the same loss terms and the same weights."""
+    data = ragged_dataset(rows=12)
+    batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    results = []
+    for cached in (False, True):
+        from peft import get_peft_model
+
+        model = get_peft_model(without_dropout(tiny_text_model()), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_network=side_network, fading="head_only"))
+        tuner = model.base_model
+        cache = build_state_cache(model, data, tmp_path / f"{side_network}-{cached}", dtype=torch.float32) if cached else None
+        optimizer = torch.optim.AdamW([*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()], lr=1e-2)
+        model.train()
+        terms = []
+        for step, rows in enumerate(batches):
+            torch.manual_seed(step)
+            optimizer.zero_grad()
+            if cached:
+                side_pass = tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in rows]))
+                loss, losses = side_pass.loss, side_pass.losses
+            else:
+                length = max(sum(data[i]["attention_mask"]) for i in rows)  # dynamic padding, as the collate
+                batch = {k: torch.tensor(data[rows][k])[:, :length] if k != "labels" else torch.tensor(data[rows][k]) for k in data.column_names}
+                output = model(**batch)
+                losses = output.mdpd_losses
+                loss = losses["task"] + 4e-5 * losses["shallow"] + 6e-5 * losses["deep"]  # the side terms of the total
+            loss.backward()
+            optimizer.step()
+            terms.append(torch.stack([losses[name].detach() for name in ("task", "shallow", "deep")]))
+        results.append((torch.stack(terms), {n: p.detach().clone() for n, p in tuner.mdpd_side.named_parameters()}))
+    (live_terms, live_weights), (cached_terms, cached_weights) = results
+    torch.testing.assert_close(cached_terms, live_terms, rtol=1e-4, atol=1e-5)
+    for name in live_weights:
+        if name.endswith("confidence.bias"):  # UniPT's softmax is blind to it: its gradient is 0 plus rounding, which AdamW scales up
+            continue
+        torch.testing.assert_close(cached_weights[name], live_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_an_interrupted_build_is_never_read_and_resumes(tmp_path):
+    model, data = tiny_mdpd_model(), ragged_dataset(rows=13)
+    expected = build_state_cache(model, data, tmp_path / "whole", batch_size=2, examples_per_shard=4)
+
+    calls = []
+
+    def interrupt_at_fifth_batch(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+
+    folder = tmp_path / "interrupted"
+    handle = model.base_model.model.register_forward_pre_hook(interrupt_at_fifth_batch, with_kwargs=True)
+    with pytest.raises(KeyboardInterrupt):
+        build_state_cache(model, data, folder, batch_size=2, examples_per_shard=4)
+    assert sorted(p.name for p in folder.glob("states-*")) == ["states-00000.safetensors", "states-00001.safetensors"]
+    (folder / "states-00002.tmp").write_bytes(b"half a shard")  # what a kill during a write leaves
+    with pytest.raises(FileNotFoundError, match="unfinished build"):
+        StateCache(folder)
+
+    written = {p.name: p.stat().st_mtime_ns for p in folder.glob("states-*.safetensors")}
+    calls.clear()
+    resumed = build_state_cache(model, data, folder, batch_size=2, examples_per_shard=4)
+    handle.remove()
+    assert len(calls) == 3  # shards 2 and 3 only: 4 + 1 examples in batches of 2
+    assert {name: (folder / name).stat().st_mtime_ns for name in written} == written  # finished shards kept
+    assert resumed.key == expected.key and len(resumed) == len(expected)
+    for index in range(len(expected)):
+        torch.testing.assert_close(resumed[index]["hidden_states"], expected[index]["hidden_states"], rtol=0, atol=0)
+
+
+def training_args(output_dir, **arguments) -> TrainingArguments:
+    defaults = dict(per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=2, report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    return TrainingArguments(str(output_dir), **{**defaults, **arguments})
+
+
+def side_then_fade_trainer(output_dir, data, cache, model=None, side_steps: int = 4, fade_steps: int = 4, callbacks=None, **arguments) -> MDPDTrainer:
+    return MDPDTrainer(
+        model=model or tiny_mdpd_model(),
+        args=training_args(output_dir, max_steps=fade_steps, **arguments),
+        side_phase_args=training_args(output_dir / "side", max_steps=side_steps, **arguments),
+        train_dataset=data,
+        state_cache=cache,
+        callbacks=callbacks,
+    )
+
+
+def trainables(model, part: str) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if part in n}
+
+
+class Snapshots(TrainerCallback):
+    """The side network and the LayerNorm copies at the beginning and end of each phase."""
+
+    def __init__(self):
+        self.taken = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.taken.append((trainables(model, "mdpd_side"), trainables(model, "mdpd_copies")))
+
+    on_train_end = on_train_begin
+
+
+def changed(before: dict, after: dict) -> bool:
+    return any(not torch.equal(before[name], after[name]) for name in before)
+
+
+def test_the_trainer_trains_the_side_network_on_the_cache_then_fades_through_the_backbone(tmp_path):
+    data = ragged_dataset(rows=16)
+    model = tiny_mdpd_model()
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    backbone_passes = []
+    model.base_model.model.register_forward_pre_hook(lambda *_: backbone_passes.append(1))
+    snapshots = Snapshots()
+
+    trainer = side_then_fade_trainer(tmp_path / "run", data, cache, model=model, callbacks=[snapshots])
+    trainer.train()
+    (side_0, copies_0), (side_1, copies_1), (side_2, copies_2), (side_3, copies_3) = snapshots.taken
+    assert changed(side_0, side_1) and not changed(copies_0, copies_1)  # side phase: the side network alone
+    assert not changed(side_1, side_3) and changed(copies_2, copies_3)  # fade phase: the backbone's copies alone
+    assert len(backbone_passes) == 4  # the fade phase's 4 steps; the side phase ran none
+    side_log = [entry for entry in trainer.side_phase_trainer.state.log_history if "loss" in entry]
+    assert len(side_log) == 2 and all({"loss_task", "loss_shallow", "loss_deep"} <= set(entry) for entry in side_log)
+    assert not any("loss_logits" in entry for entry in side_log)  # the side phase has no backbone logits
+    fade_log = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert fade_log and all({"loss_logits", "loss_backbone_task"} <= set(entry) for entry in fade_log)
+    assert (tmp_path / "run" / "side" / "final" / "adapter_model.safetensors").exists()
+
+    # the fade loss is pluggable: here the backbone's own task loss alone
+    fading = side_then_fade_trainer(tmp_path / "custom", data, build_state_cache(tiny_mdpd_model(), data, tmp_path / "cache"), side_steps=1, fade_steps=2)
+    fading.fade_loss = lambda outputs, inputs: outputs.mdpd_losses["backbone_task"]
+    fading.train()
+    assert [entry["loss"] for entry in fading.state.log_history if "loss" in entry] == pytest.approx(
+        [entry["loss_backbone_task"] for entry in fading.state.log_history if "loss" in entry], rel=1e-5
+    )
+
+
+def test_a_run_resumed_in_either_phase_ends_as_the_uninterrupted_run(tmp_path):
+    data = ragged_dataset(rows=16)
+    cache = build_state_cache(tiny_mdpd_model(), data, tmp_path / "cache")
+    uninterrupted = side_then_fade_trainer(tmp_path / "a", data, cache, save_steps=2)
+    uninterrupted.train()
+    expected = trainables(uninterrupted.model, "")
+    for name, checkpoint in (("side", tmp_path / "a" / "side" / "checkpoint-2"), ("fade", tmp_path / "a" / "checkpoint-2")):
+        resumed = side_then_fade_trainer(tmp_path / name, data, cache, save_steps=2)
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+        actual = trainables(resumed.model, "")
+        for key in expected:
+            if expected[key].requires_grad or "mdpd_" in key or "modules_to_save" in key:
+                torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=f"{name}: {key}")
