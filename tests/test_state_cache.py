@@ -59,6 +59,8 @@ def test_a_stale_or_foreign_cache_is_refused(tmp_path):
     cache.check(model)
     assert build_state_cache(model, data, tmp_path / "cache").key == cache.key  # the same key is reused
 
+    with pytest.raises(StaleStateCacheError, match="inputs"):
+        cache.check(model, ragged_dataset(seed=1))  # the cache of another dataset
     with pytest.raises(StaleStateCacheError, match="hidden_state_indices"):
         cache.check(tiny_mdpd_model(side_layers=[0, 2]))
     with pytest.raises(StaleStateCacheError, match="dtype"):
@@ -210,7 +212,7 @@ def test_the_trainer_trains_the_side_network_on_the_cache_then_fades_through_the
     assert (tmp_path / "run" / "side" / "final" / "adapter_model.safetensors").exists()
 
     # the fade loss is pluggable: here the backbone's own task loss alone
-    fading = side_then_fade_trainer(tmp_path / "custom", data, build_state_cache(tiny_mdpd_model(), data, tmp_path / "cache"), side_steps=1, fade_steps=2)
+    fading = side_then_fade_trainer(tmp_path / "custom", data, cache, side_steps=1, fade_steps=2)  # a fresh model: the cache's
     fading.fade_loss = lambda outputs, inputs: outputs.mdpd_losses["backbone_task"]
     fading.train()
     assert [entry["loss"] for entry in fading.state.log_history if "loss" in entry] == pytest.approx(
@@ -221,13 +223,33 @@ def test_the_trainer_trains_the_side_network_on_the_cache_then_fades_through_the
 def test_a_run_resumed_in_either_phase_ends_as_the_uninterrupted_run(tmp_path):
     data = ragged_dataset(rows=16)
     cache = build_state_cache(tiny_mdpd_model(), data, tmp_path / "cache")
-    uninterrupted = side_then_fade_trainer(tmp_path / "a", data, cache, save_steps=2)
+    uninterrupted = side_then_fade_trainer(tmp_path / "a", data, cache, side_steps=2, fade_steps=2, save_steps=1)
     uninterrupted.train()
     expected = trainables(uninterrupted.model, "")
-    for name, checkpoint in (("side", tmp_path / "a" / "side" / "checkpoint-2"), ("fade", tmp_path / "a" / "checkpoint-2")):
-        resumed = side_then_fade_trainer(tmp_path / name, data, cache, save_steps=2)
+    for name, checkpoint in (("side", tmp_path / "a" / "side" / "checkpoint-1"), ("fade", tmp_path / "a" / "checkpoint-1")):
+        resumed = side_then_fade_trainer(tmp_path / name, data, cache, side_steps=2, fade_steps=2, save_steps=1)
         resumed.train(resume_from_checkpoint=str(checkpoint))
         actual = trainables(resumed.model, "")
         for key in expected:
             if expected[key].requires_grad or "mdpd_" in key or "modules_to_save" in key:
                 torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def test_a_minilm_cache_holds_the_bytes_the_benchmark_counts(tmp_path, minilm_path):
+    """The real MiniLM, tokenized at max length 64: real tokens x 7 states x 384 channels x 2 bytes, plus an offset
+    and a label per example (``benchmarks/state_cache.py --figures``), and a safetensors header."""
+    from peft import get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    model = get_peft_model(AutoModelForSequenceClassification.from_pretrained(minilm_path, num_labels=2), MDPDConfig(task_type="SEQ_CLS"))
+    sentences = ["a gripping, beautifully shot film.", "dull.", "the plot never quite comes together, though the cast tries hard.", "fun"]
+    data = Dataset.from_dict({**tokenizer(sentences, truncation=True, max_length=64), "labels": [1, 0, 0, 1]})
+    with pytest.raises(ValueError, match="max_length=4 is invalid"):
+        build_state_cache(model, data, tmp_path / "short", tokenizer=tokenizer, max_length=4)
+    cache = build_state_cache(model, data, tmp_path / "cache", tokenizer=tokenizer, max_length=64)
+    tokens = sum(len(ids) for ids in data["input_ids"])
+    expected = tokens * 7 * 384 * 2 + len(data) * 16
+    assert expected < cache.num_bytes < expected + 1024
+    cache.check(model, data)
+    assert [len(cache[i]["hidden_states"]) for i in range(4)] == [len(ids) for ids in data["input_ids"]]

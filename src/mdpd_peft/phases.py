@@ -123,7 +123,7 @@ def train_side_then_fade(trainer: MDPDTrainer, resume_from_checkpoint=None, **kw
         if result_dir.exists():  # the side phase ended in an earlier run
             trainer._load_from_checkpoint(str(result_dir))
         else:
-            trainer.state_cache.check(trainer.model)
+            trainer.state_cache.check(trainer.model, trainer.train_dataset)
             side_ids = {id(p) for p in side_parameters}
             with frozen(p for p in trainer.model.parameters() if id(p) not in side_ids):
                 result = side_trainer.train(resume_from_checkpoint=side_checkpoint, **kwargs)

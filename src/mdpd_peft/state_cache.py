@@ -154,7 +154,7 @@ def padded_inputs(rows: list[dict], names: list[str], tokenizer) -> dict[str, to
     return {name: torch.stack([torch.as_tensor(row[name]) for row in features]) for name in names}
 
 
-def inputs_hash(dataset, names: list[str], batch_size: int) -> str:
+def inputs_hash(dataset, names: list[str], batch_size: int = 256) -> str:
     def chunks():
         for start in range(0, len(dataset), batch_size):
             for row in rows_of(dataset, start, min(start + batch_size, len(dataset))):
@@ -164,14 +164,14 @@ def inputs_hash(dataset, names: list[str], batch_size: int) -> str:
     return sha256_of(chunks())
 
 
-def key_for(model, dataset, tokenizer, max_length, dtype: torch.dtype, batch_size: int = 256) -> StateCacheKey:
+def key_for(model, dataset, tokenizer, max_length, dtype: torch.dtype) -> StateCacheKey:
     """The key of the states ``model`` computes for ``dataset`` (every field, inputs included)."""
     tuner = mdpd_tuner(model)
     names = model_inputs(tuner, rows_of(dataset, 0, 1)[0])
     return StateCacheKey(
         weights=weights_hash(tuner.model),
         config=config_hash(tuner.model),
-        inputs=inputs_hash(dataset, names, batch_size),
+        inputs=inputs_hash(dataset, names),
         tokenizer=tokenizer_hash(tokenizer),
         max_length=max_length,
         hidden_state_indices=hidden_state_indices(tuner),
@@ -399,11 +399,13 @@ class StateCache(Dataset):
                 example[target] = file.get_slice(name)[start:stop] if kind == "token" else file.get_slice(name)[row : row + 1][0]
         return example
 
-    def check(self, model) -> None:
+    def check(self, model, dataset=None) -> None:
         """Raise ``StaleStateCacheError`` unless ``model`` computes the stored states: same weights (LayerNorm copies
-        included), config, layers and dtype (the inputs and tokenizer were checked when it was built)."""
+        included), config and layers; with ``dataset``, also the same inputs (``MDPDTrainer`` passes its train_dataset)."""
         tuner = mdpd_tuner(model)
         current = dict(weights=weights_hash(tuner.model), config=config_hash(tuner.model), hidden_state_indices=hidden_state_indices(tuner))
+        if dataset is not None:
+            current["inputs"] = inputs_hash(dataset, model_inputs(tuner, rows_of(dataset, 0, 1)[0]))
         differing = [name for name, value in current.items() if getattr(self.key, name) != value]
         if differing:
             raise StaleStateCacheError(
@@ -415,17 +417,13 @@ class StateCache(Dataset):
         """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding,
         ``attention_mask`` (B, N), ``hidden_state_indices`` (S,), targets stacked (per-token ones padded with
         -100, the ignored label)."""
-        lengths = [len(example["hidden_states"]) for example in examples]
-        first = examples[0]["hidden_states"]
-        states = first.new_zeros(len(examples), max(lengths), *first.shape[1:])
-        mask = torch.zeros(len(examples), max(lengths), dtype=torch.long)
-        for row, (example, length) in enumerate(zip(examples, lengths)):
-            states[row, :length] = example["hidden_states"]
-            mask[row, :length] = 1
+        lengths = torch.tensor([len(example["hidden_states"]) for example in examples])
+        states = torch.nn.utils.rnn.pad_sequence([example["hidden_states"] for example in examples], batch_first=True)
+        mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long()
         batch = {"hidden_states": states, "attention_mask": mask, "hidden_state_indices": torch.tensor(self.hidden_state_indices)}
         for name in sorted(examples[0].keys() - {"hidden_states"}):
             values = [example[name] for example in examples]
-            if values[0].dim() >= 1 and all(len(v) == n for v, n in zip(values, lengths)):
+            if values[0].dim() >= 1 and all(len(v) == n for v, n in zip(values, lengths.tolist())):
                 batch[name] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=-100)
             else:
                 batch[name] = torch.stack(values)
