@@ -295,7 +295,7 @@ def build_state_cache(
                 rows = rows_of(dataset, batch_start, min(batch_start + batch_size, stop))
                 inputs = {k: v.to(device) for k, v in padded_inputs(rows, names, tokenizer).items()}
                 if max_length is not None and "input_ids" in inputs and inputs["input_ids"].shape[1] > max_length:
-                    raise invalid("max_length", max_length, f"at least the dataset's longest row ({inputs['input_ids'].shape[1]} tokens)", "build_state_cache")
+                    raise invalid("max_length", max_length, f"at least the length of every row of the dataset (one has {inputs['input_ids'].shape[1]} tokens)", "build_state_cache")
                 states = backbone_states(tuner, inputs, indices).to(dtype).cpu()  # (B, N, S, D)
                 mask = inputs.get("attention_mask")
                 real = mask.bool().cpu() if mask is not None and mask.dim() == 2 else torch.ones(states.shape[:2], dtype=torch.bool)
