@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from peft.config import PeftConfig
-from peft.utils import PeftType
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from safetensors import SafetensorError, safe_open
 
 from .enum_extension import add_str_enum_member
 
@@ -16,11 +19,23 @@ SIDE_INITS = ("pruned", "random")
 EVAL_PATHS = ("backbone", "side")
 NORM_POSITIONS = ("pre", "post")
 FADINGS = ("backprop", "checkpointed", "head_only", "block_local")
+NONFINITE_LOSS_ACTIONS = ("raise", "skip")
+LOSS_WEIGHTS = ("shallow_loss_weight", "deep_loss_weight", "logits_loss_weight", "backbone_task_loss_weight")
 
 
 def invalid(field_name: str, value, allowed: str, owner: str = "MDPDConfig") -> ValueError:
     """The error every bad setting raises: which field of which config, what it got, what it accepts."""
     return ValueError(f"{owner}.{field_name}={value!r} is invalid: {field_name} must be {allowed}.")
+
+
+def is_integer(value) -> bool:
+    """An int, but not a bool (``True`` is an ``int`` to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """A finite int or float (not a bool, a string or None): NaN or inf would make the first loss non-finite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -131,6 +146,17 @@ class MDPDConfig(PeftConfig):
         norm_position: ``"pre"`` or ``"post"``: where the side blocks put their LayerNorms. ``None``
             reads it from the backbone's LayerNorm names (pre-norm names such as
             ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).
+        nonfinite_loss: What a training forward pass does when a loss term is NaN or inf (a NaN input row, an
+            overflowing weight), before ``backward()`` or the optimizer can write it into the weights:
+            ``"raise"`` (default) raises ``FloatingPointError`` naming the term and the training pass;
+            ``"skip"`` warns likewise and returns a loss whose value is the non-finite total (so the Trainer's
+            ``logging_nan_inf_filter`` leaves it out of the logged loss) but whose gradients are exactly zero, and
+            ``MDPDTrainer`` then skips that optimizer step on every process (no update, no weight decay, no
+            AdamW state change). In a plain loop with ``"skip"``, check ``output.mdpd_skipped`` before stepping.
+        base_model_shape: Filled in when the adapter is attached and saved with it: the base model's number of
+            layers, their widths and the task head's outputs. Attaching a saved adapter to a model of another
+            shape (``PeftModel.from_pretrained`` into a model with other ``num_labels``) then fails before the
+            model is changed. Leave it ``None``.
     """
 
     side_network: str = field(default="ladder", metadata={"help": "ladder, unipt, sherl, dtl or dtl+ (see side_networks)."})
@@ -173,6 +199,12 @@ class MDPDConfig(PeftConfig):
     norm_position: Optional[str] = field(
         default=None, metadata={"help": f"Side block LayerNorm placement: one of {NORM_POSITIONS}; None = detect."}
     )
+    nonfinite_loss: str = field(
+        default="raise", metadata={"help": f"On a NaN/inf loss term in training: one of {NONFINITE_LOSS_ACTIONS}."}
+    )
+    base_model_shape: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "Filled in at attach time (layers, widths, head outputs); checked when reloading."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -181,45 +213,68 @@ class MDPDConfig(PeftConfig):
             self.target_modules = set(self.target_modules)
         self.check_values()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: Optional[str] = None, **kwargs) -> "MDPDConfig":
+        """PEFT's, remembering a local folder: attaching the adapter then checks its weights file first."""
+        config = super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
+        folder = os.path.join(str(pretrained_model_name_or_path), subfolder or "")
+        if os.path.isdir(folder):
+            config._weights_folder = folder
+        return config
+
+    def check_saved_weights(self) -> None:
+        """For a config loaded from a local folder: that folder holds adapter weights that can be read. A missing or
+        truncated file (a save cut short) would otherwise fail only after PEFT changed the model."""
+        folder = getattr(self, "_weights_folder", None)
+        if folder is None or os.path.isfile(os.path.join(folder, WEIGHTS_NAME)):
+            return
+        path = os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{folder} holds adapter_config.json but no {SAFETENSORS_WEIGHTS_NAME}: it is not a complete MDPD adapter folder.")
+        try:
+            with safe_open(path, framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{path} cannot be read ({error}): the file is damaged or was cut short; save the adapter again.") from error
+
     def check_values(self) -> None:
         """Checks the settings that do not depend on the model (the rest are checked by the tuner)."""
         from .side_networks import SIDE_NETWORKS  # the registry imports this module
 
-        if self.side_network not in SIDE_NETWORKS:
+        if not isinstance(self.side_network, str) or self.side_network not in SIDE_NETWORKS:
             raise invalid("side_network", self.side_network, f"one of {tuple(SIDE_NETWORKS)}")
-        if isinstance(self.reduction_factor, bool) or not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
-            raise invalid("reduction_factor", self.reduction_factor, "an integer >= 1")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise invalid("mask_ratio", self.mask_ratio, "a float in [0, 1)")
-        if self.aligner_rank is not None and (not isinstance(self.aligner_rank, int) or self.aligner_rank < 1):
-            raise invalid("aligner_rank", self.aligner_rank, "None or an integer >= 1")
-        for name in ("shallow_loss_weight", "deep_loss_weight", "logits_loss_weight", "backbone_task_loss_weight"):
-            if getattr(self, name) < 0:
-                raise invalid(name, getattr(self, name), "a float >= 0")
-        if self.gate_temperature <= 0:
-            raise invalid("gate_temperature", self.gate_temperature, "a float > 0")
-        if self.side_init not in SIDE_INITS:
-            raise invalid("side_init", self.side_init, f"one of {SIDE_INITS}")
-        if self.eval_path not in EVAL_PATHS:
-            raise invalid("eval_path", self.eval_path, f"one of {EVAL_PATHS}")
-        if self.fading not in FADINGS:
-            raise invalid("fading", self.fading, f"one of {FADINGS}")
-        if self.fading_layers is not None:
-            if isinstance(self.fading_layers, bool) or not isinstance(self.fading_layers, int) or self.fading_layers < 1:
-                raise invalid("fading_layers", self.fading_layers, "None or an integer >= 1")
-        if isinstance(self.fading_interval, bool) or not isinstance(self.fading_interval, int) or self.fading_interval < 1:
-            raise invalid("fading_interval", self.fading_interval, "an integer >= 1")
-        if self.fading == "head_only" and self.fading_interval != 1:
-            raise invalid("fading_interval", self.fading_interval, '1 with fading="head_only" (no LayerNorm learns)')
+        for name, allowed in (("side_init", SIDE_INITS), ("eval_path", EVAL_PATHS), ("fading", FADINGS), ("nonfinite_loss", NONFINITE_LOSS_ACTIONS)):
+            if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
+                raise invalid(name, getattr(self, name), f"one of {allowed}")
         if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
             raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
-        if isinstance(self.dtl_rank, bool) or not isinstance(self.dtl_rank, int) or self.dtl_rank < 1:
-            raise invalid("dtl_rank", self.dtl_rank, "an integer >= 1")
-        if isinstance(self.dtl_conv_kernel, bool) or not isinstance(self.dtl_conv_kernel, int) or self.dtl_conv_kernel < 1 or self.dtl_conv_kernel % 2 == 0:
+        for name, optional in (("reduction_factor", False), ("fading_interval", False), ("dtl_rank", False), ("aligner_rank", True), ("fading_layers", True)):
+            value = getattr(self, name)
+            if not (optional and value is None) and not (is_integer(value) and value >= 1):
+                raise invalid(name, value, "None or an integer >= 1" if optional else "an integer >= 1")
+        for name in ("deep_layers_start", "dtl_inject_from"):
+            if getattr(self, name) is not None and not (is_integer(getattr(self, name)) and getattr(self, name) >= 0):
+                raise invalid(name, getattr(self, name), "None or an integer >= 0")
+        if not (is_integer(self.dtl_conv_kernel) and self.dtl_conv_kernel >= 1 and self.dtl_conv_kernel % 2 == 1):
             raise invalid("dtl_conv_kernel", self.dtl_conv_kernel, "an odd integer >= 1")
+        if not (is_real(self.mask_ratio) and 0.0 <= self.mask_ratio < 1.0):
+            raise invalid("mask_ratio", self.mask_ratio, "a float in [0, 1)")
+        for name in LOSS_WEIGHTS:
+            if not (is_real(getattr(self, name)) and getattr(self, name) >= 0):
+                raise invalid(name, getattr(self, name), "a finite float >= 0")
+        if not (is_real(self.gate_temperature) and self.gate_temperature > 0):
+            raise invalid("gate_temperature", self.gate_temperature, "a finite float > 0")
+        if not is_real(self.gate_init):
+            raise invalid("gate_init", self.gate_init, "a finite float")
+        if self.fading == "head_only" and self.fading_interval != 1:
+            raise invalid("fading_interval", self.fading_interval, '1 with fading="head_only" (no LayerNorm learns)')
         if self.side_network.startswith("dtl") and self.side_layers is not None:
             raise invalid("side_layers", self.side_layers, "None with side_network='dtl' or 'dtl+' (DTL reads every block)")
         if self.side_layers is not None and (
-            len(self.side_layers) == 0 or not all(isinstance(i, int) and not isinstance(i, bool) for i in self.side_layers)
+            not isinstance(self.side_layers, (list, tuple)) or len(self.side_layers) == 0 or not all(is_integer(i) for i in self.side_layers)
         ):
             raise invalid("side_layers", self.side_layers, "None or a non-empty list of layer indices")
+        if self.layers_path is not None and not isinstance(self.layers_path, str):
+            raise invalid("layers_path", self.layers_path, "None or a dotted module path (a string)")
+        if self.target_modules is not None and not isinstance(self.target_modules, (str, set)):
+            raise invalid("target_modules", self.target_modules, "None, a list of module names or a regex string")

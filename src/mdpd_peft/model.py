@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
+from .batch_checks import BatchLimits, check_batch
 from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, logits_distillation_loss
 from .layer import MDPDLayer
@@ -165,9 +167,23 @@ def default_norm_targets(model: nn.Module, head_names, encoder: EncoderMap, last
     return targets
 
 
+def base_model_shape(model: nn.Module, encoder: EncoderMap, config: MDPDConfig) -> dict:
+    """What an adapter's weights are shaped by: the layers, their widths and the task head's outputs."""
+    return {"num_layers": encoder.num_layers, "layer_widths": list(encoder.layer_widths), "head_outputs": head_outputs(model, config.modules_to_save)}
+
+
 def check_against_model(config: MDPDConfig, encoder: EncoderMap, model: nn.Module) -> None:
     """The settings whose allowed values depend on the model."""
     layers = encoder.num_layers
+    shape = base_model_shape(model, encoder, config)
+    for key, current in shape.items():
+        saved = (config.base_model_shape or {}).get(key, current)
+        if current != saved:
+            hint = f" (e.g. from_pretrained(..., num_labels={saved}))" if key == "head_outputs" else ""
+            raise ValueError(
+                f"This MDPD adapter was trained on a base model with {key}={saved}, but this model has {key}={current}: "
+                f"attach it to a model of the shape it was trained on{hint} (MDPDConfig.base_model_shape={config.base_model_shape})."
+            )
     if config.side_layers is not None:
         if any(not 0 <= i < layers for i in config.side_layers):
             raise invalid("side_layers", config.side_layers, f"indices in [0, {layers - 1}] (the model has {layers} layers)")
@@ -246,10 +262,13 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         fails here, before the model is changed.
         """
         config: MDPDConfig = self.peft_config[adapter_name]
+        config.check_values()  # again: the config may have been changed since it was built
+        config.check_saved_weights()
         if config.modules_to_save is None and config.task_type in TASK_HEADS:
             config.modules_to_save = list(TASK_HEADS[config.task_type])
         encoder = map_encoder(model, config)
         check_against_model(config, encoder, model)
+        config.base_model_shape = base_model_shape(model, encoder, config)
         if not hasattr(self, "mdpd_side"):
             self.mdpd_side = nn.ModuleDict()
             self.mdpd_distill = nn.ModuleDict()
@@ -260,6 +279,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             self._adapters_enabled = True
             self.latest_losses: dict[str, torch.Tensor] = {}
             self._training_passes = 0  # counts fading_interval
+            self.latest_skipped = False  # the last training pass had a non-finite loss term (nonfinite_loss="skip")
         self.mdpd_encoders[adapter_name] = encoder
         if config.target_modules is None:
             config.target_modules = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
@@ -354,6 +374,9 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     def gate_values(self) -> torch.Tensor:
         """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached.
         ``side_network="ladder"`` only."""
+        side_network = self.peft_config[self.active_adapters[0]].side_network
+        if not hasattr(self.mdpd_side[self.active_adapters[0]], "gates"):
+            raise invalid("side_network", side_network, "'ladder' for gate_values() (only the ladder has gates)")
         return full_value(self.mdpd_side[self.active_adapters[0]].gates())
 
     # ------------------------------------------------------------------------------------------ hooks
@@ -362,6 +385,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         if self._hook_handles:
             return
         self._forward_signature = inspect.signature(self.model.forward)
+        self._batch_limits = BatchLimits.of(self.model)
         layers = next(iter(self.mdpd_encoders.values())).layers(self.model)
         # Bound methods, not closures: copy.deepcopy of the model rebinds them to the copy. Outputs are kept
         # in call order, which also counts the layers of models that run one module several times (ALBERT).
@@ -386,6 +410,13 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     def _begin_forward(self, module, args, kwargs):
         self._capture = None
         self.latest_losses = {}
+        self.latest_skipped = False
+        try:
+            arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            arguments = kwargs
+        arguments = {**arguments.pop("kwargs", {}), **arguments}
+        check_batch(arguments, self._batch_limits, self.model.config)
         if self.model.training and getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
             # PeftModel hooks the input embeddings to require grad once the model checkpoints (so do transformers
             # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
@@ -398,15 +429,14 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self._let_norm_copies_learn(learns)
         if not self._side_path_needed():
             return
-        try:
-            arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
-        except TypeError:
-            arguments = kwargs
-        arguments = {**arguments.pop("kwargs", {}), **arguments}
-        self._capture = ForwardCapture(
-            attention_mask=arguments.get("attention_mask"),
-            targets={name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None},
-        )
+        targets = {name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None}
+        if self.model.training and not targets and self.mdpd_side[self.active_adapters[0]].head is not None:
+            raise ValueError(
+                "An MDPD training forward needs the task's targets: pass labels= (start_positions= and end_positions= for "
+                "question answering), or call model.eval() to predict. Without them only the distillation terms would "
+                "train, silently (a dataset without a label column does this under the Trainer)."
+            )
+        self._capture = ForwardCapture(attention_mask=arguments.get("attention_mask"), targets=targets)
 
     def _let_norm_copies_learn(self, learns: bool) -> None:
         """Held-still copies (``fading_interval``) give a backbone pass that autograd does not record."""
@@ -452,7 +482,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         real = real_tokens(capture.attention_mask, *hidden.shape[:2], hidden.device)
         probe = self.mdpd_local[self.active_adapters[0]][index]
         loss = side_task_loss(probe(masked_mean(hidden, real).to(probe.weight.dtype)), capture.targets, self.model.config)
-        if loss is not None:
+        if loss is not None and self._loss_is_finite({f"local_{index}": loss}):
             loss.backward()
             capture.local_losses.append(loss.detach())
 
@@ -489,8 +519,11 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             # Not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits (see MDPDConfig).
             losses["backbone_task"] = backbone_task
             total = total + config.backbone_task_loss_weight * backbone_task
+        if not self._loss_is_finite({**losses, "total": total}):  # before backward() or an optimizer can use it
+            total = total.detach() + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # zero gradients
         output["loss"] = total
         output.mdpd_losses = losses
+        output.mdpd_skipped = self.latest_skipped
         self.latest_losses = {name: value.detach() for name, value in losses.items()}
         return output
 
@@ -540,6 +573,22 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         side_pass = self._side_pass(states, targets, per_token, dtype)
         self.latest_losses = {name: value.detach() for name, value in side_pass.losses.items()}
         return side_pass
+
+    def _loss_is_finite(self, terms: dict[str, torch.Tensor]) -> bool:
+        """Whether every term is finite; if not, raise or warn naming them (``MDPDConfig.nonfinite_loss``)."""
+        values = torch.stack([value.detach().float() for value in terms.values()])
+        if torch.isfinite(values).all():
+            return True
+        bad = ", ".join(f"{name}={value:g}" for name, value in zip(terms, values.tolist()) if not math.isfinite(value))
+        message = (
+            f"MDPD loss term(s) {bad} at training forward pass {self._training_passes}: a NaN or inf input, weight or "
+            "loss weight upstream of them (check the batch and the model's weights)."
+        )
+        if self.peft_config[self.active_adapters[0]].nonfinite_loss == "raise":
+            raise FloatingPointError(f"{message} Nothing was written to the weights. MDPDConfig(nonfinite_loss='skip') skips such steps instead.")
+        warnings.warn(f"{message} Skipping this step (MDPDConfig.nonfinite_loss='skip').", RuntimeWarning, stacklevel=2)
+        self.latest_skipped = True
+        return False
 
     # ----------------------------------------------------------------------------------------- fading
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections import defaultdict
 
 import torch
@@ -18,6 +19,7 @@ from .gathering import gathered_faded_model
 from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import faded_model_card
+from .safe_saving import checkpoint_folders, incomplete_reason, replaced_files, replaced_folder
 
 METRIC_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
 SPEED_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
@@ -51,6 +53,39 @@ class FirstStepPeakMemory(TrainerCallback):
     on_train_end = on_step_end  # never leave the meter running after an interrupted first step
 
 
+class SkipNonFiniteSteps(TrainerCallback):
+    """``MDPDConfig(nonfinite_loss="skip")``: an optimizer step in which any process skipped a batch is skipped on
+    every process, so the ranks stay identical: no gradient is left for the optimizer (AdamW then changes
+    nothing, not even its state), or under fp16 loss scaling the gradients are marked non-finite so that the
+    scaler skips the step as it does for an overflow."""
+
+    def __init__(self, trainer: "MDPDTrainer") -> None:
+        self.trainer = trainer
+        self.skipped_in_step = False
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        trainer = self.trainer
+        mdpd = trainer._mdpd_model()
+        if mdpd.peft_config[mdpd.active_adapters[0]].nonfinite_loss != "skip":
+            return
+        skipped = torch.tensor(float(self.skipped_in_step), device=args.device)
+        self.skipped_in_step = False
+        if trainer.accelerator.reduce(skipped, reduction="sum").item() == 0:
+            return
+        for parameter in trainer.model.parameters():
+            if trainer.accelerator.scaler is not None and parameter.grad is not None:
+                parameter.grad.fill_(float("nan"))
+            else:
+                parameter.grad = None
+
+
+def mdpd_tuner(model) -> MDPDModel:
+    """The MDPD tuner of ``model``, which must come from ``get_peft_model(model, MDPDConfig(...))``."""
+    if not isinstance(model, PeftModel) or not isinstance(model.base_model, MDPDModel):
+        raise TypeError(f"MDPDTrainer needs a model returned by get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}.")
+    return model.base_model
+
+
 class MDPDTrainer(Trainer):
     """A ``transformers.Trainer`` for models from ``get_peft_model(model, MDPDConfig(...))``.
 
@@ -71,21 +106,30 @@ class MDPDTrainer(Trainer):
       then fades through the backbone with ``args`` and the side network frozen (``num_train_epochs=0``: the
       side phase only); see ``phases``. ``fade_loss(outputs, inputs) -> loss`` replaces the combined MDPD loss
       of passes through the backbone.
+    - Nothing is lost on save: the faded model, adapter saves and checkpoints are written to a staging folder and
+      moved into place when complete; ``resume_from_checkpoint=True`` takes the last complete checkpoint.
+    - A non-finite loss term stops training before the optimizer writes it into the weights, naming the term and
+      the step (``MDPDConfig.nonfinite_loss="raise"``), or its step is skipped on every process (``"skip"``).
     """
 
-    def __init__(self, *args, state_cache=None, side_phase_args=None, fade_loss=None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model=None, args=None, *other_args, state_cache=None, side_phase_args=None, fade_loss=None, **kwargs) -> None:
+        if model is not None:
+            mdpd_tuner(model)  # before Trainer.__init__ creates output_dir
+        super().__init__(model, args, *other_args, **kwargs)
         self.state_cache, self.side_phase_args, self.fade_loss = state_cache, side_phase_args, fade_loss
         self.user_callbacks = kwargs.get("callbacks")
         self.side_phase_trainer: MDPDTrainer | None = None  # set by train() with a state_cache
-        self._mdpd_model()  # fail early on a model without an MDPD adapter
+        self._mdpd_model()  # a model from model_init
         self.model_accepts_loss_kwargs = False  # the combined loss is a per-batch mean: scale it for accumulation
         if self.args.metric_for_best_model in ("loss", "eval_loss"):
             self.args.metric_for_best_model = "faded_loss"
         self._loss_term_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=self.args.device))
         self._loss_term_batches = 0
+        self._skipped_batches = 0
         self.step_memory = FirstStepPeakMemory()
         self.add_callback(self.step_memory)
+        self.nonfinite_steps = SkipNonFiniteSteps(self)
+        self.add_callback(self.nonfinite_steps)
         self.last_eval_metrics: dict[str, float] = {}
         self._last_eval_prefix = "eval"
 
@@ -93,38 +137,72 @@ class MDPDTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model)
 
     def _mdpd_model(self) -> MDPDModel:
-        model = self._peft_model()
-        if not isinstance(model, PeftModel) or not isinstance(model.base_model, MDPDModel):
-            raise TypeError(
-                f"MDPDTrainer needs a model returned by get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}."
-            )
-        return model.base_model
+        return mdpd_tuner(self._peft_model())
 
     # --------------------------------------------------------------------------------------- training
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        if self.state_cache is None:
-            return super().train(resume_from_checkpoint, trial, **kwargs)
-        from .phases import train_side_then_fade
+        """``Trainer.train``, or with a ``state_cache`` the side phase then the fade phase (``phases``).
 
-        return train_side_then_fade(self, resume_from_checkpoint, **kwargs)
+        Without a cache, ``resume_from_checkpoint=True`` takes the last *complete* checkpoint (one whose save was cut
+        short is skipped with a warning), and a named incomplete one is refused, naming what it lacks."""
+        if self.state_cache is not None:
+            from .phases import train_side_then_fade
+
+            return train_side_then_fade(self, resume_from_checkpoint, **kwargs)
+        if resume_from_checkpoint is True:
+            complete = []
+            for folder in checkpoint_folders(self.args.output_dir):
+                reason = incomplete_reason(folder)
+                if reason is None:
+                    complete.append(folder)
+                else:
+                    warnings.warn(f"Not resuming from {folder}: {reason} (its save was cut short).", stacklevel=2)
+            if not complete:
+                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint to resume from.")
+            resume_from_checkpoint = complete[-1]
+        elif resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, bool):
+            reason = incomplete_reason(resume_from_checkpoint) if os.path.isdir(resume_from_checkpoint) else "no such folder"
+            if reason is not None:
+                raise ValueError(
+                    f"resume_from_checkpoint={str(resume_from_checkpoint)!r} cannot be resumed from: {reason}. Complete checkpoints in "
+                    f"{self.args.output_dir}: {[f for f in checkpoint_folders(self.args.output_dir) if incomplete_reason(f) is None]}."
+                )
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Adapter saves (``save_model``, checkpoints) go through a staging folder: no file is ever half-written."""
+        with replaced_files(output_dir if output_dir is not None else self.args.output_dir) as staging:
+            super()._save(staging, state_dict)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        try:
+            loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        except FloatingPointError as error:  # MDPDConfig.nonfinite_loss="raise": add the optimizer step
+            raise FloatingPointError(f"{error} (Trainer step {self.state.global_step + 1})") from error
         if self.fade_loss is not None and model.training:
             loss = self.fade_loss(outputs, inputs)
         self._record_loss_terms(model)
         return (loss, outputs) if return_outputs else loss
 
     def _record_loss_terms(self, model) -> None:
-        terms = self._mdpd_model().latest_losses  # not `outputs.mdpd_losses`: DDP may rebuild `outputs` without it
-        if model.training and terms:
+        mdpd = self._mdpd_model()
+        terms = mdpd.latest_losses  # not `outputs.mdpd_losses`: DDP may rebuild `outputs` without it
+        if model.training and mdpd.latest_skipped:  # logged as skipped, not averaged into the terms
+            self.nonfinite_steps.skipped_in_step = True
+            self._skipped_batches += 1
+        elif model.training and terms:
             for name, value in terms.items():
                 self._loss_term_sums[name] += value.float()
             self._loss_term_batches += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Training logs (those with ``loss``) gain the MDPD loss terms and the side network's logged values."""
+        if "loss" in logs and self._skipped_batches:
+            logs["skipped_batches"] = self._skipped_batches  # non-finite loss terms (MDPDConfig.nonfinite_loss="skip")
+            if not self._loss_term_batches:  # the Trainer's NaN filter would log 0.0
+                logs["loss"] = float("nan")
+            self._skipped_batches = 0
         if "loss" in logs and self._loss_term_batches:
             for name, total in self._loss_term_sums.items():
                 logs[f"loss_{name}"] = nested_gather(total / self._loss_term_batches, self.args.parallel_mode).mean().item()
@@ -180,16 +258,19 @@ class MDPDTrainer(Trainer):
         Writes ``config.json``, ``model.safetensors``, the tokenizer or image processor given to the
         Trainer, and ``README.md`` (see ``model_card``; ``card_kwargs``: ``datasets``, ``tags``,
         ``model_name``). Returns the folder (default ``<output_dir>/faded``). Every process must call it (the
-        weights are gathered first: ``gathered_faded_model``); only the main process writes.
+        weights are gathered first: ``gathered_faded_model``); only the main process writes, and every process
+        returns once the folder is complete. The folder is written beside and then moved into place: a fault
+        while saving leaves the previous faded model as it was.
         """
         output_dir = output_dir or os.path.join(self.args.output_dir, "faded")
         faded = gathered_faded_model(self.deepspeed if self.is_deepspeed_enabled else self.model, self.accelerator)
-        if faded is None or not self.args.should_save:  # the weights were gathered on the main process alone
-            return output_dir
-        faded.save_pretrained(output_dir)
-        if self.processing_class is not None:
-            self.processing_class.save_pretrained(output_dir)
-        self.faded_model_card(type(faded).__name__, **card_kwargs).save(os.path.join(output_dir, "README.md"))
+        if faded is not None and self.args.should_save:  # the weights were gathered on the main process alone
+            with replaced_folder(output_dir) as staging:
+                faded.save_pretrained(staging)
+                if self.processing_class is not None:
+                    self.processing_class.save_pretrained(staging)
+                self.faded_model_card(type(faded).__name__, **card_kwargs).save(os.path.join(staging, "README.md"))
+        self.accelerator.wait_for_everyone()
         return output_dir
 
     def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None):
