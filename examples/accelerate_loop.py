@@ -142,6 +142,9 @@ def main(argv=None) -> dict:
         tokenizer.save_pretrained(output_dir / "faded")
         accelerator.print(f"{accelerator.num_processes} process(es), {steps} steps: faded test accuracy {faded_accuracy:.3f}")
         accelerator.print(f"faded model ({type(faded).__name__}) saved in {output_dir / 'faded'}")
+    # Every process waits for the others, then closes its process group: a process that exits while a peer's last
+    # collective is still in flight, its gloo group left to the interpreter's teardown, dies with SIGABRT.
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return {"faded_test_accuracy": faded_accuracy, "losses": losses}
 

@@ -81,6 +81,10 @@ def main() -> None:
     torch.save({"trainables": trainables, "masks": masks, "world_size": trainer.args.world_size}, output_dir / f"rank{rank}.pt")
     if rank == 0:
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history))
+    # No process may exit while another still talks to it: one that leaves its gloo group to the interpreter's
+    # teardown while a peer's last collective is in flight aborts (SIGABRT). Meet, then close the group.
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
 
 
 if __name__ == "__main__":
