@@ -417,6 +417,13 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             arguments = kwargs
         arguments = {**arguments.pop("kwargs", {}), **arguments}
         check_batch(arguments, self._batch_limits, self.model.config)
+        targets = {name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None}
+        if self.model.training and not targets and self._side_path_needed() and self.mdpd_side[self.active_adapters[0]].head is not None:
+            raise ValueError(
+                "An MDPD training forward needs the task's targets: pass labels= (start_positions= and end_positions= for "
+                "question answering), or call model.eval() to predict. Without them only the distillation terms would "
+                "train, silently (a dataset without a label column does this under the Trainer)."
+            )
         if self.model.training and getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
             # PeftModel hooks the input embeddings to require grad once the model checkpoints (so do transformers
             # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
@@ -429,13 +436,6 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self._let_norm_copies_learn(learns)
         if not self._side_path_needed():
             return
-        targets = {name: arguments[name] for name in TARGET_ARGUMENTS if arguments.get(name) is not None}
-        if self.model.training and not targets and self.mdpd_side[self.active_adapters[0]].head is not None:
-            raise ValueError(
-                "An MDPD training forward needs the task's targets: pass labels= (start_positions= and end_positions= for "
-                "question answering), or call model.eval() to predict. Without them only the distillation terms would "
-                "train, silently (a dataset without a label column does this under the Trainer)."
-            )
         self._capture = ForwardCapture(attention_mask=arguments.get("attention_mask"), targets=targets)
 
     def _let_norm_copies_learn(self, learns: bool) -> None:
