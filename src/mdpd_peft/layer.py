@@ -20,6 +20,9 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
     In a half-precision model PEFT upcasts the copy to float32 (``autocast_adapter_dtype``): LayerNorm
     scales near 1.0 cannot take AdamW's small updates in bfloat16, and its state underflows in float16.
     The copy then computes in the model's dtype, and merging rounds it to that dtype.
+
+    As PEFT's layers do, it exposes the wrapped module's ``in_features`` / ``out_features`` (a norm's width
+    for both), and a disabled adapter unmerges first, so that ``disable_adapter()`` gives the base output.
     """
 
     adapter_layer_names = ("mdpd_copies",)
@@ -33,6 +36,7 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
         self.mdpd_copies = nn.ModuleDict({})
         self._active_adapter = adapter_name
         self.merged_adapters = []
+        self.in_features, self.out_features = module_features(base_layer)
         self.update_layer(adapter_name, inference_mode)
 
     def update_layer(self, adapter_name: str, inference_mode: bool = False) -> None:
@@ -40,13 +44,16 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
         self.set_adapter(adapter_name, inference_mode=inference_mode)
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
-        """Swap the adapter's trained copy in as the base module (there is no arithmetic, so ``safe_merge`` is moot)."""
+        """Swap the adapter's trained copy in as the base module. ``safe_merge=True`` first refuses a copy
+        holding NaN or inf (there is no arithmetic to check, only the weights that would ship)."""
         adapter_names = check_adapters_to_merge(self, adapter_names)
         if not adapter_names:
             return
         if len(adapter_names) > 1:
             raise ValueError(f"MDPD can merge one adapter per module, got {adapter_names}.")
         name = adapter_names[0]
+        if safe_merge:
+            require_finite(self.mdpd_copies[name], f"adapter {name!r}'s copy of {type(self.base_layer).__name__}")
         self._copy_dtype = parameter_dtype(self.mdpd_copies[name])
         merged = self.mdpd_copies[name].to(parameter_dtype(self.base_layer))
         self.base_layer, self.mdpd_copies[name] = merged, self.base_layer
@@ -59,7 +66,9 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
             self.mdpd_copies[name].to(self._copy_dtype)
 
     def forward(self, *args, **kwargs):
-        if self.disable_adapters or self.merged or self.active_adapters[0] not in self.mdpd_copies:
+        if self.disable_adapters and self.merged:
+            self.unmerge()  # as PEFT's LoRA and LN tuning: a disabled adapter computes the base module
+        if self.disable_adapters or self.merged or not self.active_adapters or self.active_adapters[0] not in self.mdpd_copies:
             return self.base_layer(*args, **kwargs)
         trained = self.mdpd_copies[self.active_adapters[0]]
         dtype = parameter_dtype(self.base_layer)
@@ -77,3 +86,18 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
 def parameter_dtype(module: nn.Module) -> torch.dtype | None:
     """The dtype of the module's first parameter (None for a module without parameters)."""
     return next((parameter.dtype for parameter in module.parameters()), None)
+
+
+def module_features(module: nn.Module) -> tuple[int | None, int | None]:
+    """(in_features, out_features) as PEFT's layers expose them; a norm's width for both; None where unknown."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    width = getattr(module, "normalized_shape", None) or getattr(getattr(module, "weight", None), "shape", None)
+    return (int(width[-1]),) * 2 if width else (None, None)
+
+
+def require_finite(module: nn.Module, what: str) -> None:
+    """``safe_merge=True``: refuse to ship weights that hold NaN or inf, naming them."""
+    broken = [name for name, parameter in module.named_parameters() if not torch.isfinite(parameter).all()]
+    if broken:
+        raise ValueError(f"safe_merge=True refused to merge {what}: {', '.join(broken)} hold NaN or inf values. Nothing was merged.")

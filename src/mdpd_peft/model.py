@@ -11,6 +11,7 @@ from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers.utils import ModelOutput
 
@@ -18,8 +19,8 @@ from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from .batch_checks import BatchLimits, check_batch
 from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, logits_distillation_loss
-from .layer import MDPDLayer
-from .shared_state import TunerHeldModules, restore_original_modules
+from .layer import MDPDLayer, require_finite
+from .shared_state import TunerHeldModules, adapter_names_of, place_adapter_module, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
 from .side_networks.base import full_value, masked_mean
 from .task_loss import side_task_loss
@@ -290,7 +291,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self._build_side_network(adapter_name)
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
         self._register_hooks()
-        self._sync_side_trainability(inference_mode=config.inference_mode)
+        self._sync_side_trainability()
         if config.fading == "checkpointed":
             self._enable_backbone_checkpointing()
 
@@ -322,9 +323,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         distilled = side.distilled_layers
         rank = config.aligner_rank or min(16, side.feature_width)
         distiller = DualPathDistiller(distilled, deep_start, side.feature_width, [encoder.layer_widths[i] for i in distilled], rank)
-        device = next(self.model.parameters()).device
-        side.to(device)
-        distiller.to(device)
+        place_adapter_module(side, self.model)
+        place_adapter_module(distiller, self.model)
         side.init_from_backbone(self.model, encoder)
         self.mdpd_side[adapter_name] = side
         self.mdpd_distill[adapter_name] = distiller
@@ -332,37 +332,51 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             outputs = head_outputs(self.model, config.modules_to_save)
             if outputs is None or config.task_type in ("TOKEN_CLS", "QUESTION_ANS"):
                 raise invalid("fading", config.fading, "another fading: block_local needs a sequence-level task head (its layer probes pool tokens)")
-            self.mdpd_local[adapter_name] = nn.ModuleList(nn.Linear(width, outputs) for width in encoder.layer_widths).to(device)
+            probes = nn.ModuleList(nn.Linear(width, outputs) for width in encoder.layer_widths)
+            self.mdpd_local[adapter_name] = place_adapter_module(probes, self.model)
 
-    def _sync_side_trainability(self, inference_mode: bool = False) -> None:
-        """Side network and distiller train with their adapter; the distiller only when a feature loss is on (else
-        nothing reaches it), and with ``fading="head_only"`` the norm copies never train."""
+    def _sync_side_trainability(self, inference_mode: bool | None = None) -> None:
+        """Side network and distiller train with their adapter's layers: when it is active, enabled and not in
+        inference mode (``None``: each adapter's ``config.inference_mode``)."""
         for name in self.mdpd_side:
-            config = self.peft_config[name]
-            trainable = name in self.active_adapters and not inference_mode
-            self.mdpd_side[name].requires_grad_(trainable)
-            self.mdpd_distill[name].requires_grad_(trainable and bool(config.shallow_loss_weight or config.deep_loss_weight))
-            if name in self.mdpd_local:
-                self.mdpd_local[name].requires_grad_(trainable)
-            if config.fading == "head_only":
-                for module in self.model.modules():
-                    if isinstance(module, MDPDLayer) and name in module.mdpd_copies:
-                        module.mdpd_copies[name].requires_grad_(False)
+            frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
+            self._set_side_requires_grad(name, name in self.active_adapters and self._adapters_enabled and not frozen)
+
+    def _set_side_requires_grad(self, adapter_name: str, requires_grad: bool) -> None:
+        """The distiller trains only when a feature loss is on (else nothing reaches it), and with
+        ``fading="head_only"`` the norm copies never train."""
+        config = self.peft_config[adapter_name]
+        self.mdpd_side[adapter_name].requires_grad_(requires_grad)
+        self.mdpd_distill[adapter_name].requires_grad_(requires_grad and bool(config.shallow_loss_weight or config.deep_loss_weight))
+        if adapter_name in self.mdpd_local:
+            self.mdpd_local[adapter_name].requires_grad_(requires_grad)
+        if config.fading == "head_only":
+            for module in self.model.modules():
+                if isinstance(module, MDPDLayer) and adapter_name in module.mdpd_copies:
+                    module.mdpd_copies[adapter_name].requires_grad_(False)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         self._sync_side_trainability(inference_mode)
 
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        for name in adapter_names_of(adapter_names):
+            if name in self.mdpd_side:
+                self._set_side_requires_grad(name, requires_grad)
+
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         super()._enable_adapter_layers(enabled)
         self._adapters_enabled = enabled
+        self._sync_side_trainability()
 
     def delete_adapter(self, adapter_name: str) -> None:
         super().delete_adapter(adapter_name)
-        for container in (self.mdpd_side, self.mdpd_distill):
-            del container[adapter_name]
-        self.mdpd_local.pop(adapter_name, None)
+        for container in (self.mdpd_side, self.mdpd_distill, self.mdpd_local):
+            if adapter_name in container:
+                del container[adapter_name]
         del self.mdpd_encoders[adapter_name]
+        self._sync_side_trainability()
 
     def set_eval_path(self, path: str) -> None:
         """Choose which path predicts in eval mode: "backbone" (what fading ships) or "side"."""
@@ -403,7 +417,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self._hook_handles = []
 
     def _side_path_needed(self) -> bool:
-        if not self._adapters_enabled or self.active_adapters[0] not in self.mdpd_side:
+        if not self._adapters_enabled or not self.active_adapters or self.active_adapters[0] not in self.mdpd_side:
             return False
         return self.model.training or self.peft_config[self.active_adapters[0]].eval_path == "side"
 
@@ -424,10 +438,11 @@ class MDPDModel(TunerHeldModules, BaseTuner):
                 "question answering), or call model.eval() to predict. Without them only the distillation terms would "
                 "train, silently (a dataset without a label column does this under the Trainer)."
             )
-        if self.model.training and getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
+        if getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
             # PeftModel hooks the input embeddings to require grad once the model checkpoints (so do transformers
             # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
-            # backward would cross the whole backbone even when only the last layers' norms train (fading_layers).
+            # backward would cross the whole backbone even when only the last layers' norms train (fading_layers),
+            # and every forward of an adapter loaded for inference would record the backbone for a backward.
             self.model.disable_input_require_grads()
         learns = True
         if self.model.training and self._side_path_needed():
@@ -598,6 +613,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         PEFT's own ``unload()`` keeps the trained ``modules_to_save`` copy; MDPD's returns the untouched base,
         original head included, so that ``unload()`` really undoes the adapter.
         """
+        if merge and safe_merge:  # refuse before anything changes
+            self._require_finite_merge(adapter_names)
         self._remove_hooks()
         if checkpoints(self.model):
             # the faded model is a plain inference model: no checkpointing, no input-grad hook of transformers'
@@ -608,3 +625,14 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         if not merge:
             restore_original_modules(self.model)
         return super()._unload_and_optionally_merge(merge=merge, progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
+
+    def _require_finite_merge(self, adapter_names: list[str] | None) -> None:
+        """``safe_merge=True``: every norm copy and task head copy that fading would ship is finite."""
+        names = adapter_names or self.active_adapters
+        for module_name, module in self.model.named_modules():
+            if isinstance(module, MDPDLayer):
+                for name in set(names) & set(module.mdpd_copies):
+                    require_finite(module.mdpd_copies[name], f"adapter {name!r}'s copy of {module_name}")
+            elif isinstance(module, ModulesToSaveWrapper):
+                for name in set(names) & set(module.modules_to_save):
+                    require_finite(module.modules_to_save[name], f"adapter {name!r}'s task head {module_name}")

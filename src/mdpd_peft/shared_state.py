@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from peft.tuners.tuners_utils import _get_submodules
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
@@ -13,7 +14,8 @@ class TunerHeldModules:
     """Mixin for a ``BaseTuner`` that keeps per-adapter modules in ``nn.ModuleDict`` attributes of its own
     (``adapter_containers``): MDPD's side network, DTL's compact side network. Their keys carry the adapter
     name in the middle (``base_model.mdpd_side.default.blocks...``), where PEFT's default looks only at the
-    end; saving drops it there, and loading maps keys back through the same rule."""
+    end; saving drops it there, and loading maps keys back through the same rule. Their dtype follows
+    ``autocast_adapter_dtype`` as PEFT's layers do."""
 
     adapter_containers: tuple[str, ...] = ()
 
@@ -25,6 +27,14 @@ class TunerHeldModules:
                 return re.sub(pattern, rf"\g<1>{container}\g<2>", key, count=1)
         return super()._remove_adapter_name_from_key(key, adapter_name)
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT casts its layers' weights once the adapter is injected; the modules held here follow the same rule."""
+        super()._cast_adapter_dtype(adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+        for container in self.adapter_containers:
+            modules = getattr(self, container, None)
+            if isinstance(modules, nn.ModuleDict) and adapter_name in modules:
+                place_adapter_module(modules[adapter_name], self.model, autocast_adapter_dtype)
+
 
 def restore_original_modules(model: nn.Module) -> None:
     """Put each ``modules_to_save`` wrapper's original module back: ``unload()`` returns the untouched base
@@ -33,3 +43,20 @@ def restore_original_modules(model: nn.Module) -> None:
         if isinstance(module, ModulesToSaveWrapper):
             parent, _, child_name = _get_submodules(model, name)
             setattr(parent, child_name, module.original_module)
+
+
+def adapter_names_of(adapter_names: str | list[str]) -> list[str]:
+    """PEFT's ``adapter_names`` arguments take one name or several."""
+    return [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+
+
+def place_adapter_module(module: nn.Module, model: nn.Module, autocast_adapter_dtype: bool = True) -> nn.Module:
+    """Put a tuner-held adapter module where PEFT puts its layers' weights: on the model's device, in the model's
+    float dtype, upcast from half precision to float32 when ``autocast_adapter_dtype`` (PEFT's default). Under
+    ``low_cpu_mem_usage=True`` it stays on the meta device, where the loaded weights replace it."""
+    reference = next(p for p in model.parameters() if p.is_floating_point())
+    dtype = reference.dtype
+    if autocast_adapter_dtype and dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    on_meta = any(p.is_meta for p in module.parameters())
+    return module.to(device=None if on_meta else reference.device, dtype=dtype)
