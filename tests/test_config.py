@@ -15,7 +15,7 @@ from conftest import tiny_text_model
         ({"aligner_rank": 0}, "aligner_rank", "integer >= 1"),
         ({"deep_loss_weight": -1.0}, "deep_loss_weight", ">= 0"),
         ({"gate_temperature": 0.0}, "gate_temperature", "> 0"),
-        ({"side_init": "zeros"}, "side_init", "'pruned', 'random'"),
+        ({"side_init": "zeros"}, "side_init", "'auto', 'pruned', 'random'"),
         ({"eval_path": "both"}, "eval_path", "'backbone', 'side'"),
         ({"norm_position": "middle"}, "norm_position", "'pre', 'post'"),
         ({"fading": "later"}, "fading", "'backprop', 'checkpointed', 'head_only', 'block_local'"),
@@ -65,4 +65,4 @@ def test_defaults_follow_the_paper():
     config = MDPDConfig()
     assert (config.reduction_factor, config.mask_ratio) == (8, 0.5)
     assert (config.shallow_loss_weight, config.deep_loss_weight, config.logits_loss_weight) == (4e-5, 6e-5, 1e-4)
-    assert (config.side_init, config.eval_path, config.side_layers, config.target_modules) == ("pruned", "backbone", None, None)
+    assert (config.side_init, config.eval_path, config.side_layers, config.target_modules) == ("auto", "backbone", None, None)

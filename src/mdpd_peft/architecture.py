@@ -17,6 +17,8 @@ from .config import MDPDConfig, invalid
 # LayerNorm names that mark a pre-norm block (the norm reads the block input): ViT/DeiT/BEiT/Swin,
 # CLIP/SigLIP, DINOv2, ModernBERT. Post-norm blocks (BERT, RoBERTa, DistilBERT, DeBERTa) name theirs
 # "LayerNorm", "sa_layer_norm", "output_layer_norm".
+HIDDEN_SIZE_NAMES = ("hidden_size", "dim", "d_model")
+LAYER_COUNT_NAMES = ("num_hidden_layers", "n_layers", "num_layers")
 PRE_NORM_NAMES = ("layernorm_before", "layer_norm1", "norm1", "ln_1", "input_layernorm", "attn_norm", "mlp_norm")
 
 
@@ -27,6 +29,16 @@ def first_config_value(config, names: tuple[str, ...], default=None):
         if value is not None:
             return value
     return default
+
+
+def encoder_config(model_config, width: int):
+    """The config that describes the encoder: the model's own, or the sub-config whose hidden size is the
+    layers' width (``CLIPForImageClassification`` keeps its vision tower's head count in ``vision_config``)."""
+    sub_configs = [getattr(model_config, name, None) for name in getattr(model_config, "sub_configs", {})]
+    for candidate in (model_config, *(c for c in sub_configs if c is not None)):
+        if first_config_value(candidate, HIDDEN_SIZE_NAMES) == width:
+            return candidate
+    return model_config
 
 
 def backbone_modules(module: nn.Module):
@@ -104,10 +116,16 @@ def linears_of(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
 
 
+def ffn_width(layer: nn.Module, width: int) -> int | None:
+    """The FFN's inner width, read from the module: the input width of the layer's last Linear that writes the
+    layer's width from another (configs may not say it: ``mlp_ratio``, SwiGLU's rounded width)."""
+    writers = [m for m in linears_of(layer) if m.out_features == width and m.in_features != width]
+    return writers[-1].in_features if writers else None
+
+
 def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
     """Map ``model`` for ``config``; raises ValueError naming the field to set where a rule fails."""
-    model_config = model.config
-    num_layers = first_config_value(model_config, ("num_hidden_layers", "n_layers", "num_layers"))
+    num_layers = first_config_value(model.config, LAYER_COUNT_NAMES)
     if config.layers_path is not None:
         try:
             layers = model.get_submodule(config.layers_path)
@@ -119,9 +137,6 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
     else:
         layers_path = find_layer_list(model, num_layers)
         layers = model.get_submodule(layers_path)
-    if num_layers is None or num_layers % len(layers) != 0:
-        num_layers = len(layers)
-
     # A layer's output width is that of its last Linear (the FFN output; Swin's patch merging); its
     # input width that of its first (the query projection).
     layer_linears = [linears_of(layer) for layer in layers]
@@ -131,8 +146,12 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
             "MDPDConfig.layers_path to the nn.ModuleList that holds the encoder's transformer layers."
         )
     module_widths = [linears[-1].out_features for linears in layer_linears]
+    model_config = encoder_config(model.config, module_widths[-1])
+    num_layers = first_config_value(model_config, LAYER_COUNT_NAMES)
+    if num_layers is None or num_layers % len(layers) != 0:
+        num_layers = len(layers)
     layer_widths = tuple(module_widths[i * len(layers) // num_layers] for i in range(num_layers))
-    hidden_size = first_config_value(model_config, ("hidden_size", "dim", "d_model"), layer_widths[-1])
+    hidden_size = first_config_value(model_config, HIDDEN_SIZE_NAMES, layer_widths[-1])
     num_heads = first_config_value(model_config, ("num_attention_heads", "n_heads", "num_heads"))
     if isinstance(num_heads, (list, tuple)):  # per stage (Swin): the deepest stage's, whose width is D_B
         num_heads = num_heads[-1]
@@ -141,7 +160,9 @@ def map_encoder(model: nn.Module, config: MDPDConfig) -> EncoderMap:
             f"MDPD could not read the number of attention heads of {type(model).__name__} from its config "
             "(looked for num_attention_heads/n_heads/num_heads)."
         )
-    intermediate_size = first_config_value(model_config, ("intermediate_size", "hidden_dim", "ffn_dim"))
+    intermediate_size = ffn_width(layers[-1], layer_widths[-1])
+    if intermediate_size is None:
+        intermediate_size = first_config_value(model_config, ("intermediate_size", "hidden_dim", "ffn_dim"))
     if intermediate_size is None:
         intermediate_size = int(first_config_value(model_config, ("mlp_ratio",), 4) * hidden_size)
     activation = first_config_value(model_config, ("hidden_act", "activation", "hidden_activation"), "gelu")
@@ -194,6 +215,11 @@ class BlockParts:
     ffn_norm: Optional[nn.Module]
 
 
+class PruningNotApplicable(ValueError):
+    """The backbone's blocks are not the standard ones pruned initialisation reads (``side_init="auto"`` then
+    initialises randomly; ``"pruned"`` raises it)."""
+
+
 def find_block_parts(layer: nn.Module, hidden_size: int, intermediate_size: int) -> BlockParts:
     """Roles by shape and registration order.
 
@@ -220,7 +246,7 @@ def find_block_parts(layer: nn.Module, hidden_size: int, intermediate_size: int)
     ffn_in = [m for m in after_attention if m.in_features == d and m.out_features in (i, 2 * i)]
     ffn_out = [m for m in after_attention if (m.in_features, m.out_features) == (i, d)]
     if not qkv or len(ffn_in) != 1 or len(ffn_out) != 1 or i == d:
-        raise ValueError(
+        raise PruningNotApplicable(
             f"MDPDConfig.side_init='pruned' needs a standard transformer block (q/k/v projections of size {d}, "
             f"separate or fused, an output projection, one FFN {d}->{i}->{d}), but {type(layer).__name__} has "
             f"{len(square)} {d}x{d} Linears and {len(ffn_in)}+{len(ffn_out)} FFN Linears. "

@@ -15,7 +15,7 @@ from .enum_extension import add_str_enum_member
 
 add_str_enum_member(PeftType, "MDPD")
 
-SIDE_INITS = ("pruned", "random")
+SIDE_INITS = ("auto", "pruned", "random")
 EVAL_PATHS = ("backbone", "side")
 NORM_POSITIONS = ("pre", "post")
 FADINGS = ("backprop", "checkpointed", "head_only", "block_local")
@@ -130,10 +130,12 @@ class MDPDConfig(PeftConfig):
             head belongs here (PEFT adds ``classifier``/``score`` for ``task_type="SEQ_CLS"``; set it
             yourself for ``task_type=None``, e.g. ``["classifier"]`` for image classification).
         side_init: ``"pruned"`` initialises each side block from its backbone block by structured
-            pruning (LST; channels ranked by the L1 norm of the weights that read or write them);
-            ``"random"`` uses PyTorch's default initialisation. Models whose stages change width
-            (Swin) need ``"random"``: pruning keeps one set of residual channels for all blocks.
-            Ladder only: the other side networks initialise as their papers do.
+            pruning (LST; channels ranked by the L1 norm of the weights that read or write them) and
+            raises where it cannot apply; ``"random"`` uses PyTorch's default initialisation; ``"auto"``
+            (default) prunes where the blocks are standard transformer blocks of one width, and otherwise
+            initialises randomly with one log line saying why (Swin's widening stages: pruning keeps one
+            set of residual channels for all blocks). Ladder only: the other side networks initialise as
+            their papers do.
         dtl_rank: d', the rank of DTL's per-block maps (DTL: 2). Integer >= 1.
         dtl_inject_from: M, the first block (0-based) whose output DTL's side information is added to;
             ``None`` is the middle block (``num_layers // 2``: DTL's M = 7 of ViT-B's 12, 1-based).
@@ -190,7 +192,7 @@ class MDPDConfig(PeftConfig):
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained in full and saved, e.g. the task head."}
     )
-    side_init: str = field(default="pruned", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
+    side_init: str = field(default="auto", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
     dtl_rank: int = field(default=2, metadata={"help": "DTL: rank d' of each block's map."})
     dtl_inject_from: Optional[int] = field(default=None, metadata={"help": "DTL: first block M (0-based) that gets the side information; None = middle."})
     dtl_conv_kernel: int = field(default=3, metadata={"help": "DTL+: kernel size of the depthwise convolution."})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .architecture import BlockParts, EncoderMap, Projection, find_block_parts
+from .architecture import BlockParts, EncoderMap, Projection, PruningNotApplicable, find_block_parts
 from .config import invalid
 
 if TYPE_CHECKING:  # the ladder imports this module
@@ -80,10 +80,10 @@ def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backb
 def prune_into_side_network(side: LadderSideNetwork, model: nn.Module, encoder: EncoderMap) -> None:
     """Initialise every side block from its backbone layer (the side network's layers map to ``side.side_layers``)."""
     if not encoder.uniform_width:
-        raise invalid(
+        raise PruningNotApplicable(*invalid(
             "side_init", "pruned", f"'random' for a model whose layers change width ({type(model).__name__}: "
             f"{encoder.embedding_width} -> {list(encoder.layer_widths)}); pruning keeps one set of residual channels"
-        )
+        ).args)
     parts = [
         find_block_parts(encoder.layer_module(model, i), encoder.hidden_size, encoder.intermediate_size) for i in side.side_layers
     ]

@@ -15,16 +15,20 @@ attended to and no attention matrix is stored. The side blocks have no dropout.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from ..architecture import EncoderMap
+from ..architecture import EncoderMap, PruningNotApplicable
 from ..distillation import recomputed
 from ..pruning import prune_into_side_network
 from ..token_layout import pool_tokens
 from .base import BackboneStates, SideNetwork, SideOutput, full_value, register_side_network
+
+logger = logging.getLogger(__name__)
 
 
 def side_head_count(side_width: int, num_heads: int) -> int:
@@ -87,10 +91,10 @@ class LadderSideNetwork(SideNetwork):
         gate_init: float,
         gate_temperature: float,
         num_outputs: int | None,
-        pruned_init: bool = False,
+        side_init: str = "random",
     ):
         super().__init__()
-        self.pruned_init = pruned_init
+        self.side_init = side_init
         self.side_layers = list(side_layers)
         self.distilled_layers = self.side_layers
         self.width = self.feature_width = max(1, encoder.hidden_size // reduction_factor)
@@ -110,13 +114,19 @@ class LadderSideNetwork(SideNetwork):
 
     @classmethod
     def from_config(cls, encoder, config, side_layers, num_outputs):
-        pruned = config.side_init == "pruned"
-        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs, pruned)
+        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs, config.side_init)
 
     def init_from_backbone(self, model: nn.Module, encoder: EncoderMap) -> None:
-        """LST's pruned initialisation (``MDPDConfig.side_init="pruned"``): see ``pruning.py``."""
-        if self.pruned_init:
+        """LST's pruned initialisation (``MDPDConfig.side_init``, see ``pruning.py``); with ``"auto"``, random where
+        the backbone's blocks are not standard, said in one log line."""
+        if self.side_init == "random":
+            return
+        try:
             prune_into_side_network(self, model, encoder)
+        except PruningNotApplicable as reason:
+            if self.side_init == "pruned":
+                raise
+            logger.warning("MDPDConfig.side_init='auto' initialises the ladder randomly for %s: %s", type(model).__name__, reason)
 
     def gates(self) -> torch.Tensor:
         """g_l = sigmoid(alpha_l / T), one per side layer."""
