@@ -25,7 +25,10 @@ class BatchLimits:
 
     @classmethod
     def of(cls, model: nn.Module) -> "BatchLimits":
-        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        try:
+            embeddings = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError):  # vision models (CLIPForImageClassification raises)
+            embeddings = None
         vocab_size = embeddings.num_embeddings if isinstance(embeddings, nn.Embedding) else None
         max_tokens = None
         for name, module in model.named_modules():
