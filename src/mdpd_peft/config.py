@@ -102,8 +102,8 @@ class MDPDConfig(PeftConfig):
             0.93x LoRA's step time at 0.22x its memory, but faded test 0.736 on MiniLM (0.816 default).
             ``merge_and_unload()`` returns a plain model in every case. Default
             ``"checkpointed"``: measured at BERT-base, batch 16 x 128 (CPU tensor bytes), peak training
-            memory 0.22x LoRA's against 1.14x for ``"backprop"``, for 1.57x LoRA's step time against
-            1.09x (benchmarks/RESULTS.md); the gradients are those of ``"backprop"``.
+            memory 0.19x LoRA's (LoRA with gradient checkpointing: 0.18x) against 1.14x for ``"backprop"``,
+            for 1.57x LoRA's step time against 1.09x (docs/fading.md); the gradients are those of ``"backprop"``.
         fading_layers: k: with ``target_modules=None``, train the LayerNorms of only the last k encoder
             layers (and any norm after the layers, such as a pre-norm model's final LayerNorm) instead of
             every LayerNorm. Fading's backward then stops k layers deep: the layers before run without
