@@ -133,6 +133,9 @@ ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
     "mdpd_logits_only": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0),
     # B -> S only: no logits distillation; the backbone learns from its own task loss.
     "mdpd_features_only": partial(_mdpd, logits_loss_weight=0.0),
+    # No distillation at all: the side network trains beside the backbone but teaches it nothing, so the faded
+    # model is LayerNorm tuning; its gap to "mdpd" is what the distillation does (issue 16's ablation).
+    "mdpd_no_distillation": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0, logits_loss_weight=0.0),
     "mdpd_mask_0.25": partial(_mdpd, mask_ratio=0.25),
     "mdpd_mask_0.75": partial(_mdpd, mask_ratio=0.75),
 }

@@ -41,6 +41,7 @@ NAMES = {
     "probe": "linear probe (frozen encoder)",
     "mdpd_logits_only": "MDPD, logits path only (S→B): no feature distillation",
     "mdpd_features_only": "MDPD, feature path only (B→S): no logits distillation",
+    "mdpd_no_distillation": "MDPD, no distillation (all distillation weights 0)",
     "mdpd_mask_0.25": "MDPD, mask ratio λ = 0.25",
     "mdpd_mask_0.75": "MDPD, mask ratio λ = 0.75",
 }
