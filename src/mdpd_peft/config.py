@@ -12,6 +12,7 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from safetensors import SafetensorError, safe_open
 
 from .enum_extension import add_str_enum_member
+from .side_network_registry import SIDE_NETWORKS
 
 add_str_enum_member(PeftType, "MDPD")
 
@@ -241,8 +242,6 @@ class MDPDConfig(PeftConfig):
 
     def check_values(self) -> None:
         """Checks the settings that do not depend on the model (the rest are checked by the tuner)."""
-        from .side_networks import SIDE_NETWORKS  # the registry imports this module
-
         if not isinstance(self.side_network, str) or self.side_network not in SIDE_NETWORKS:
             raise invalid("side_network", self.side_network, f"one of {tuple(SIDE_NETWORKS)}")
         for name, allowed in (("side_init", SIDE_INITS), ("eval_path", EVAL_PATHS), ("fading", FADINGS), ("nonfinite_loss", NONFINITE_LOSS_ACTIONS)):

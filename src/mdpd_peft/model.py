@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
@@ -18,106 +16,32 @@ from transformers.utils import ModelOutput
 from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from .batch_checks import BatchLimits, check_batch
 from .config import EVAL_PATHS, MDPDConfig, invalid
-from .distillation import DualPathDistiller, logits_distillation_loss
+from .distillation import DualPathDistiller
+from .forward_pass import (
+    TARGET_ARGUMENTS,
+    ForwardCapture,
+    SidePass,
+    as_loaded,
+    backbone_logits_of,
+    cached_backbone_states,
+    layer_input,
+    layer_output,
+    real_tokens,
+    side_pass,
+    with_backbone_terms,
+    with_layer_input,
+    with_layer_output,
+    write_logits,
+)
 from .layer import MDPDLayer, require_finite
 from .shared_state import TunerHeldModules, adapter_names_of, place_adapter_module, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
 from .side_networks.base import full_value, masked_mean
 from .task_loss import side_task_loss
 
-TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")
 # The heads PEFT's task wrappers save; some wrappers add them only after the tuner is built, too late for
 # sizing the side network's head, so MDPD fills them in first.
 TASK_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"], "QUESTION_ANS": ["qa_outputs"]}
-
-
-@dataclass
-class ForwardCapture:
-    """What the hooks collect during one backbone forward pass (all tensors detached)."""
-
-    attention_mask: torch.Tensor | None
-    targets: dict[str, torch.Tensor]
-    embeddings: torch.Tensor | None = None
-    layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
-    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # (args, kwargs) of the calls to re-run
-    local_losses: list[torch.Tensor] = field(default_factory=list)  # fading="block_local": each layer's, detached
-
-
-@dataclass
-class SidePass:
-    """The side path's result on one batch: its logits, its unweighted loss terms and their weighted sum."""
-
-    logits: torch.Tensor | None  # (B, C) or (B, N, C); None without a task head
-    losses: dict[str, torch.Tensor]  # "task", "shallow", "deep" (those computed)
-    loss: torch.Tensor
-
-
-def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
-    """The hidden states an encoder layer is called with (positionally or as ``hidden_states=``)."""
-    if args:
-        return args[0]
-    return kwargs.get("hidden_states", next(v for v in kwargs.values() if isinstance(v, torch.Tensor)))
-
-
-def layer_output(output) -> torch.Tensor:
-    """The hidden states an encoder layer returns (a tensor, or the first item of a tuple)."""
-    return output if isinstance(output, torch.Tensor) else output[0]
-
-
-def with_layer_output(output, hidden: torch.Tensor):
-    """A layer's return value with its hidden states replaced by ``hidden``."""
-    return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
-
-
-def with_layer_input(args: tuple, kwargs: dict, hidden: torch.Tensor) -> tuple[tuple, dict]:
-    """The arguments of a layer call with its hidden states replaced by ``hidden``."""
-    if args:
-        return (hidden, *args[1:]), kwargs
-    name = "hidden_states" if "hidden_states" in kwargs else next(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
-    return args, {**kwargs, name: hidden}
-
-
-@contextmanager
-def as_loaded(layer: nn.Module):
-    """Run ``layer`` as it was loaded: its adapter copies bypassed and no activation checkpointing (a
-    recomputation in backward would run after this context has closed, with the copies)."""
-    wrapped = [m for m in layer.modules() if isinstance(m, MDPDLayer)]
-    checkpointed = [m for m in layer.modules() if getattr(m, "gradient_checkpointing", False)]
-    disabled = [m._disable_adapters for m in wrapped]
-    for module in wrapped:
-        module._disable_adapters = True
-    for module in checkpointed:
-        module.gradient_checkpointing = False
-    try:
-        yield layer
-    finally:
-        for module, was_disabled in zip(wrapped, disabled):
-            module._disable_adapters = was_disabled
-        for module in checkpointed:
-            module.gradient_checkpointing = True
-
-
-def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, device: torch.device) -> torch.Tensor:
-    """(B, N) bool of real tokens; every token is real when the model got no 2-D padding mask of that shape."""
-    if attention_mask is not None and tuple(attention_mask.shape) == (batch, tokens):
-        return attention_mask.to(device=device).bool()
-    return torch.ones(batch, tokens, dtype=torch.bool, device=device)
-
-
-def backbone_logits_of(output: ModelOutput) -> torch.Tensor | None:
-    """Y_B: ``logits`` (B, C) or (B, N, C), or start/end logits stacked to (B, N, 2); None for feature extraction."""
-    if output.get("logits") is not None:
-        return output["logits"]
-    if output.get("start_logits") is not None:
-        return torch.stack([output["start_logits"], output["end_logits"]], dim=-1)
-    return None
-
-
-def write_logits(output: ModelOutput, logits: torch.Tensor) -> None:
-    if output.get("logits") is not None:
-        output["logits"] = logits
-    else:
-        output["start_logits"], output["end_logits"] = logits[..., 0], logits[..., 1]
 
 
 def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> int | None:
@@ -514,26 +438,18 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         backbone_logits = backbone_logits_of(output)
         logits_dtype = backbone_logits.dtype if backbone_logits is not None else None
         per_token = backbone_logits is not None and backbone_logits.dim() == 3
-        side_pass = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
-        side_logits, losses, total = side_pass.logits, side_pass.losses, side_pass.loss
+        side = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
 
         if not self.model.training:  # eval_path == "side": the side network predicts
-            if side_logits is not None:
-                write_logits(output, side_logits)
-            if "task" in losses:
-                output["loss"] = losses["task"]
+            if side.logits is not None:
+                write_logits(output, side.logits)
+            if "task" in side.losses:
+                output["loss"] = side.losses["task"]
             return output
 
-        if config.logits_loss_weight and side_logits is not None:
-            losses["logits"] = logits_distillation_loss(side_logits, backbone_logits, real)
-            total = total + config.logits_loss_weight * losses["logits"]
+        losses, total = with_backbone_terms(side, config, backbone_logits, output.get("loss"), real)
         if capture.local_losses:  # already backpropagated, layer by layer (fading="block_local"): logged only
             losses["local"] = torch.stack(capture.local_losses).mean()
-        backbone_task = output.get("loss")  # the wrapped model's own loss on its own logits, when it got labels
-        if config.backbone_task_loss_weight and backbone_task is not None:
-            # Not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits (see MDPDConfig).
-            losses["backbone_task"] = backbone_task
-            total = total + config.backbone_task_loss_weight * backbone_task
         if not self._loss_is_finite({**losses, "total": total}):  # before backward() or an optimizer can use it
             total = total.detach() + sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0  # zero gradients
         output["loss"] = total
@@ -545,28 +461,12 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     # ------------------------------------------------------------------------------------- side path
 
     def _side_pass(self, states: BackboneStates, targets: dict, per_token: bool, logits_dtype: torch.dtype | None, distil: bool = True) -> SidePass:
-        """The side network on ``states``, its task loss and the feature distillation (Eq. 1-7): the terms that
-        train the side network, shared by the live pass (hooks) and training on cached states."""
+        """The active adapter's ``forward_pass.side_pass``: for the live pass and for cached states alike."""
         adapter_name = self.active_adapters[0]
-        config: MDPDConfig = self.peft_config[adapter_name]
-        side = self.mdpd_side[adapter_name]
-        side_output = side(states, per_token=None if logits_dtype is None else per_token)  # the head runs inside (FSDP)
-        side_logits = None if side_output.logits is None else side_output.logits.to(logits_dtype)
-        # A term whose weight is 0 is not computed at all: even times 0 it would keep its graph (and the
-        # backbone activations behind it) alive until backward.
-        losses: dict[str, torch.Tensor] = {}
-        total = side_output.final_state.new_zeros(())
-        task = side_task_loss(side_logits, targets, self.model.config) if side_logits is not None else None
-        if task is not None:
-            losses["task"] = task
-            total = total + task
-        if distil and (config.shallow_loss_weight or config.deep_loss_weight):
-            teacher_states = [states.layer_outputs[i].to(feature.dtype) for i, feature in zip(side.distilled_layers, side_output.features)]
-            encoder = self.mdpd_encoders[adapter_name]
-            shallow, deep = self.mdpd_distill[adapter_name](side_output.features, teacher_states, states.real, config.mask_ratio, encoder.is_vision)
-            losses.update(shallow=shallow, deep=deep)
-            total = total + config.shallow_loss_weight * shallow + config.deep_loss_weight * deep
-        return SidePass(side_logits, losses, total)
+        return side_pass(
+            self.mdpd_side[adapter_name], self.mdpd_distill[adapter_name], self.peft_config[adapter_name], states, targets,
+            self.model.config, per_token, logits_dtype, self.mdpd_encoders[adapter_name].is_vision, distil,
+        )
 
     def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
         """Train the side network without the backbone: its loss terms on one batch of cached backbone states.
@@ -576,8 +476,6 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         need the backbone's logits (Eq. 3, the backbone task loss) are the fade phase's. ``loss`` is their
         weighted sum; ``latest_losses`` holds them for logging, as after a live pass.
         """
-        from .state_cache import cached_backbone_states
-
         adapter_name = self.active_adapters[0]
         side = self.mdpd_side[adapter_name]
         dtype = next(side.parameters()).dtype
@@ -585,9 +483,9 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         states = cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype)
         targets = {name: batch[name] for name in TARGET_ARGUMENTS if batch.get(name) is not None}
         per_token = self.peft_config[adapter_name].task_type in ("TOKEN_CLS", "QUESTION_ANS")
-        side_pass = self._side_pass(states, targets, per_token, dtype)
-        self.latest_losses = {name: value.detach() for name, value in side_pass.losses.items()}
-        return side_pass
+        result = self._side_pass(states, targets, per_token, dtype)
+        self.latest_losses = {name: value.detach() for name, value in result.losses.items()}
+        return result
 
     def _loss_is_finite(self, terms: dict[str, torch.Tensor]) -> bool:
         """Whether every term is finite; if not, raise or warn naming them (``MDPDConfig.nonfinite_loss``)."""

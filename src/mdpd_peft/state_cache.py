@@ -42,12 +42,12 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .config import invalid
-from .side_networks import BackboneStates
+from .forward_pass import TARGET_ARGUMENTS, layer_input, layer_output
+from .model import MDPDModel
 
 MANIFEST = "state_cache.json"  # written last: a folder without it holds an unfinished build
 BUILD_KEY = "build_key.json"  # written first: the key the shards in the folder belong to
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-TARGET_NAMES = ("labels", "start_positions", "end_positions")
 FORMAT_VERSION = 1
 CONFIG_FIELDS_IGNORED = ("use_cache",)  # a decoding switch
 
@@ -109,8 +109,6 @@ def tokenizer_hash(tokenizer) -> str | None:
 
 def mdpd_tuner(model):
     """The ``MDPDModel`` of a PeftModel (or the tuner itself)."""
-    from .model import MDPDModel  # the tuner imports this module's users, not this module
-
     tuner = getattr(model, "base_model", model)
     if not isinstance(tuner, MDPDModel):
         raise TypeError(f"The state cache needs a model from get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}.")
@@ -137,7 +135,7 @@ def hidden_state_indices(tuner) -> tuple[int, ...]:
 def model_inputs(tuner, row_names) -> list[str]:
     """The columns the transformers model takes as inputs (targets excluded)."""
     parameters = inspect.signature(tuner.model.forward).parameters
-    return [name for name in row_names if name in parameters and name not in TARGET_NAMES]
+    return [name for name in row_names if name in parameters and name not in TARGET_ARGUMENTS]
 
 
 def rows_of(dataset, start: int, stop: int) -> list[dict]:
@@ -190,8 +188,6 @@ class StateRecorder:
     """Hooks that collect one backbone pass's embeddings and layer outputs, in call order."""
 
     def __init__(self, tuner):
-        from .model import layer_input, layer_output
-
         self.states: list[torch.Tensor] = []
         layers = tuner.mdpd_encoders[tuner.active_adapters[0]].layers(tuner.model)
         self._handles = [
@@ -222,7 +218,7 @@ def backbone_states(tuner, inputs: dict[str, torch.Tensor], indices: tuple[int, 
 def split_targets(rows: list[dict], real: torch.Tensor) -> dict[str, list[torch.Tensor]]:
     """Each example's targets; per-token labels (one per input position) keep their real tokens only."""
     targets = {}
-    for name in TARGET_NAMES:
+    for name in TARGET_ARGUMENTS:
         if name in rows[0] and rows[0][name] is not None:
             values = []
             for row, row_real in zip(rows, real):
@@ -428,14 +424,3 @@ class StateCache(Dataset):
             else:
                 batch[name] = torch.stack(values)
         return batch
-
-
-def cached_backbone_states(batch: dict[str, torch.Tensor], indices: tuple[int, ...], num_layers: int, dtype: torch.dtype) -> BackboneStates:
-    """``BackboneStates`` from a collated batch: the stored states in place, every other layer missing."""
-    stored = dict(zip(indices, batch["hidden_states"].unbind(dim=2)))  # hidden-state index -> (B, N, D)
-
-    def missing(index: int, hidden: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError(f"backbone layer {index} cannot run on cached states")
-
-    layer_outputs = [stored.get(layer + 1) for layer in range(num_layers)]
-    return BackboneStates(stored[0], layer_outputs, batch["attention_mask"].bool(), missing, dtype)

@@ -1,4 +1,4 @@
-"""What every side network is: its inputs, its outputs, and the registry that names it in ``MDPDConfig``.
+"""What every side network is: its inputs and its outputs.
 
 A side network reads the frozen backbone's states (detached) and produces
 - ``features``: one state per *distilled* backbone layer, which the backbone teaches through the
@@ -22,20 +22,8 @@ from torch.distributed.tensor import DTensor
 
 from ..architecture import EncoderMap
 from ..config import MDPDConfig, invalid
+from ..side_network_registry import SIDE_NETWORKS, register_side_network  # noqa: F401 (re-exported)
 from ..token_layout import stage_real_tokens
-
-SIDE_NETWORKS: dict[str, type["SideNetwork"]] = {}
-
-
-def register_side_network(name: str):
-    """Class decorator: make the side network available as ``MDPDConfig(side_network=name)``."""
-
-    def register(cls: type[SideNetwork]) -> type[SideNetwork]:
-        SIDE_NETWORKS[name] = cls
-        return cls
-
-    return register
-
 
 @dataclass
 class BackboneStates:

@@ -24,8 +24,8 @@ from transformers.activations import ACT2FN
 
 from ..architecture import EncoderMap, PruningNotApplicable
 from ..distillation import recomputed
-from ..pruning import prune_into_side_network
 from ..token_layout import pool_tokens
+from .pruning import prune_into_side_network
 from .base import BackboneStates, SideNetwork, SideOutput, full_value, register_side_network
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class LadderSideNetwork(SideNetwork):
         if self.side_init == "random":
             return
         try:
-            prune_into_side_network(self, model, encoder)
+            prune_into_side_network(list(self.blocks), self.side_layers, self.width, model, encoder)
         except PruningNotApplicable as reason:
             if self.side_init == "pruned":
                 raise

@@ -9,16 +9,11 @@ products stay meaningful, and by v and the output projection) and FFN neurons.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from .architecture import BlockParts, EncoderMap, Projection, PruningNotApplicable, find_block_parts
-from .config import invalid
-
-if TYPE_CHECKING:  # the ladder imports this module
-    from .side_networks.ladder import LadderSideNetwork, SideBlock
+from ..architecture import BlockParts, EncoderMap, Projection, PruningNotApplicable, find_block_parts
+from ..config import invalid
 
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,7 +52,9 @@ def copy_norm(target: nn.LayerNorm, source: nn.Module | None, channels: torch.Te
         target.bias.copy_(source.bias[channels])
 
 
-def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backbone_heads: int) -> None:
+def prune_block(block: nn.Module, parts: BlockParts, hidden: torch.Tensor, backbone_heads: int) -> None:
+    """Copy the kept rows and columns of one backbone layer into a side block (the ladder's ``SideBlock``:
+    ``query``, ``key``, ``value``, ``attn_out``, ``ffn_in``, ``ffn_out``, ``attn_norm``, ``ffn_norm``, ``num_heads``)."""
     side_head_dim = block.query.out_features // block.num_heads
     qk_scores = parts.query[0].abs().sum(dim=1) + parts.key[0].abs().sum(dim=1)
     vo_scores = parts.value[0].abs().sum(dim=1) + parts.attn_out[0].abs().sum(dim=0)
@@ -77,16 +74,16 @@ def prune_block(block: SideBlock, parts: BlockParts, hidden: torch.Tensor, backb
 
 
 @torch.no_grad()
-def prune_into_side_network(side: LadderSideNetwork, model: nn.Module, encoder: EncoderMap) -> None:
-    """Initialise every side block from its backbone layer (the side network's layers map to ``side.side_layers``)."""
+def prune_into_side_network(blocks: list[nn.Module], side_layers: list[int], width: int, model: nn.Module, encoder: EncoderMap) -> None:
+    """Initialise side block i from backbone layer ``side_layers[i]``, keeping ``width`` residual channels."""
     if not encoder.uniform_width:
         raise PruningNotApplicable(*invalid(
             "side_init", "pruned", f"'random' for a model whose layers change width ({type(model).__name__}: "
             f"{encoder.embedding_width} -> {list(encoder.layer_widths)}); pruning keeps one set of residual channels"
         ).args)
     parts = [
-        find_block_parts(encoder.layer_module(model, i), encoder.hidden_size, encoder.intermediate_size) for i in side.side_layers
+        find_block_parts(encoder.layer_module(model, i), encoder.hidden_size, encoder.intermediate_size) for i in side_layers
     ]
-    hidden = top_indices(sum(residual_channel_scores(p).float() for p in parts), side.width)
-    for block, block_parts in zip(side.blocks, parts):
+    hidden = top_indices(sum(residual_channel_scores(p).float() for p in parts), width)
+    for block, block_parts in zip(blocks, parts):
         prune_block(block, block_parts, hidden, encoder.num_heads)
