@@ -20,6 +20,9 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -159,9 +162,24 @@ class DualPathDistiller(nn.Module):
         return ((teacher - generated).pow(2) * masked.unsqueeze(-1).to(generated.dtype)).sum()
 
 
+RECOMPUTING = ContextVar("mdpd_recomputing", default=True)
+
+
+@contextmanager
+def intermediates_kept():
+    """Inside, ``recomputed`` keeps its intermediates: for training on cached states, where no backbone
+    activation competes for memory and the point is time (one side forward per step instead of two)."""
+    token = RECOMPUTING.set(False)
+    try:
+        yield
+    finally:
+        RECOMPUTING.reset(token)
+
+
 def recomputed(function, *args) -> torch.Tensor:
-    """``function(*args)``, recomputed in backward instead of keeping its intermediates when autograd records."""
-    if not torch.is_grad_enabled():
+    """``function(*args)``, recomputed in backward instead of keeping its intermediates when autograd records
+    (unless inside ``intermediates_kept``)."""
+    if not torch.is_grad_enabled() or not RECOMPUTING.get():
         return function(*args)
     return checkpoint(function, *args, use_reentrant=False)
 

@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from .batch_checks import BatchLimits, check_batch
 from .config import EVAL_PATHS, MDPDConfig, invalid
-from .distillation import DualPathDistiller
+from .distillation import DualPathDistiller, intermediates_kept
 from .forward_pass import (
     TARGET_ARGUMENTS,
     ForwardCapture,
@@ -474,7 +474,9 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         ``batch`` is ``StateCache.collate``'s (``hidden_states`` (B, N, S, D), ``attention_mask``, targets). The
         terms are the live pass's side terms (side task, shallow, deep), computed by the same code; the ones that
         need the backbone's logits (Eq. 3, the backbone task loss) are the fade phase's. ``loss`` is their
-        weighted sum; ``latest_losses`` holds them for logging, as after a live pass.
+        weighted sum; ``latest_losses`` holds them for logging, as after a live pass. The side steps and feature
+        terms keep their intermediates here instead of recomputing them in backward: the step's memory is the side
+        path's alone, and time is what the cache is for.
         """
         adapter_name = self.active_adapters[0]
         side = self.mdpd_side[adapter_name]
@@ -483,7 +485,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         states = cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype)
         targets = {name: batch[name] for name in TARGET_ARGUMENTS if batch.get(name) is not None}
         per_token = self.peft_config[adapter_name].task_type in ("TOKEN_CLS", "QUESTION_ANS")
-        result = self._side_pass(states, targets, per_token, dtype)
+        with intermediates_kept():
+            result = self._side_pass(states, targets, per_token, dtype)
         self.latest_losses = {name: value.detach() for name, value in result.losses.items()}
         return result
 
