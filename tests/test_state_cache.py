@@ -86,16 +86,17 @@ def test_a_stale_or_foreign_cache_is_refused(tmp_path):
 @pytest.mark.parametrize("side_network", ["ladder", "unipt"])
 def test_training_on_the_cache_equals_training_on_live_states(tmp_path, side_network):
     """Dropout off and the backbone held still (``fading="head_only"``): the side network sees the same states
-    either way, so the same seeds give the same loss terms and the same weights."""
+    either way, so the same seeds give the same loss terms and the same weights, with the side steps recomputed in
+    backward (the default) or kept (``recompute=False``)."""
     data = ragged_dataset(rows=12)
     batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     results = []
-    for cached in (False, True):
+    for cached, recompute in ((False, None), (True, True), (True, False)):
         from peft import get_peft_model
 
         model = get_peft_model(without_dropout(tiny_text_model()), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_network=side_network, fading="head_only"))
         tuner = model.base_model
-        cache = build_state_cache(model, data, tmp_path / f"{side_network}-{cached}", dtype=torch.float32) if cached else None
+        cache = build_state_cache(model, data, tmp_path / f"{side_network}-{recompute}", dtype=torch.float32) if cached else None
         optimizer = torch.optim.AdamW([*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()], lr=1e-2)
         model.train()
         terms = []
@@ -103,7 +104,7 @@ def test_training_on_the_cache_equals_training_on_live_states(tmp_path, side_net
             torch.manual_seed(step)
             optimizer.zero_grad()
             if cached:
-                side_pass = tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in rows]))
+                side_pass = tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in rows]), recompute=recompute)
                 loss, losses = side_pass.loss, side_pass.losses
             else:
                 length = max(sum(data[i]["attention_mask"]) for i in rows)  # dynamic padding, as the collate
@@ -115,12 +116,13 @@ def test_training_on_the_cache_equals_training_on_live_states(tmp_path, side_net
             optimizer.step()
             terms.append(torch.stack([losses[name].detach() for name in ("task", "shallow", "deep")]))
         results.append((torch.stack(terms), {n: p.detach().clone() for n, p in tuner.mdpd_side.named_parameters()}))
-    (live_terms, live_weights), (cached_terms, cached_weights) = results
-    torch.testing.assert_close(cached_terms, live_terms, rtol=1e-4, atol=1e-5)
-    for name in live_weights:
-        if name.endswith("confidence.bias"):  # UniPT's softmax is blind to it: its gradient is 0 plus rounding, which AdamW scales up
-            continue
-        torch.testing.assert_close(cached_weights[name], live_weights[name], rtol=1e-4, atol=1e-5, msg=name)
+    (live_terms, live_weights), *cached_runs = results
+    for cached_terms, cached_weights in cached_runs:
+        torch.testing.assert_close(cached_terms, live_terms, rtol=1e-4, atol=1e-5)
+        for name in live_weights:
+            if name.endswith("confidence.bias"):  # UniPT's softmax is blind to it: its gradient is 0 plus rounding, which AdamW scales up
+                continue
+            torch.testing.assert_close(cached_weights[name], live_weights[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_an_interrupted_build_is_never_read_and_resumes(tmp_path):

@@ -102,8 +102,12 @@ def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, de
 
 
 def cached_backbone_states(batch: dict[str, torch.Tensor], indices: tuple[int, ...], num_layers: int, dtype: torch.dtype) -> BackboneStates:
-    """``BackboneStates`` from a collated ``StateCache`` batch: the stored states in place, every other layer missing."""
-    stored = dict(zip(indices, batch["hidden_states"].unbind(dim=2)))  # hidden-state index -> (B, N, D)
+    """``BackboneStates`` from a collated ``StateCache`` batch: the stored states in place, every other layer missing.
+
+    The states are converted to ``dtype`` (the side network's) once, here: converted per use, every layer the
+    side network reads and every distilled layer would hold a copy of its own until backward.
+    """
+    stored = dict(zip(indices, batch["hidden_states"].to(dtype).unbind(dim=2)))  # hidden-state index -> (B, N, D)
 
     def missing(index: int, hidden: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"backbone layer {index} cannot run on cached states")

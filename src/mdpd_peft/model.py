@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from contextlib import nullcontext
 from functools import partial
 
 import torch
@@ -468,15 +469,17 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             self.model.config, per_token, logits_dtype, self.mdpd_encoders[adapter_name].is_vision, distil,
         )
 
-    def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
+    def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor], recompute: bool = True) -> SidePass:
         """Train the side network without the backbone: its loss terms on one batch of cached backbone states.
 
         ``batch`` is ``StateCache.collate``'s (``hidden_states`` (B, N, S, D), ``attention_mask``, targets). The
         terms are the live pass's side terms (side task, shallow, deep), computed by the same code; the ones that
         need the backbone's logits (Eq. 3, the backbone task loss) are the fade phase's. ``loss`` is their
-        weighted sum; ``latest_losses`` holds them for logging, as after a live pass. The side steps and feature
-        terms keep their intermediates here instead of recomputing them in backward: the step's memory is the side
-        path's alone, and time is what the cache is for.
+        weighted sum; ``latest_losses`` holds them for logging, as after a live pass.
+
+        ``recompute=False`` keeps the side steps' and feature terms' intermediates instead of recomputing them in
+        backward, as the live pass does: faster, at the side network's full activation memory (BERT-base shape,
+        batch 16 x 128: a step's peak 158 MiB recomputed, 417 MiB kept; ``benchmarks/state_cache.py --memory``).
         """
         adapter_name = self.active_adapters[0]
         side = self.mdpd_side[adapter_name]
@@ -485,7 +488,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         states = cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype)
         targets = {name: batch[name] for name in TARGET_ARGUMENTS if batch.get(name) is not None}
         per_token = self.peft_config[adapter_name].task_type in ("TOKEN_CLS", "QUESTION_ANS")
-        with intermediates_kept():
+        with nullcontext() if recompute else intermediates_kept():
             result = self._side_pass(states, targets, per_token, dtype)
         self.latest_losses = {name: value.detach() for name, value in result.losses.items()}
         return result
