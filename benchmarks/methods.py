@@ -81,9 +81,10 @@ def _bitfit(model: nn.Module) -> nn.Module:
     return model
 
 
-def _side_kept(model: nn.Module, side_network: str = "ladder") -> nn.Module:
+def _side_kept(model: nn.Module, side_network: str = "ladder", **settings) -> nn.Module:
     config = MDPDConfig(
         side_network=side_network,
+        **settings,
         fading="head_only",  # the backbone's norms stay frozen: nothing backpropagates into the backbone
         shallow_loss_weight=0.0,
         deep_loss_weight=0.0,

@@ -5,9 +5,10 @@
 
 Two phases, as a schedule with a backbone-state cache would run them:
 
-1. the teacher trains alone (``side_kept``: the ladder side network on the frozen backbone; ``side_distilled``: the
-   same with MDPD's backbone -> side feature distillation; ``lora``: a LoRA teacher, to calibrate what a teacher of
-   that accuracy can give), then its logits on every training sentence are computed once;
+1. the teacher trains alone (``side_kept``: the ladder side network on the frozen backbone; ``side_wide``: the same
+   at reduction factor 2, four times as wide; ``side_distilled``: the same with MDPD's backbone -> side feature
+   distillation; ``lora``: a LoRA teacher, to calibrate what a teacher of that accuracy can give), then its logits on
+   every training sentence are computed once;
 2. the student — the trainables of the faded model, trained without any side network (``layernorm``: PEFT LayerNorm
    tuning, the norms and the head; ``bitfit_layernorm``: biases too) — trains with
    ``(1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.'s
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -55,7 +57,12 @@ def bitfit_layernorm(model):
     return tuned
 
 
-TEACHERS = {"side_kept": BUILDERS["side_kept"], "side_distilled": side_distilled, "lora": BUILDERS["lora"]}
+TEACHERS = {
+    "side_kept": BUILDERS["side_kept"],
+    "side_wide": partial(BUILDERS["side_kept"], reduction_factor=2),  # 4x the default width: room to get ahead of the student
+    "side_distilled": side_distilled,
+    "lora": BUILDERS["lora"],
+}
 STUDENTS = {"layernorm": BUILDERS["layernorm"], "bitfit_layernorm": bitfit_layernorm}
 
 
