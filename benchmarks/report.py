@@ -302,12 +302,18 @@ def target_checks(bert_base: dict | None, by_method: dict[str, list[dict]]) -> l
     return [*lines, ""]
 
 
-def plot(memory: dict, by_method: dict[str, list[dict]], path: Path) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(memory: dict, by_method: dict[str, list[dict]], path: Path) -> None:
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     for method, row in memory["methods"].items():
         if method in by_method:
@@ -317,6 +323,25 @@ def plot(memory: dict, by_method: dict[str, list[dict]], path: Path) -> None:
     axes.set_xlabel(f"peak training memory, MiB ({memory['model']}, batch {memory['batch']} x {memory['length']})")
     axes.set_ylabel("test accuracy, % (Rotten Tomatoes)")
     axes.set_title("Accuracy vs training memory")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def plot_state_cache(timings: list[dict], path: Path) -> None:
+    """Side training's whole-run wall time against epochs, live and on the cache, per model (the first seed's runs)."""
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for result in timings:
+        first_seed = min(run["seed"] for run in result["runs"])
+        for cached, style in ((False, "o-"), (True, "s--")):
+            runs = sorted((run for run in result["runs"] if run["cached"] == cached and run["seed"] == first_seed), key=lambda run: run["epochs"])
+            if len({run["epochs"] for run in runs}) > 1:
+                label = f"{result['model']}, {result['train_examples']:,} examples, {'on the cache (build included)' if cached else 'live backbone'}"
+                axes.plot([run["epochs"] for run in runs], [run["wall_s"] for run in runs], style, label=label)
+    axes.set_xlabel("epochs of side training")
+    axes.set_ylabel("whole-run wall time, s")
+    axes.set_title("Side training: live backbone vs backbone-state cache")
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
@@ -351,6 +376,9 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
             state_cache[part].append(result)
     if state_cache:
         lines += state_cache_lines(state_cache)
+    if state_cache.get("timings"):
+        plot_state_cache(state_cache["timings"], output_dir / "state_cache_time.png")
+        lines += ["![side training time, live vs cached](state_cache_time.png)", ""]
     if by_method:
         title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
         lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)
