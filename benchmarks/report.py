@@ -4,7 +4,8 @@
 
 Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`` runs), ``results/sweep-*.json``,
 ``results/distributed-*.json``, ``results/image_transfer-digits.jsonl``, ``results/side_path-*.json``,
-``results/state_cache-*.json``, ``results/accuracy-minilm.jsonl`` and ``results/ablation-minilm.jsonl``;
+``results/state_cache-*.json``, ``results/lr-grid-*.jsonl``, ``results/accuracy-minilm.jsonl`` and
+``results/ablation-minilm.jsonl``;
 writes ``RESULTS.md`` (generated tables, then the target checks, then ``analysis.md`` verbatim) and
 ``accuracy_vs_memory.png``. Nothing is typed in by hand except ``analysis.md``.
 """
@@ -278,6 +279,58 @@ def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: 
     return [*lines, ""]
 
 
+GRIDS = {  # result file: what it holds
+    "lr-grid-minilm.jsonl": "all-MiniLM-L6-v2, the first 3,000 Rotten Tomatoes training sentences",
+    "lr-grid-trec-minilm.jsonl": "all-MiniLM-L6-v2, TREC question types (whole training split)",
+}
+
+
+def learning_rate_grid_lines(path: Path, title: str) -> list[str]:
+    """Validation accuracy per method and learning rate (mean over the seeds run), then each method at its best
+    rate: validation, test and the minutes of training to the reported epoch."""
+    by_method = accuracy_rows(path, full_data_only=False)
+    chosen, best = best_learning_rate(by_method)
+    rates = sorted({row["learning_rate"] for rows in by_method.values() for row in rows})
+    lines = [
+        f"### Learning-rate grid: {title}", "",
+        f"`python benchmarks/accuracy.py --learning-rates ...` (`results/{path.name}`). Validation accuracy per rate (mean over "
+        "the seeds run there); at each method's best validation rate, mean ± std over its seeds, and the training minutes "
+        "to the reported epoch (one run at a time on this 2-core machine, not a quiet one).", "",
+        "| method | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | seeds | validation | test | minutes |",
+        "|---|" + "---:|" * (len(rates) + 5),
+    ]  # fmt: skip
+    for method in [m for m in NAMES if m in by_method]:
+        cells = []
+        for rate in rates:
+            values = [row["validation"] for row in by_method[method] if row["learning_rate"] == rate]
+            cells.append(f"{statistics.mean(values):.3f}" if values else "–")
+        rows = chosen[method]
+        minutes = statistics.mean(row["train_minutes_to_epoch"] for row in rows)
+        lines.append(
+            f"| {NAMES[method]} | " + " | ".join(cells) + f" | {best[method]:g} | {len(rows)} | {mean_std([r['validation'] for r in rows])} "
+            f"| {mean_std([r['test'] for r in rows])} | {minutes:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def plot_accuracy_vs_time(grids: dict[str, Path], path: Path) -> None:
+    """Test accuracy at each method's best validation rate against its training minutes, one panel per grid."""
+    plt = pyplot()
+    figure, panels = plt.subplots(1, len(grids), figsize=(6 * len(grids), 4), squeeze=False)
+    for axes, (title, grid) in zip(panels[0], grids.items()):
+        chosen, _ = best_learning_rate(accuracy_rows(grid, full_data_only=False))
+        for method, rows in chosen.items():
+            minutes = statistics.mean(row["train_minutes_to_epoch"] for row in rows)
+            accuracy = 100 * statistics.mean(row["test"] for row in rows)
+            axes.scatter(minutes, accuracy, s=60)
+            axes.annotate(NAMES[method].split(" (")[0], (minutes, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        axes.set_xlabel("training minutes to the reported epoch (2 CPU cores)")
+        axes.set_ylabel("test accuracy, % (best validation rate)")
+        axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
 def target_checks(bert_base: dict | None, by_method: dict[str, list[dict]]) -> list[str]:
     """MDPD's targets from the benchmark issue, each with its measured number."""
     checks = []
@@ -382,6 +435,12 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
     if by_method:
         title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
         lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)
+    grids = {title: results / name for name, title in GRIDS.items() if (results / name).exists()}
+    for title, grid in grids.items():
+        lines += learning_rate_grid_lines(grid, title)
+    if grids:
+        plot_accuracy_vs_time(grids, output_dir / "accuracy_vs_time.png")
+        lines += ["![accuracy vs training time at each method's best rate](accuracy_vs_time.png)", ""]
     ablation_file = results / "ablation-minilm.jsonl"
     if ablation_file.exists():  # runs on a training subset by design, so no full-data filter
         ablation = accuracy_rows(ablation_file, full_data_only=False)
