@@ -286,10 +286,9 @@ GRIDS = {  # result file: what it holds
 }
 
 
-def learning_rate_grid_lines(path: Path, title: str) -> list[str]:
+def learning_rate_grid_lines(path: Path, title: str, by_method: dict[str, list[dict]]) -> list[str]:
     """Validation accuracy per method and learning rate (mean over the seeds run), then each method at its best
-    rate: validation, test and the minutes of training to the reported epoch."""
-    by_method = accuracy_rows(path, full_data_only=False)
+    rate: validation, test and the minutes of training to the reported epoch. ``by_method``: ``path``'s rows."""
     chosen, best = best_learning_rate(by_method)
     rates = sorted({row["learning_rate"] for rows in by_method.values() for row in rows})
     lines = [
@@ -314,12 +313,13 @@ def learning_rate_grid_lines(path: Path, title: str) -> list[str]:
     return [*lines, ""]
 
 
-def plot_accuracy_vs_time(grids: dict[str, Path], path: Path) -> None:
-    """Test accuracy at each method's best validation rate against its training minutes, one panel per grid."""
+def plot_accuracy_vs_time(grids: dict[str, dict[str, list[dict]]], path: Path) -> None:
+    """Test accuracy at each method's best validation rate against its training minutes, one panel per grid
+    (title -> its rows by method)."""
     plt = pyplot()
     figure, panels = plt.subplots(1, len(grids), figsize=(6 * len(grids), 4), squeeze=False)
-    for axes, (title, grid) in zip(panels[0], grids.items()):
-        chosen, _ = best_learning_rate(accuracy_rows(grid, full_data_only=False))
+    for axes, (title, by_method) in zip(panels[0], grids.items()):
+        chosen, _ = best_learning_rate(by_method)
         for method, rows in chosen.items():
             minutes = statistics.mean(row["train_minutes_to_epoch"] for row in rows)
             accuracy = 100 * statistics.mean(row["test"] for row in rows)
@@ -436,9 +436,11 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
     if by_method:
         title = "Accuracy: all-MiniLM-L6-v2 on Rotten Tomatoes (main job's split; test at the best validation epoch)"
         lines += ["## Accuracy", ""] + accuracy_table(by_method, [m for m in NAMES if m not in ABLATION[1:]], title)
-    grids = {title: results / name for name, title in GRIDS.items() if (results / name).exists()}
-    for title, grid in grids.items():
-        lines += learning_rate_grid_lines(grid, title)
+    grids = {}  # title -> rows by method, for the tables and the plot
+    for name, title in GRIDS.items():
+        if (results / name).exists():
+            grids[title] = accuracy_rows(results / name, full_data_only=False)
+            lines += learning_rate_grid_lines(results / name, title, grids[title])
     if grids:
         plot_accuracy_vs_time(grids, output_dir / "accuracy_vs_time.png")
         lines += ["![accuracy vs training time at each method's best rate](accuracy_vs_time.png)", ""]

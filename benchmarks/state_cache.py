@@ -144,20 +144,33 @@ def storage(examples: int, states: int = 7, width: int = 384, batch: int = 32, s
 # ------------------------------------------------------------------------------------- side training
 
 
+SHAPES = {"bert-base": {}, "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)}
+
+
+def model_config(name: str) -> transformers.PretrainedConfig:
+    if name == "minilm":
+        return transformers.AutoConfig.from_pretrained(minilm_path(), num_labels=2)
+    return transformers.BertConfig(num_labels=2, **SHAPES[name])
+
+
 def base_model(name: str) -> torch.nn.Module:
     transformers.logging.set_verbosity_error()
     if name == "minilm":
-        return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+        return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), config=model_config(name))
     torch.manual_seed(0)
-    shapes = {"bert-base": {}, "tiny": dict(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)}
-    return transformers.BertForSequenceClassification(transformers.BertConfig(num_labels=2, **shapes[name]))
+    return transformers.BertForSequenceClassification(model_config(name))
+
+
+def data_max_length(name: str) -> int:
+    """What the model's data is tokenized to (``task_data``): 128 random tokens for BERT-base, else 64."""
+    return 128 if name == "bert-base" else 64
 
 
 def task_data(name: str, train_size: int | None, test_size: int | None):
     """(train, test, tokenizer): Rotten Tomatoes at max length 64 for MiniLM and tiny; random ids of 128 tokens for BERT-base."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
     if name != "bert-base":
-        data = rotten_tomatoes(tokenizer, 64, train_size, test_size)
+        data = rotten_tomatoes(tokenizer, data_max_length(name), train_size, test_size)
         if name == "tiny":
             data = data.map(lambda row: {"input_ids": [min(i, 999) for i in row["input_ids"]]})
         return data["train"].remove_columns("token_type_ids"), data["test"].remove_columns("token_type_ids"), tokenizer
@@ -165,7 +178,7 @@ def task_data(name: str, train_size: int | None, test_size: int | None):
 
     generator = np.random.RandomState(0)
     size = train_size or 1024
-    train = Dataset.from_dict({"input_ids": generator.randint(1000, 30000, (size, 128)).tolist(), "labels": generator.randint(0, 2, size).tolist()})
+    train = Dataset.from_dict({"input_ids": generator.randint(1000, 30000, (size, data_max_length(name))).tolist(), "labels": generator.randint(0, 2, size).tolist()})
     return train, None, tokenizer
 
 
@@ -186,7 +199,7 @@ def train_side(
     start = time.perf_counter()
     build_s = None
     if cache_dir is not None:
-        cache = build_state_cache(model, train, cache_dir, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64, dtype=cache_dtype)
+        cache = build_state_cache(model, train, cache_dir, tokenizer=tokenizer, max_length=data_max_length(name), dtype=cache_dtype)
         build_s = time.perf_counter() - start
         dataset, collate = cache, cache.collate
     else:
@@ -265,11 +278,15 @@ def memory(name: str = "bert-base") -> dict:
     model.train()
     peaks = {}
     with tempfile.TemporaryDirectory() as folder:
-        cache = build_state_cache(model, train, folder, tokenizer=tokenizer, max_length=128 if name == "bert-base" else 64)
+        cache = build_state_cache(model, train, folder, tokenizer=tokenizer, max_length=data_max_length(name))
+
+        def cached_batch():  # collated inside the measured step, as a DataLoader would hand it over
+            return cache.collate([cache[i] for i in range(16)])
+
         steps = {
             "live": lambda: model(**live_batch).loss,
-            "cached": lambda: tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in range(16)])).loss,
-            "cached_kept": lambda: tuner.side_pass_on_cached_states(cache.collate([cache[i] for i in range(16)]), recompute=False).loss,
+            "cached": lambda: tuner.side_pass_on_cached_states(cached_batch()).loss,
+            "cached_kept": lambda: tuner.side_pass_on_cached_states(cached_batch(), recompute=False).loss,
         }
         for step, loss_of in steps.items():
             for measured in (False, True):  # the first step creates the optimizer state
@@ -293,7 +310,7 @@ VARIANTS = {  # name: (cache dtype, side layers as a function of the model's lay
 def variants(args) -> dict:
     """3 epochs of side training on each cache variant: its size on disk and the side accuracy it reaches."""
     train, test, tokenizer = task_data(args.model, args.train_size, args.test_size)
-    layers = base_model(args.model).config.num_hidden_layers
+    layers = model_config(args.model).num_hidden_layers
     runs = []
     for seed in args.seeds:
         for variant, (dtype, side_layers) in VARIANTS.items():
