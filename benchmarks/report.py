@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -327,7 +328,8 @@ def plot_accuracy_vs_time(grids: dict[str, dict[str, list[dict]]], path: Path) -
             axes.annotate(NAMES[method].split(" (")[0], (minutes, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
         axes.set_xlabel("training minutes to the reported epoch (2 CPU cores)")
         axes.set_ylabel("test accuracy, % (best validation rate)")
-        axes.set_title(title, fontsize=9)
+        axes.set_title(textwrap.fill(title, 70), fontsize=9)
+        axes.margins(0.15)  # room for the labels
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 
