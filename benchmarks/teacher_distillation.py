@@ -14,6 +14,9 @@ Two phases, as a schedule with a backbone-state cache would run them:
    ``(1 - alpha) * task loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.'s
    knowledge distillation), the teacher's logits read from phase 1 (no teacher forward in phase 2).
 
+Each taught run records the ratio of the teacher term's gradient norm at the student's trainables to the task
+term's, on its first step (``teacher_to_task_gradient_ratio``): whether the teacher is heard at all.
+
 ``alpha = 0`` is the student without a teacher, at the same rate, in the same process: the reference every other row
 is compared with. Protocol as ``accuracy.py``'s (batch 32, max length 64, AdamW, 10% warm-up then linear decay,
 validation and test after every epoch, test at the best validation epoch). One JSON line per run in ``--output``.
@@ -52,7 +55,7 @@ def bitfit_layernorm(model):
     """LayerNorm tuning plus every bias of the encoder: still the plain model once merged."""
     tuned = BUILDERS["layernorm"](model)
     for name, parameter in tuned.named_parameters():
-        if name.endswith(".bias") and ".encoder." in name:
+        if name.endswith(".bias") and ".encoder." in name and ".base_layer." not in name:  # not the norms' frozen originals
             parameter.requires_grad_(True)
     return tuned
 
@@ -66,12 +69,23 @@ TEACHERS = {
 STUDENTS = {"layernorm": BUILDERS["layernorm"], "bitfit_layernorm": bitfit_layernorm}
 
 
+def gradient_norm(loss: torch.Tensor, model: torch.nn.Module) -> float:
+    """The L2 norm of ``loss``'s gradient over ``model``'s trainable parameters (the graph is kept)."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+    return float(torch.sqrt(sum(g.pow(2).sum() for g in gradients if g is not None)))
+
+
 class DistillationTrainer(Trainer):
-    """Trainer whose training loss mixes the task loss with KL to the teacher's logits (a ``teacher_logits`` column)."""
+    """Trainer whose training loss mixes the task loss with KL to the teacher's logits (a ``teacher_logits`` column).
+
+    On the first training step it records ``gradient_ratio``: the norm of the weighted KD term's gradient at the
+    student's trainables over the weighted task term's, i.e. how loud the teacher speaks against the labels."""
 
     def __init__(self, *args, alpha: float, temperature: float, **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.temperature = alpha, temperature
+        self.gradient_ratio = None
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         teacher_logits = inputs.pop("teacher_logits", None)  # (B, C); absent in evaluation
@@ -80,7 +94,10 @@ class DistillationTrainer(Trainer):
         if teacher_logits is not None and self.alpha:
             t = self.temperature
             kl = F.kl_div(F.log_softmax(outputs.logits / t, dim=-1), F.softmax(teacher_logits / t, dim=-1), reduction="batchmean")
-            loss = (1 - self.alpha) * loss + self.alpha * t * t * kl
+            task_term, teacher_term = (1 - self.alpha) * loss, self.alpha * t * t * kl
+            if self.gradient_ratio is None:
+                self.gradient_ratio = gradient_norm(teacher_term, model) / gradient_norm(task_term, model)
+            loss = task_term + teacher_term
         return (loss, outputs) if return_outputs else loss
 
 
@@ -124,6 +141,7 @@ def train_student(name: str, learning_rate: float, epochs: int, alpha: float, te
         "alpha": alpha,
         "temperature": temperature,
         "trainable_parameters": trainable_parameters(model),
+        "teacher_to_task_gradient_ratio": trainer.gradient_ratio,  # first step; None without a teacher
         **result,
         "train_minutes_to_epoch": sum(clock.seconds[: round(result["epoch"])]) / 60,
     }

@@ -123,6 +123,7 @@ def test_learning_rate_grid_picks_each_rate_on_validation_and_the_teacher_suite_
     )
     assert [row["alpha"] for row in taught] == [0.0, 0.5]
     assert all(0 <= row["test"] <= 1 and 0 <= row["teacher_test"] <= 1 for row in taught)
+    assert taught[0]["teacher_to_task_gradient_ratio"] is None and taught[1]["teacher_to_task_gradient_ratio"] > 0
 
 
 def test_side_networks_are_measured_on_text_and_vision(tmp_path):
