@@ -49,6 +49,7 @@ from peft import get_peft_model  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft import MDPDConfig, StateCache, build_state_cache  # noqa: E402
+from mdpd_peft.memory import PeakMemory  # noqa: E402
 from mdpd_peft.state_cache import MANIFEST, write_json, write_shard  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -269,8 +270,6 @@ def memory(name: str = "bert-base") -> dict:
     """Peak tensor MiB of one AdamW step of side training, batch 16 (weights excluded, as ``memory_speed.py`` counts
     them): through the live backbone (no-grad forward + side path), and on cached states (the batch's collation
     included) with the side steps recomputed in backward (the default) or kept. BERT-base shape at 128 tokens."""
-    from mdpd_peft.memory import PeakMemory
-
     train, _, tokenizer = task_data(name, 16, None)
     model, tuner, parameters = side_model(name, 0)
     optimizer = torch.optim.AdamW(parameters, lr=1e-4)
