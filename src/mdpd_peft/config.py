@@ -40,7 +40,95 @@ def is_real(value) -> bool:
 
 
 @dataclass
-class MDPDConfig(PeftConfig):
+class SideNetworkSettings:
+    """The side network's settings, shared by ``MDPDConfig`` (a side network that fades) and ``SideTaskConfig``
+    (side networks kept as tasks of one frozen encoder).
+
+    Args:
+        side_network: Which side network runs beside the backbone (``mdpd_peft.side_networks``):
+            ``"ladder"`` (LST: a reduced copy of the blocks fed through gates; the default here; the paper
+            builds its two variants on ``"unipt"`` and ``"sherl"``),
+            ``"unipt"`` (UniPT: per-layer projections of every hidden state merged by token interaction
+            with the last layer and a softmax over layers), ``"sherl"`` (SHERL: anti-redundancy
+            aggregation of every layer, then the frozen last backbone layer), ``"dtl"`` (DTL's compact
+            side network: rank-``dtl_rank`` maps of each block input, summed and added to the blocks
+            from ``dtl_inject_from`` on) or ``"dtl+"`` (DTL with a depthwise convolution over the token
+            layout). Under MDPD every one fades to the same plain model: only the backbone's norms and head change.
+        reduction_factor: r; the side network's width is the backbone's hidden size divided by r
+            (LST; the paper uses 8 for language models; also UniPT's and SHERL's width). Integer >= 1.
+        side_layers: Indices (0-based) of the backbone layers that feed the side network: one side
+            block each (ladder), one projection each (UniPT, SHERL; the last listed is the anchor or
+            guide). ``None`` uses every layer. DTL reads every block and takes ``None`` only.
+        gate_init: Initial value of each ladder gate's logit alpha; the gate is
+            ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
+        gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
+        side_init: ``"pruned"`` initialises each side block from its backbone block by structured
+            pruning (LST; channels ranked by the L1 norm of the weights that read or write them) and
+            raises where it cannot apply; ``"random"`` uses PyTorch's default initialisation; ``"auto"``
+            (default) prunes where the blocks are standard transformer blocks of one width, and otherwise
+            initialises randomly with one log line saying why (Swin's widening stages: pruning keeps one
+            set of residual channels for all blocks). Ladder only: the other side networks initialise as
+            their papers do.
+        dtl_rank: d', the rank of DTL's per-block maps (DTL: 2). Integer >= 1.
+        dtl_inject_from: M, the first block (0-based) whose output DTL's side information is added to;
+            ``None`` is the middle block (``num_layers // 2``: DTL's M = 7 of ViT-B's 12, 1-based).
+        dtl_conv_kernel: Kernel size of DTL+'s depthwise convolution (DTL+: 3 to 5). Odd integer >= 1.
+        layers_path: Dotted path of the encoder's ``nn.ModuleList`` of layers, for models the
+            generic rule (the ModuleList whose length is the number of layers, or divides it where
+            layers share weights as in ALBERT) cannot find.
+        norm_position: ``"pre"`` or ``"post"``: where the side blocks put their LayerNorms. ``None``
+            reads it from the backbone's LayerNorm names (pre-norm names such as
+            ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).
+    """
+
+    side_network: str = field(default="ladder", metadata={"help": "ladder, unipt, sherl, dtl or dtl+ (see side_networks)."})
+    reduction_factor: int = field(default=8, metadata={"help": "Side width = hidden size / reduction_factor."})
+    side_layers: Optional[list[int]] = field(
+        default=None, metadata={"help": "Backbone layer indices that feed the side network; None = all."}
+    )
+    gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
+    gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
+    side_init: str = field(default="auto", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
+    dtl_rank: int = field(default=2, metadata={"help": "DTL: rank d' of each block's map."})
+    dtl_inject_from: Optional[int] = field(default=None, metadata={"help": "DTL: first block M (0-based) that gets the side information; None = middle."})
+    dtl_conv_kernel: int = field(default=3, metadata={"help": "DTL+: kernel size of the depthwise convolution."})
+    layers_path: Optional[str] = field(default=None, metadata={"help": "Dotted path of the encoder layer ModuleList."})
+    norm_position: Optional[str] = field(
+        default=None, metadata={"help": f"Side block LayerNorm placement: one of {NORM_POSITIONS}; None = detect."}
+    )
+
+    def check_side_network_values(self) -> None:
+        """Checks the side network's settings that do not depend on the model."""
+        owner = type(self).__name__
+        if not isinstance(self.side_network, str) or self.side_network not in SIDE_NETWORKS:
+            raise invalid("side_network", self.side_network, f"one of {tuple(SIDE_NETWORKS)}", owner)
+        if not isinstance(self.side_init, str) or self.side_init not in SIDE_INITS:
+            raise invalid("side_init", self.side_init, f"one of {SIDE_INITS}", owner)
+        if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
+            raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}", owner)
+        for name in ("reduction_factor", "dtl_rank"):
+            if not (is_integer(getattr(self, name)) and getattr(self, name) >= 1):
+                raise invalid(name, getattr(self, name), "an integer >= 1", owner)
+        if self.dtl_inject_from is not None and not (is_integer(self.dtl_inject_from) and self.dtl_inject_from >= 0):
+            raise invalid("dtl_inject_from", self.dtl_inject_from, "None or an integer >= 0", owner)
+        if not (is_integer(self.dtl_conv_kernel) and self.dtl_conv_kernel >= 1 and self.dtl_conv_kernel % 2 == 1):
+            raise invalid("dtl_conv_kernel", self.dtl_conv_kernel, "an odd integer >= 1", owner)
+        if not (is_real(self.gate_temperature) and self.gate_temperature > 0):
+            raise invalid("gate_temperature", self.gate_temperature, "a finite float > 0", owner)
+        if not is_real(self.gate_init):
+            raise invalid("gate_init", self.gate_init, "a finite float", owner)
+        if self.side_network.startswith("dtl") and self.side_layers is not None:
+            raise invalid("side_layers", self.side_layers, "None with side_network='dtl' or 'dtl+' (DTL reads every block)", owner)
+        if self.side_layers is not None and (
+            not isinstance(self.side_layers, (list, tuple)) or len(self.side_layers) == 0 or not all(is_integer(i) for i in self.side_layers)
+        ):
+            raise invalid("side_layers", self.side_layers, "None or a non-empty list of layer indices", owner)
+        if self.layers_path is not None and not isinstance(self.layers_path, str):
+            raise invalid("layers_path", self.layers_path, "None or a dotted module path (a string)", owner)
+
+
+@dataclass
+class MDPDConfig(SideNetworkSettings, PeftConfig):
     """Configuration of an MDPD adapter ("Masked Dual Path Distillation", mdpd-paper.txt, section 3).
 
     A ladder side network of width ``hidden_size / reduction_factor`` runs beside the frozen encoder.
@@ -54,21 +142,11 @@ class MDPDConfig(PeftConfig):
     Masked Generative Distillation. The paper's weights (appendix B) are calibrated for this
     reduction; with a mean-reduced MSE they would be ~10^5 times too small.
 
+    The side network's own settings (``side_network``, ``reduction_factor``, ``side_layers``, ``side_init``, the
+    ladder's gates, DTL's rank, injection block and kernel, ``layers_path``, ``norm_position``) are documented in
+    ``SideNetworkSettings``.
+
     Args:
-        side_network: Which side network runs beside the backbone (``mdpd_peft.side_networks``):
-            ``"ladder"`` (LST: a reduced copy of the blocks fed through gates; the default here; the paper
-            builds its two variants on ``"unipt"`` and ``"sherl"``),
-            ``"unipt"`` (UniPT: per-layer projections of every hidden state merged by token interaction
-            with the last layer and a softmax over layers), ``"sherl"`` (SHERL: anti-redundancy
-            aggregation of every layer, then the frozen last backbone layer), ``"dtl"`` (DTL's compact
-            side network: rank-``dtl_rank`` maps of each block input, summed and added to the blocks
-            from ``dtl_inject_from`` on) or ``"dtl+"`` (DTL with a depthwise convolution over the token
-            layout). Every one fades to the same plain model: only the backbone's norms and head change.
-        reduction_factor: r; the side network's width is the backbone's hidden size divided by r
-            (LST; the paper uses 8 for language models; also UniPT's and SHERL's width). Integer >= 1.
-        side_layers: Indices (0-based) of the backbone layers that feed the side network: one side
-            block each (ladder), one projection each (UniPT, SHERL; the last listed is the anchor or
-            guide). ``None`` uses every layer. DTL reads every block and takes ``None`` only.
         deep_layers_start: Index of the first backbone layer distilled by masked generation; the
             side layers before it are "shallow" (imitation). The paper does not state the split;
             ``None`` takes the second half as deep (its Table C: layers 7-12 of 12).
@@ -120,9 +198,6 @@ class MDPDConfig(PeftConfig):
             BERT-base 16 x 128, step time 1.01x / 0.86x LoRA's for n = 2 / 3 (1.47x every pass);
             all-MiniLM-L6-v2 + Rotten Tomatoes, faded test 0.807 / 0.788 (every pass 0.816, 3 seeds).
             Integer >= 1; 1 (default) lets them learn on every pass.
-        gate_init: Initial value of each ladder gate's logit alpha; the gate is
-            ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
-        gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
         target_modules: Backbone modules whose parameters the faded model may change. They are
             trained as adapter-held copies and written back by ``merge_and_unload()``. ``None``
             selects every LayerNorm of the model (the paper: LayerNorm scale and shift). Same
@@ -130,25 +205,8 @@ class MDPDConfig(PeftConfig):
         modules_to_save: Modules trained in full and saved with the adapter; the backbone's task
             head belongs here (PEFT adds ``classifier``/``score`` for ``task_type="SEQ_CLS"``; set it
             yourself for ``task_type=None``, e.g. ``["classifier"]`` for image classification).
-        side_init: ``"pruned"`` initialises each side block from its backbone block by structured
-            pruning (LST; channels ranked by the L1 norm of the weights that read or write them) and
-            raises where it cannot apply; ``"random"`` uses PyTorch's default initialisation; ``"auto"``
-            (default) prunes where the blocks are standard transformer blocks of one width, and otherwise
-            initialises randomly with one log line saying why (Swin's widening stages: pruning keeps one
-            set of residual channels for all blocks). Ladder only: the other side networks initialise as
-            their papers do.
-        dtl_rank: d', the rank of DTL's per-block maps (DTL: 2). Integer >= 1.
-        dtl_inject_from: M, the first block (0-based) whose output DTL's side information is added to;
-            ``None`` is the middle block (``num_layers // 2``: DTL's M = 7 of ViT-B's 12, 1-based).
-        dtl_conv_kernel: Kernel size of DTL+'s depthwise convolution (DTL+: 3 to 5). Odd integer >= 1.
         eval_path: The path that predicts in eval mode: ``"backbone"`` (what ships after fading) or
             ``"side"`` (the side network's head, for comparison).
-        layers_path: Dotted path of the encoder's ``nn.ModuleList`` of layers, for models the
-            generic rule (the ModuleList whose length is the number of layers, or divides it where
-            layers share weights as in ALBERT) cannot find.
-        norm_position: ``"pre"`` or ``"post"``: where the side blocks put their LayerNorms. ``None``
-            reads it from the backbone's LayerNorm names (pre-norm names such as
-            ``layernorm_before``, ``layer_norm1``, ``norm1``; everything else is post-norm).
         nonfinite_loss: What a training forward pass does when a loss term is NaN or inf (a NaN input row, an
             overflowing weight), before ``backward()`` or the optimizer can write it into the weights:
             ``"raise"`` (default) raises ``FloatingPointError`` naming the term and the training pass;
@@ -162,11 +220,6 @@ class MDPDConfig(PeftConfig):
             model is changed. Leave it ``None``.
     """
 
-    side_network: str = field(default="ladder", metadata={"help": "ladder, unipt, sherl, dtl or dtl+ (see side_networks)."})
-    reduction_factor: int = field(default=8, metadata={"help": "Side width = hidden size / reduction_factor."})
-    side_layers: Optional[list[int]] = field(
-        default=None, metadata={"help": "Backbone layer indices that feed the side network; None = all."}
-    )
     deep_layers_start: Optional[int] = field(
         default=None, metadata={"help": "First layer distilled by masked generation; None = second half."}
     )
@@ -185,23 +238,13 @@ class MDPDConfig(PeftConfig):
         default=None, metadata={"help": "Train the LayerNorms of only the last k encoder layers (and after them); None = all."}
     )
     fading_interval: int = field(default=1, metadata={"help": "The LayerNorm copies learn on every n-th training forward pass."})
-    gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
-    gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Backbone modules fading may change; None = every LayerNorm."}
     )
     modules_to_save: Optional[list[str]] = field(
         default=None, metadata={"help": "Modules trained in full and saved, e.g. the task head."}
     )
-    side_init: str = field(default="auto", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
-    dtl_rank: int = field(default=2, metadata={"help": "DTL: rank d' of each block's map."})
-    dtl_inject_from: Optional[int] = field(default=None, metadata={"help": "DTL: first block M (0-based) that gets the side information; None = middle."})
-    dtl_conv_kernel: int = field(default=3, metadata={"help": "DTL+: kernel size of the depthwise convolution."})
     eval_path: str = field(default="backbone", metadata={"help": f"Path predicting in eval mode: one of {EVAL_PATHS}."})
-    layers_path: Optional[str] = field(default=None, metadata={"help": "Dotted path of the encoder layer ModuleList."})
-    norm_position: Optional[str] = field(
-        default=None, metadata={"help": f"Side block LayerNorm placement: one of {NORM_POSITIONS}; None = detect."}
-    )
     nonfinite_loss: str = field(
         default="raise", metadata={"help": f"On a NaN/inf loss term in training: one of {NONFINITE_LOSS_ACTIONS}."}
     )
@@ -242,40 +285,22 @@ class MDPDConfig(PeftConfig):
 
     def check_values(self) -> None:
         """Checks the settings that do not depend on the model (the rest are checked by the tuner)."""
-        if not isinstance(self.side_network, str) or self.side_network not in SIDE_NETWORKS:
-            raise invalid("side_network", self.side_network, f"one of {tuple(SIDE_NETWORKS)}")
-        for name, allowed in (("side_init", SIDE_INITS), ("eval_path", EVAL_PATHS), ("fading", FADINGS), ("nonfinite_loss", NONFINITE_LOSS_ACTIONS)):
+        self.check_side_network_values()
+        for name, allowed in (("eval_path", EVAL_PATHS), ("fading", FADINGS), ("nonfinite_loss", NONFINITE_LOSS_ACTIONS)):
             if not isinstance(getattr(self, name), str) or getattr(self, name) not in allowed:
                 raise invalid(name, getattr(self, name), f"one of {allowed}")
-        if self.norm_position is not None and self.norm_position not in NORM_POSITIONS:
-            raise invalid("norm_position", self.norm_position, f"None or one of {NORM_POSITIONS}")
-        for name, optional in (("reduction_factor", False), ("fading_interval", False), ("dtl_rank", False), ("aligner_rank", True), ("fading_layers", True)):
+        for name, optional in (("fading_interval", False), ("aligner_rank", True), ("fading_layers", True)):
             value = getattr(self, name)
             if not (optional and value is None) and not (is_integer(value) and value >= 1):
                 raise invalid(name, value, "None or an integer >= 1" if optional else "an integer >= 1")
-        for name in ("deep_layers_start", "dtl_inject_from"):
-            if getattr(self, name) is not None and not (is_integer(getattr(self, name)) and getattr(self, name) >= 0):
-                raise invalid(name, getattr(self, name), "None or an integer >= 0")
-        if not (is_integer(self.dtl_conv_kernel) and self.dtl_conv_kernel >= 1 and self.dtl_conv_kernel % 2 == 1):
-            raise invalid("dtl_conv_kernel", self.dtl_conv_kernel, "an odd integer >= 1")
+        if self.deep_layers_start is not None and not (is_integer(self.deep_layers_start) and self.deep_layers_start >= 0):
+            raise invalid("deep_layers_start", self.deep_layers_start, "None or an integer >= 0")
         if not (is_real(self.mask_ratio) and 0.0 <= self.mask_ratio < 1.0):
             raise invalid("mask_ratio", self.mask_ratio, "a float in [0, 1)")
         for name in LOSS_WEIGHTS:
             if not (is_real(getattr(self, name)) and getattr(self, name) >= 0):
                 raise invalid(name, getattr(self, name), "a finite float >= 0")
-        if not (is_real(self.gate_temperature) and self.gate_temperature > 0):
-            raise invalid("gate_temperature", self.gate_temperature, "a finite float > 0")
-        if not is_real(self.gate_init):
-            raise invalid("gate_init", self.gate_init, "a finite float")
         if self.fading == "head_only" and self.fading_interval != 1:
             raise invalid("fading_interval", self.fading_interval, '1 with fading="head_only" (no LayerNorm learns)')
-        if self.side_network.startswith("dtl") and self.side_layers is not None:
-            raise invalid("side_layers", self.side_layers, "None with side_network='dtl' or 'dtl+' (DTL reads every block)")
-        if self.side_layers is not None and (
-            not isinstance(self.side_layers, (list, tuple)) or len(self.side_layers) == 0 or not all(is_integer(i) for i in self.side_layers)
-        ):
-            raise invalid("side_layers", self.side_layers, "None or a non-empty list of layer indices")
-        if self.layers_path is not None and not isinstance(self.layers_path, str):
-            raise invalid("layers_path", self.layers_path, "None or a dotted module path (a string)")
         if self.target_modules is not None and not isinstance(self.target_modules, (str, set)):
             raise invalid("target_modules", self.target_modules, "None, a list of module names or a regex string")
