@@ -61,8 +61,10 @@ def test_a_stale_or_foreign_cache_is_refused(tmp_path):
 
     with pytest.raises(StaleStateCacheError, match="inputs"):
         cache.check(model, ragged_dataset(seed=1))  # the cache of another dataset
+    cache.check(tiny_mdpd_model(side_layers=[0, 2]))  # a side network that reads fewer layers uses the cache
+    fewer_layers = build_state_cache(tiny_mdpd_model(side_layers=[0, 2]), data, tmp_path / "fewer")
     with pytest.raises(StaleStateCacheError, match="hidden_state_indices"):
-        cache.check(tiny_mdpd_model(side_layers=[0, 2]))
+        fewer_layers.check(model)  # one that reads a layer the cache lacks does not
     with pytest.raises(StaleStateCacheError, match="dtype"):
         build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32)
     with pytest.raises(StaleStateCacheError, match="inputs"):

@@ -310,6 +310,26 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         for name in self.active_adapters:
             self.peft_config[name].eval_path = path
 
+    @property
+    def encoder(self) -> EncoderMap:
+        """The active adapter's map of the encoder."""
+        return self.mdpd_encoders[self.active_adapters[0]]
+
+    def cached_state_indices(self) -> tuple[int, ...]:
+        """The states a state cache holds for the active adapter's side network, numbered as transformers'
+        ``hidden_states``: the embeddings (0) and the output of each layer it reads and distils (l + 1)."""
+        config = self.peft_config[self.active_adapters[0]]
+        side = self.mdpd_side[self.active_adapters[0]]
+        if side.rerun_layers:
+            raise invalid(
+                "side_network", config.side_network,
+                "'ladder' or 'unipt' to train on cached states: this side network re-runs backbone layers on its own states "
+                f"(layers {sorted(side.rerun_layers)}), which no cache can hold",
+            )
+        if not self.encoder.uniform_width:
+            raise invalid("side_network", config.side_network, "a model whose layers keep one width and token count to cache its states (not Swin)")
+        return (0, *(layer + 1 for layer in side.distilled_layers))
+
     def gate_values(self) -> torch.Tensor:
         """The active adapter's ladder gates g_l (weight of the side state against the backbone input), detached.
         ``side_network="ladder"`` only."""

@@ -1,4 +1,4 @@
-"""Registers ``"mdpd"`` and ``"dtl"`` as PEFT methods (an import side effect of ``mdpd_peft``)."""
+"""Registers ``"mdpd"``, ``"dtl"`` and ``"side_task"`` as PEFT methods (an import side effect of ``mdpd_peft``)."""
 
 import peft.mapping as peft_mapping
 from peft.utils import PeftType, register_peft_method
@@ -7,15 +7,17 @@ from .config import MDPDConfig
 from .dtl import DTLConfig, DTLModel
 from .enum_extension import add_str_enum_member
 from .model import MDPDModel
+from .side_tasks import SideTaskConfig, SideTaskModel
 
 METHODS = {  # PEFT name -> (PeftType member, config class, tuner class)
     "mdpd": (add_str_enum_member(PeftType, "MDPD"), MDPDConfig, MDPDModel),
     "dtl": (add_str_enum_member(PeftType, "DTL"), DTLConfig, DTLModel),
+    "side_task": (add_str_enum_member(PeftType, "SIDE_TASK"), SideTaskConfig, SideTaskModel),
 }
 
 
 def register() -> None:
-    """Make ``get_peft_model``, ``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained`` know MDPD and DTL.
+    """Make ``get_peft_model``, ``PeftConfig.from_pretrained`` and ``PeftModel.from_pretrained`` know MDPD, DTL and side tasks.
 
     Safe to call more than once: a second import, or an ``importlib.reload`` that created new class
     objects, replaces the earlier entries instead of tripping PEFT's duplicate-name check.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 
 import torch
 from peft.tuners.tuners_utils import _get_submodules
@@ -26,6 +27,17 @@ class TunerHeldModules:
             if re.search(pattern, key):
                 return re.sub(pattern, rf"\g<1>{container}\g<2>", key, count=1)
         return super()._remove_adapter_name_from_key(key, adapter_name)
+
+    @contextmanager
+    def encoder_only(self):
+        """Run the encoder as loaded with the tuner's copies, but no side network, inside the block (how a state cache
+        records it)."""
+        enabled = self._adapters_enabled
+        self._adapters_enabled = False
+        try:
+            yield
+        finally:
+            self._adapters_enabled = enabled
 
     def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
         """PEFT casts its layers' weights once the adapter is injected; the modules held here follow the same rule."""

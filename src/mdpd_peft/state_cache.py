@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .config import invalid
 from .forward_pass import TARGET_ARGUMENTS, layer_input, layer_output
-from .model import MDPDModel
+from .capture import BackboneCapture
 
 MANIFEST = "state_cache.json"  # written last: a folder without it holds an unfinished build
 BUILD_KEY = "build_key.json"  # written first: the key the shards in the folder belong to
@@ -107,29 +107,17 @@ def tokenizer_hash(tokenizer) -> str | None:
     return sha256_of([rules, type(tokenizer).__name__, tokenizer.padding_side])
 
 
-def mdpd_tuner(model):
-    """The ``MDPDModel`` of a PeftModel (or the tuner itself)."""
+def cache_tuner(model):
+    """The tuner of a PeftModel (or the tuner itself) whose side networks can train on cached states: MDPD's, or the
+    kept side tasks' (``SideTaskModel``). Both give ``encoder``, ``cached_state_indices()``, ``encoder_only()`` and
+    ``side_pass_on_cached_states(batch)``."""
     tuner = getattr(model, "base_model", model)
-    if not isinstance(tuner, MDPDModel):
-        raise TypeError(f"The state cache needs a model from get_peft_model(model, MDPDConfig(...)); got {type(model).__name__}.")
-    return tuner
-
-
-def hidden_state_indices(tuner) -> tuple[int, ...]:
-    """The states the active adapter's side network reads and distils: the embeddings and its layers' outputs."""
-    name = tuner.active_adapters[0]
-    side = tuner.mdpd_side[name]
-    encoder = tuner.mdpd_encoders[name]
-    config = tuner.peft_config[name]
-    if side.rerun_layers:
-        raise invalid(
-            "side_network", config.side_network,
-            "'ladder' or 'unipt' to train on cached states: this side network re-runs backbone layers on its own states "
-            f"(layers {sorted(side.rerun_layers)}), which no cache can hold",
+    if not hasattr(tuner, "cached_state_indices"):
+        raise TypeError(
+            "The state cache needs a model from get_peft_model(model, MDPDConfig(...)) or get_peft_model(encoder, "
+            f"SideTaskConfig(...)); got {type(model).__name__}."
         )
-    if not encoder.uniform_width:
-        raise invalid("side_network", config.side_network, "a model whose layers keep one width and token count to cache its states (not Swin)")
-    return (0, *(layer + 1 for layer in side.distilled_layers))
+    return tuner
 
 
 def model_inputs(tuner, row_names) -> list[str]:
@@ -164,7 +152,7 @@ def inputs_hash(dataset, names: list[str], batch_size: int = 256) -> str:
 
 def key_for(model, dataset, tokenizer, max_length, dtype: torch.dtype) -> StateCacheKey:
     """The key of the states ``model`` computes for ``dataset`` (every field, inputs included)."""
-    tuner = mdpd_tuner(model)
+    tuner = cache_tuner(model)
     names = model_inputs(tuner, rows_of(dataset, 0, 1)[0])
     return StateCacheKey(
         weights=weights_hash(tuner.model),
@@ -172,7 +160,7 @@ def key_for(model, dataset, tokenizer, max_length, dtype: torch.dtype) -> StateC
         inputs=inputs_hash(dataset, names),
         tokenizer=tokenizer_hash(tokenizer),
         max_length=max_length,
-        hidden_state_indices=hidden_state_indices(tuner),
+        hidden_state_indices=tuner.cached_state_indices(),
         dtype=dtype_name(dtype),
     )
 
@@ -184,35 +172,19 @@ def dtype_name(dtype: torch.dtype) -> str:
     return name
 
 
-class StateRecorder:
-    """Hooks that collect one backbone pass's embeddings and layer outputs, in call order."""
-
-    def __init__(self, tuner):
-        self.states: list[torch.Tensor] = []
-        layers = tuner.mdpd_encoders[tuner.active_adapters[0]].layers(tuner.model)
-        self._handles = [
-            layers[0].register_forward_pre_hook(lambda m, a, k: self._first(layer_input(a, k)), with_kwargs=True),
-            *(layer.register_forward_hook(lambda m, a, o: self.states.append(layer_output(o))) for layer in layers),
-        ]
-
-    def _first(self, hidden: torch.Tensor) -> None:
-        if not self.states:
-            self.states.append(hidden)
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
 @torch.no_grad()
 def backbone_states(tuner, inputs: dict[str, torch.Tensor], indices: tuple[int, ...]) -> torch.Tensor:
     """One eval-mode backbone pass: the states at ``indices``, (B, N, S, D)."""
-    recorder = StateRecorder(tuner)
+    capture = BackboneCapture(tuner.model, tuner.encoder)
+    capture.open(inputs.get("attention_mask"))
     try:
-        tuner.model(**inputs)
+        with tuner.encoder_only():
+            tuner.model(**inputs)
     finally:
-        recorder.remove()
-    return torch.stack([recorder.states[i] for i in indices], dim=2)
+        captured = capture.close()
+        capture.remove()
+    states = [captured.embeddings, *captured.layer_outputs]
+    return torch.stack([states[i] for i in indices], dim=2)
 
 
 def split_targets(rows: list[dict], real: torch.Tensor) -> dict[str, list[torch.Tensor]]:
@@ -254,7 +226,7 @@ def build_state_cache(
         dtype: storage precision, one of float32, bfloat16 (default: half the bytes), float16.
         overwrite: replace a cache of another key in ``cache_dir`` instead of refusing it.
     """
-    tuner = mdpd_tuner(model)
+    tuner = cache_tuner(model)
     folder = Path(cache_dir)
     key = key_for(model, dataset, tokenizer, max_length, dtype)
     if (folder / MANIFEST).exists() or (folder / BUILD_KEY).exists():
@@ -278,9 +250,8 @@ def build_state_cache(
     indices = key.hidden_state_indices
     num_shards = -(-len(dataset) // examples_per_shard)
     first_missing = next((i for i in range(num_shards) if not (folder / shard_name(i)).exists()), num_shards)
-    training, eval_path = tuner.model.training, tuner.peft_config[tuner.active_adapters[0]].eval_path
+    training = tuner.model.training
     tuner.model.eval()
-    tuner.set_eval_path("backbone")  # the side network does not run while the backbone is recorded
     device = next(tuner.model.parameters()).device
     progress = tqdm(total=len(dataset), initial=first_missing * examples_per_shard, desc="Caching backbone states", unit="example")
     try:
@@ -303,7 +274,6 @@ def build_state_cache(
     finally:
         progress.close()
         tuner.model.train(training)
-        tuner.set_eval_path(eval_path)
     shards = [shard_name(i) for i in range(num_shards)]
     write_json(folder / MANIFEST, {"key": asdict(key), "num_examples": len(dataset), "shards": shards})
     return StateCache(folder)
@@ -355,6 +325,7 @@ class StateCache(Dataset):
         self.key = read_key(self.folder)
         self.shard_names: list[str] = manifest["shards"]
         self._files: dict[int, object] = {}
+        self._targets: dict[str, list[torch.Tensor]] = {}  # another task's targets (with_targets), by example
         self._offsets = [self._file(i).get_tensor("offsets") for i in range(len(self.shard_names))]
         self._starts = torch.tensor([0] + [len(offsets) - 1 for offsets in self._offsets]).cumsum(0)
         self._files.clear()  # reopened lazily, also in DataLoader workers
@@ -393,21 +364,37 @@ class StateCache(Dataset):
             kind, _, target = name.partition("_target.")
             if target:
                 example[target] = file.get_slice(name)[start:stop] if kind == "token" else file.get_slice(name)[row : row + 1][0]
+        example.update({name: values[index] for name, values in self._targets.items()})  # with_targets
         return example
 
     def check(self, model, dataset=None) -> None:
         """Raise ``StaleStateCacheError`` unless ``model`` computes the stored states: same weights (LayerNorm copies
-        included), config and layers; with ``dataset``, also the same inputs (``MDPDTrainer`` passes its train_dataset)."""
-        tuner = mdpd_tuner(model)
-        current = dict(weights=weights_hash(tuner.model), config=config_hash(tuner.model), hidden_state_indices=hidden_state_indices(tuner))
+        included) and config, and every layer its side networks read stored; with ``dataset``, also the same inputs
+        (``MDPDTrainer`` passes its train_dataset)."""
+        tuner = cache_tuner(model)
+        current = dict(weights=weights_hash(tuner.model), config=config_hash(tuner.model))
         if dataset is not None:
             current["inputs"] = inputs_hash(dataset, model_inputs(tuner, rows_of(dataset, 0, 1)[0]))
         differing = [name for name, value in current.items() if getattr(self.key, name) != value]
+        if not set(tuner.cached_state_indices()) <= set(self.key.hidden_state_indices):
+            differing.append("hidden_state_indices")
         if differing:
             raise StaleStateCacheError(
                 f"The state cache in {self.folder} was built for another model: its {', '.join(differing)} differ "
                 "(a trained LayerNorm copy changes the weights). Build a new cache for this model with build_state_cache."
             )
+
+    def with_targets(self, model, dataset) -> "StateCache":
+        """This cache with the targets of ``dataset`` (another task's labels on the same inputs, in the same order):
+        two tasks on one set of inputs share one cache. Refused unless ``dataset`` holds the cached inputs."""
+        tuner = cache_tuner(model)
+        if inputs_hash(dataset, model_inputs(tuner, rows_of(dataset, 0, 1)[0])) != self.key.inputs:
+            raise StaleStateCacheError(f"The state cache in {self.folder} holds other inputs than this dataset's: build a cache for it.")
+        relabelled = StateCache(self.folder)
+        rows = rows_of(dataset, 0, len(dataset))
+        real = [torch.as_tensor(row.get("attention_mask", [True])).bool() for row in rows]  # per-token labels: real tokens
+        relabelled._targets = split_targets(rows, real)
+        return relabelled
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding,

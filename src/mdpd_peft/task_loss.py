@@ -24,8 +24,9 @@ def sequence_problem_type(config, labels: torch.Tensor) -> str:
     return "multi_label_classification"
 
 
-def side_task_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor], config) -> torch.Tensor | None:
-    """Task loss of side logits (B, C) or (B, N, C) against the labels the model was called with; None without labels."""
+def side_task_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor], config, label_smoothing: float = 0.0) -> torch.Tensor | None:
+    """Task loss of side logits (B, C) or (B, N, C) against the labels the model was called with; None without labels.
+    ``label_smoothing`` applies to the cross-entropy of single-label and token classification."""
     if "start_positions" in targets and "end_positions" in targets:
         ignored = logits.shape[1]
         losses = [
@@ -37,10 +38,10 @@ def side_task_loss(logits: torch.Tensor, targets: dict[str, torch.Tensor], confi
     if labels is None:
         return None
     if logits.dim() == 3:  # token classification; -100 marks ignored tokens
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), label_smoothing=label_smoothing)
     problem = sequence_problem_type(config, labels)
     if problem == "regression":
         return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
     if problem == "single_label_classification":
-        return F.cross_entropy(logits, labels.view(-1))
+        return F.cross_entropy(logits, labels.view(-1), label_smoothing=label_smoothing)
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))

@@ -82,7 +82,7 @@ class SideNetwork(nn.Module, ABC):
     """Base class of the side networks.
 
     Subclasses set ``title``, ``distilled_layers`` (the backbone layer each feature imitates), ``feature_width``,
-    ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
+    ``final_width`` (the final state's), ``rerun_layers`` (backbone layers they call again, e.g. SHERL's late module) and ``head``
     (``nn.Linear`` on the final state's width, or None without a task head), and implement
     ``from_config`` and ``run``; ``init_from_backbone`` and ``logged_values`` are optional.
 
@@ -93,6 +93,7 @@ class SideNetwork(nn.Module, ABC):
     title: str  # for model cards: "a side network (<title>) trained beside the frozen encoder"
     distilled_layers: list[int]
     feature_width: int
+    final_width: int
     rerun_layers: frozenset[int] = frozenset()
     head: nn.Linear | None
 

@@ -100,6 +100,7 @@ class DTLSideNetwork(SideNetwork):
         self.rerun_layers = frozenset(range(inject_from + 1, encoder.num_layers))
         self.feature_width = encoder.hidden_size
         self.final_norm = nn.LayerNorm(encoder.hidden_size, eps=encoder.norm_eps)
+        self.final_width = encoder.hidden_size
         self.head = nn.Linear(encoder.hidden_size, num_outputs) if num_outputs else None
 
     @classmethod

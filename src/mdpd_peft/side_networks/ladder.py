@@ -110,6 +110,7 @@ class LadderSideNetwork(SideNetwork):
             for _ in self.side_layers
         )
         self.final_norm = nn.LayerNorm(self.width, eps=encoder.norm_eps)
+        self.final_width = self.width
         self.head = nn.Linear(self.width, num_outputs) if num_outputs else None
 
     @classmethod

@@ -47,6 +47,7 @@ class SHERLSideNetwork(SideNetwork):
         self.layer_scores = nn.Linear(self.width, 1)
         self.fc_out = nn.Sequential(nn.ReLU(), projection(self.width, encoder.hidden_size, encoder.norm_eps))
         self.skip_gate = nn.Parameter(torch.zeros(1))
+        self.final_width = encoder.hidden_size
         self.head = nn.Linear(encoder.hidden_size, num_outputs) if num_outputs else None
 
     @classmethod

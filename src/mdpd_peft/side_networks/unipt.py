@@ -40,6 +40,7 @@ class UniPTSideNetwork(SideNetwork):
         self.projections = nn.ModuleList(projection(encoder.hidden_size, self.width, encoder.norm_eps) for _ in range(len(self.mixed) + 1))
         self.confidence = nn.Linear(self.width, 1)  # shared by all states
         self.merge = projection(self.width, self.width, encoder.norm_eps)  # W_p, then LN
+        self.final_width = self.width
         self.head = nn.Linear(self.width, num_outputs) if num_outputs else None
 
     @classmethod

@@ -1,0 +1,105 @@
+"""Configuration of a kept side-network task: one named task of a frozen encoder, served beside the others."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+from peft.utils.constants import DUMMY_TARGET_MODULES
+
+from ..config import SideNetworkSettings, invalid, is_integer, is_real
+from ..enum_extension import add_str_enum_member
+
+add_str_enum_member(PeftType, "SIDE_TASK")
+
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
+HEAD_INPUTS = ("gated", "side")
+POOLINGS = ("mean", "first")
+CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
+
+
+@dataclass
+class SideTaskConfig(SideNetworkSettings, PeftConfig):
+    """Configuration of a side-network task kept at inference (``get_peft_model(encoder, SideTaskConfig(...))``).
+
+    A side network (``side_network``, by default the LST ladder; see ``SideNetworkSettings``) reads the frozen
+    encoder's states and a head of its own predicts the task. Nothing in the encoder changes, so every task of a
+    ``PeftModel`` (one adapter per task) is served from one encoder pass, and a new task can train on cached
+    encoder states (``build_state_cache``) without the encoder in the loop. The base model is the bare encoder
+    (``AutoModel``: ``BertModel``, ``Dinov2Model``, ...); each task brings its own labels.
+
+    Args:
+        num_labels: The head's outputs. ``None`` takes it from ``id2label`` (1 for regression).
+        id2label: Class index -> label name, as in transformers' configs; ``None`` names them ``LABEL_<i>``.
+        problem_type: ``"single_label_classification"`` (cross-entropy), ``"multi_label_classification"``
+            (a sigmoid per label, binary cross-entropy), ``"regression"`` (one output, MSE) or
+            ``"token_classification"`` (a label per token, -100 ignored), as transformers' heads.
+        head_input: What the head reads. ``"gated"`` (default; QST, arXiv 2401.07159): the side network's final
+            state up-projected to the encoder's width and mixed per channel with the encoder's own final
+            representation through a learned sigmoid gate, ``h = g * Up(s) + (1 - g) * b``, so the head always sees
+            what a linear probe sees. ``"side"`` (LST): the side network's final state alone.
+        head_gate_init: Initial logit of that gate, per channel: ``0.0`` starts at an even mix; a negative value
+            starts near the encoder's representation (``-4``: g = 0.018), i.e. near a linear probe.
+        pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders) or
+            ``"first"`` (the CLS token, as ViT/DINOv2 classifiers). Token classification does not pool.
+        label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
+        encoder_fingerprint: Filled in when the task is attached and saved with it: the encoder's layer count,
+            widths and a hash of its weights. Attaching the task to another encoder then fails before anything
+            changes. Leave it ``None``.
+    """
+
+    num_labels: Optional[int] = field(default=None, metadata={"help": "Outputs of the task head; None = len(id2label)."})
+    id2label: Optional[dict[int, str]] = field(default=None, metadata={"help": "Class index -> label name."})
+    problem_type: str = field(default="single_label_classification", metadata={"help": f"One of {PROBLEM_TYPES}."})
+    head_input: str = field(default="gated", metadata={"help": f"What the head reads: one of {HEAD_INPUTS}."})
+    head_gate_init: float = field(default=0.0, metadata={"help": "Initial logit of the head's per-channel gate (gated head)."})
+    pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
+    label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=DUMMY_TARGET_MODULES, metadata={"help": "Fixed: a side task wraps no module of the encoder."}
+    )
+    encoder_fingerprint: Optional[dict[str, Any]] = field(
+        default=None, metadata={"help": "Filled in at attach time (layers, widths, weights hash); checked when reloading."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = PeftType.SIDE_TASK
+        self.target_modules = DUMMY_TARGET_MODULES
+        if isinstance(self.id2label, dict):  # JSON turns the keys into strings
+            self.id2label = {int(index): str(label) for index, label in self.id2label.items()}
+        if self.num_labels is None:
+            self.num_labels = 1 if self.problem_type == "regression" else len(self.id2label or {}) or None
+        self.check_values()
+        if self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {label: index for index, label in self.id2label.items()}
+
+    @property
+    def per_token(self) -> bool:
+        return self.problem_type == "token_classification"
+
+    def check_values(self) -> None:
+        """Checks the settings that do not depend on the encoder."""
+        self.check_side_network_values()
+        owner = type(self).__name__
+        for name, allowed in (("problem_type", PROBLEM_TYPES), ("head_input", HEAD_INPUTS), ("pooling", POOLINGS)):
+            if getattr(self, name) not in allowed:
+                raise invalid(name, getattr(self, name), f"one of {allowed}", owner)
+        if not (is_integer(self.num_labels) and self.num_labels >= 1):
+            raise invalid("num_labels", self.num_labels, "an integer >= 1, or id2label given", owner)
+        if self.problem_type == "regression" and self.num_labels != 1:
+            raise invalid("num_labels", self.num_labels, "1 with problem_type='regression'", owner)
+        if self.id2label is not None and sorted(self.id2label) != list(range(self.num_labels)):
+            raise invalid("id2label", self.id2label, f"a label name for each class index 0..{self.num_labels - 1} (num_labels={self.num_labels})", owner)
+        if self.id2label is not None and len(set(self.id2label.values())) != len(self.id2label):
+            raise invalid("id2label", self.id2label, "distinct label names", owner)
+        if not is_real(self.head_gate_init):
+            raise invalid("head_gate_init", self.head_gate_init, "a finite float", owner)
+        if not (is_real(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
+            raise invalid("label_smoothing", self.label_smoothing, "a float in [0, 1)", owner)

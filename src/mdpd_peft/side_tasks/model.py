@@ -1,0 +1,297 @@
+"""SideTaskModel: the PEFT tuner that keeps side networks as named tasks of one frozen encoder, all fed by one pass."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from torch import nn
+from transformers.utils import ModelOutput
+
+from ..architecture import EncoderMap, backbone_modules, is_norm, map_encoder
+from ..batch_checks import BatchLimits, check_batch
+from ..capture import BackboneCapture
+from ..config import invalid
+from ..distillation import intermediates_kept
+from ..forward_pass import SidePass, cached_backbone_states
+from ..shared_state import TunerHeldModules, adapter_names_of, place_adapter_module
+from ..side_networks import SIDE_NETWORKS, BackboneStates, SideNetwork
+from ..state_cache import weights_hash
+from ..task_loss import side_task_loss
+from ..token_layout import stage_real_tokens
+from .config import SideTaskConfig
+from .head import TaskHead
+
+
+@dataclass
+class SideTaskOutput(ModelOutput):
+    """One encoder pass's predictions for every task that ran.
+
+    ``task_logits`` maps each task to its logits, (B, C) or (B, N, C) for token classification. ``logits`` and
+    ``loss`` are set when one task ran (what a ``Trainer`` reads); ``loss`` only when ``labels`` were given.
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    task_logits: dict[str, torch.Tensor] | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class SideTask(nn.Module):
+    """One kept task: a side network reading the encoder's states and the head that predicts from it."""
+
+    def __init__(self, side: SideNetwork, head: TaskHead):
+        super().__init__()
+        self.side = side
+        self.head = head
+
+    def forward(self, states: BackboneStates, encoder_state: torch.Tensor, per_token: bool) -> torch.Tensor:
+        """states of one encoder pass, encoder_state (B, N, D_B) its final representation -> logits."""
+        final_state = self.side(states).final_state  # (B, N', D_S); Swin's last stage has fewer tokens
+        real = stage_real_tokens(states.real, final_state.shape[1])
+        return self.head(final_state, encoder_state, real, per_token)
+
+
+def final_norm_of(model: nn.Module, encoder: EncoderMap) -> nn.Module:
+    """The norm a pre-norm encoder applies after its layers (ViT's, DINOv2's ``layernorm``), else the identity
+    (post-norm encoders such as BERT end on a normalised layer): with it, a task head reads the encoder's own
+    final representation, live and from cached layer outputs alike."""
+    prefix, past_layers = encoder.layers_path + ".", False
+    for name, module in backbone_modules(model):
+        in_layers = name.startswith(prefix)
+        if past_layers and not in_layers and is_norm(module):
+            return module
+        past_layers = past_layers or in_layers
+    return nn.Identity()
+
+
+def encoder_fingerprint(model: nn.Module, encoder: EncoderMap) -> dict:
+    """What tells encoders apart: the layers, their widths and a hash of every weight and buffer."""
+    on_meta = any(p.is_meta for p in model.parameters())
+    return {"num_layers": encoder.num_layers, "layer_widths": list(encoder.layer_widths), "weights": None if on_meta else weights_hash(model)}
+
+
+class SideTaskModel(TunerHeldModules, BaseTuner):
+    """Kept side networks as PEFT adapters: one adapter per task, one encoder pass for all of them.
+
+    Each adapter (``SideTaskConfig``) is a ``SideTask``: a side network and its head, held on the tuner; the
+    encoder is never wrapped or changed. Hooks record the encoder's states during its forward pass, and then every
+    task that runs reads them: the *active* adapters (``model.base_model.set_adapter([...])``; a fresh model has
+    its first task active, ``load_side_tasks`` activates all), or the ``tasks=[...]`` given to the call. The
+    forward returns a ``SideTaskOutput`` instead of the encoder's output. ``labels=`` train the one task that runs.
+
+    Tasks are independent: adding or deleting one never changes another's outputs. Every adapter saves and
+    loads as an ordinary PEFT adapter (``PeftModel.from_pretrained(encoder, folder)`` loads one task alone).
+    """
+
+    prefix: str = "side_task_"
+    tuner_layer_cls = BaseTunerLayer  # wraps no layer
+    target_module_mapping: dict = {}
+    uses_shared_state: bool = True  # the tasks live on the tuner; `inject_adapter_in_model` would drop them
+    adapter_containers = ("side_task_modules",)
+
+    def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
+        raise NotImplementedError("A side task wraps no module; its target_modules are PEFT's dummy targets.")
+
+    # ---------------------------------------------------------------------------------------- set-up
+
+    def inject_adapter(self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs) -> None:
+        """Map the encoder, check the task against it, build the task's side network and head, hook the encoder once."""
+        config: SideTaskConfig = self.peft_config[adapter_name]
+        config.check_values()  # again: the config may have been changed since it was built
+        encoder = map_encoder(model, config)
+        if not hasattr(self, "side_task_modules"):
+            self.side_task_modules = nn.ModuleDict()
+            self.encoder = encoder
+            self.encoder_fingerprint = encoder_fingerprint(model, encoder)
+            self.final_norm = final_norm_of(model, encoder)
+            self._capture = BackboneCapture(model, encoder)
+            self._hook_handles = [
+                model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
+                model.register_forward_hook(self._finish_forward, with_kwargs=True),
+            ]
+            self._forward_signature = inspect.signature(model.forward)
+            self._batch_limits = BatchLimits.of(model)
+            self._adapters_enabled = True
+        self._check_encoder(config, encoder)
+        config.encoder_fingerprint = self.encoder_fingerprint
+        side_layers = sorted(set(config.side_layers)) if config.side_layers is not None else list(range(encoder.num_layers))
+        if any(not 0 <= i < encoder.num_layers for i in side_layers):
+            raise invalid("side_layers", config.side_layers, f"indices in [0, {encoder.num_layers - 1}] (the encoder has {encoder.num_layers} layers)", "SideTaskConfig")
+        side = SIDE_NETWORKS[config.side_network].from_config(encoder, config, side_layers, None)
+        head = TaskHead(side.final_width, encoder.hidden_size, config.num_labels, config.head_input, config.head_gate_init, config.pooling)
+        task = place_adapter_module(SideTask(side, head), model)
+        side.init_from_backbone(model, encoder)
+        self.side_task_modules[adapter_name] = task
+        super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
+        self._sync_trainability()
+
+    def _check_encoder(self, config: SideTaskConfig, encoder: EncoderMap) -> None:
+        """A task belongs to one encoder: its layers must be the bundle's, and a saved task's weights hash too."""
+        if (encoder.layers_path, encoder.layer_widths) != (self.encoder.layers_path, self.encoder.layer_widths):
+            raise invalid("layers_path", config.layers_path, f"the bundle's layer list ({self.encoder.layers_path!r}, widths {list(self.encoder.layer_widths)})", "SideTaskConfig")
+        saved, current = config.encoder_fingerprint, self.encoder_fingerprint
+        if saved is None:
+            return
+        differing = [key for key in ("num_layers", "layer_widths", "weights") if None not in (saved.get(key), current[key]) and saved.get(key) != current[key]]
+        if differing:
+            raise ValueError(
+                f"This side task was trained on another encoder: its {', '.join(differing)} differ from this model's "
+                "(SideTaskConfig.encoder_fingerprint). A side network reads the states of the encoder it was trained on: "
+                "attach it to that encoder, or train the task again on this one."
+            )
+
+    def _sync_trainability(self, inference_mode: bool | None = None) -> None:
+        """A task trains when it is active, adapters are enabled and it is not in inference mode."""
+        for name, task in self.side_task_modules.items():
+            frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
+            task.requires_grad_(name in self.active_adapters and self._adapters_enabled and not frozen)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        """Make these tasks the ones that run (and train, unless ``inference_mode``)."""
+        unknown = [name for name in adapter_names_of(adapter_name) if name not in self.side_task_modules]
+        if unknown:
+            raise ValueError(f"Unknown task(s) {unknown}: this model has the tasks {list(self.side_task_modules)}.")
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        self._sync_trainability(inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        for name in adapter_names_of(adapter_names):
+            if name in self.side_task_modules:
+                self.side_task_modules[name].requires_grad_(requires_grad)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        super()._enable_adapter_layers(enabled)
+        self._adapters_enabled = enabled
+        self._sync_trainability()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """PEFT reads the adapters left active from wrapped layers; a side task wraps none, so they are picked here."""
+        still_active = [name for name in self.active_adapters if name != adapter_name]
+        super().delete_adapter(adapter_name)
+        del self.side_task_modules[adapter_name]
+        remaining = still_active or list(self.peft_config)[:1]
+        if remaining:
+            self.set_adapter(remaining, inference_mode=self.peft_config[remaining[0]].inference_mode)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.side_task_modules)
+
+    # ------------------------------------------------------------------------------------- the pass
+
+    def _tasks_to_run(self, tasks) -> list[str]:
+        if tasks is None:
+            return [name for name in self.active_adapters if name in self.side_task_modules] if self._adapters_enabled else []
+        names = adapter_names_of(tasks)
+        unknown = [name for name in names if name not in self.side_task_modules]
+        if unknown:
+            raise ValueError(f"tasks={tasks!r} names unknown task(s) {unknown}: this model has the tasks {list(self.side_task_modules)}.")
+        return names
+
+    def _begin_forward(self, module, args, kwargs):
+        """Take our arguments out of the encoder's (``labels``, ``tasks``), check the batch, open the capture."""
+        kwargs = dict(kwargs)
+        labels, tasks = kwargs.pop("labels", None), kwargs.pop("tasks", None)
+        self._running = self._tasks_to_run(tasks)
+        self._labels = labels
+        if labels is not None and len(self._running) != 1:
+            raise ValueError(
+                f"labels= train one task, but {len(self._running)} would run ({self._running}): choose it with "
+                "tasks=[name] or model.base_model.set_adapter(name)."
+            )
+        try:
+            arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
+        except TypeError:
+            arguments = kwargs
+        if self._running:
+            check_batch({**arguments, "labels": labels}, self._batch_limits, self.peft_config[self._running[0]])
+            rerun = frozenset().union(*(self.side_task_modules[name].side.rerun_layers for name in self._running))
+            self._capture.open(arguments.get("attention_mask"), rerun)
+        return args, kwargs
+
+    def _finish_forward(self, module, args, kwargs, output):
+        captured = self._capture.close()
+        if not self._running or captured is None or captured.embeddings is None:
+            return output
+        states = self._capture.states(captured)
+        logits = self.run_tasks(states, self._running)
+        hidden = output.get("last_hidden_state") if isinstance(output, ModelOutput) else None
+        result = SideTaskOutput(task_logits=logits, last_hidden_state=hidden)
+        if len(logits) == 1:
+            (name, task_logits), = logits.items()
+            result.logits = task_logits
+            if self._labels is not None:
+                result.loss = self.task_loss(name, task_logits, self._labels)
+        self._labels = None
+        return result
+
+    def run_tasks(self, states: BackboneStates, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """Every task in ``tasks`` on one pass's ``states``: task name -> logits. The encoder's final representation
+        is computed once for all of them. While a task trains, its side steps keep their intermediates (no encoder
+        activation is stored: there is nothing to recompute for)."""
+        encoder_state = self.final_norm(states.layer_outputs[-1])  # (B, N, D_B)
+        with intermediates_kept():
+            return {name: self.side_task_modules[name](states, encoder_state, self.peft_config[name].per_token) for name in tasks}
+
+    def task_loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The loss transformers' head for the task's problem type would use."""
+        config = self.peft_config[name]
+        return side_task_loss(logits, {"labels": labels}, config, config.label_smoothing)
+
+    # ------------------------------------------------------------------------------ cached states
+
+    def cached_state_indices(self, tasks: list[str] | None = None) -> tuple[int, ...]:
+        """The states a state cache must hold for ``tasks`` (default: every task), numbered as transformers'
+        ``hidden_states`` (0 the embeddings, l + 1 layer l's output): what their side networks read and the last
+        layer's output, which the heads read."""
+        names = tasks if tasks is not None else self.tasks
+        for name in names:
+            side = self.side_task_modules[name].side
+            if side.rerun_layers:
+                raise invalid(
+                    "side_network", self.peft_config[name].side_network,
+                    f"'ladder' or 'unipt' to train task {name!r} on cached states: it re-runs encoder layers "
+                    f"{sorted(side.rerun_layers)} on its own states, which no cache holds; train it live (on the dataset)",
+                    "SideTaskConfig",
+                )
+        if not self.encoder.uniform_width:
+            raise ValueError("Cached states need an encoder whose layers keep one width and token count (not Swin); train live.")
+        layers = {self.encoder.num_layers - 1}.union(*(self.side_task_modules[name].side.distilled_layers for name in names))
+        return (0, *sorted(layer + 1 for layer in layers))
+
+    def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
+        """Train the one active task on a batch of cached encoder states (``StateCache.collate``'s), with no encoder
+        in the forward: its logits and, with ``labels`` in the batch, its task loss (``.loss``)."""
+        tasks = self._tasks_to_run(None)
+        if len(tasks) != 1:
+            raise ValueError(f"Training on cached states trains one task, but {len(tasks)} are active ({tasks}): model.base_model.set_adapter(name).")
+        name = tasks[0]
+        dtype = next(self.side_task_modules[name].parameters()).dtype
+        indices = tuple(int(i) for i in batch["hidden_state_indices"])
+        states = cached_backbone_states(batch, indices, self.encoder.num_layers, dtype)
+        logits = self.run_tasks(states, [name])[name]
+        loss = self.task_loss(name, logits, batch["labels"]) if batch.get("labels") is not None else logits.new_zeros(())
+        self.latest_losses = {"task": loss.detach()}
+        return SidePass(logits, {"task": loss}, loss)
+
+    # -------------------------------------------------------------------------------------- unloading
+
+    def _unload_and_optionally_merge(self, merge: bool = True, progressbar: bool = False, safe_merge: bool = False, adapter_names=None):
+        """``unload()`` removes the hooks and returns the untouched encoder; a kept side network has nothing to merge."""
+        if merge:
+            raise ValueError(
+                "A side task cannot be merged into the encoder: it is a network beside it. Keep the PeftModel to serve it "
+                "(unload() returns the untouched encoder), or train with MDPDConfig and fade it into a plain model."
+            )
+        self._capture.remove()
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles = []
+        return self.model
+
+    def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
+        self._unload_and_optionally_merge(merge=True)
