@@ -11,11 +11,11 @@ from .gathering import gathered_faded_model
 from .layer import MDPDLayer
 from .model import MDPDModel
 from .registration import register
-from .side_tasks import SideTaskConfig, SideTaskModel, SideTaskOutput
+from .side_tasks import SideTaskConfig, SideTaskModel, SideTaskOutput, SideTaskTrainer
 from .state_cache import StateCache, StateCacheKey, StaleStateCacheError, build_state_cache
 from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskTrainer"]
 __version__ = "0.1.0"

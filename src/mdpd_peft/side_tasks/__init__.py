@@ -2,5 +2,6 @@
 
 from .config import SideTaskConfig
 from .model import SideTaskModel, SideTaskOutput
+from .trainer import SideTaskTrainer
 
-__all__ = ["SideTaskConfig", "SideTaskModel", "SideTaskOutput"]
+__all__ = ["SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskTrainer"]

@@ -1,0 +1,64 @@
+"""SideTaskTrainer: a transformers Trainer that trains one task of a side-task model, on cached states or live."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import Trainer
+
+from ..state_cache import StateCache, cache_tuner
+from .model import SideTaskModel
+
+logger = logging.getLogger(__name__)
+
+
+class SideTaskTrainer(Trainer):
+    """Train ``task`` of a ``get_peft_model(encoder, SideTaskConfig(...))`` model; every other task stays as it is.
+
+    - ``train_dataset`` a ``StateCache`` (``build_state_cache``, or ``cache.with_targets(model, dataset)`` for a
+      second task on the same inputs): each step is the task's side network and head on a batch of cached encoder
+      states (``SideTaskModel.side_pass_on_cached_states``), with no encoder in the forward. A side network that
+      re-runs encoder layers (SHERL, DTL) cannot: give it the tokenized dataset, and it trains live (said in the log).
+    - ``train_dataset`` a dataset: each step runs the frozen encoder (no activation stored) and the task.
+    - Evaluation always runs live on ``eval_dataset`` with ``data_collator``: what serving computes.
+
+    ``label_names`` default to ``["labels"]`` (the bare encoder's forward names no labels, so the Trainer would
+    otherwise find none). Checkpoints and ``save_model`` save every task as its own adapter folder.
+    """
+
+    def __init__(self, model=None, args=None, task: str | None = None, data_collator=None, train_dataset=None, **kwargs):
+        tuner = cache_tuner(model)
+        if not isinstance(tuner, SideTaskModel):
+            raise TypeError(f"SideTaskTrainer trains a model from get_peft_model(encoder, SideTaskConfig(...)); got {type(tuner).__name__}.")
+        task = task if task is not None else tuner.active_adapters[0]
+        tuner.set_adapter(task)  # the one task that runs and trains
+        if args is not None and args.label_names is None:
+            args.label_names = ["labels"]
+        self.cache = train_dataset if isinstance(train_dataset, StateCache) else None
+        if self.cache is not None:
+            self.cache.check(model)
+        else:
+            logger.info("SideTaskTrainer: task %r trains live (the encoder runs in every step): no state cache was given.", task)
+        super().__init__(model, args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
+        self.task = task
+        self.live_collator = self.data_collator  # the user's, or the Trainer's default for the processing class
+        if self.cache is not None:
+            self.data_collator = self.cache.collate
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        if self.cache is not None and data_collator == self.cache.collate:  # cached states are no argument of the forward
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        training_collator, self.data_collator = self.data_collator, self.live_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if "hidden_states" not in inputs:  # live: the model computes the task's loss
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        side_pass = cache_tuner(model).side_pass_on_cached_states(inputs)
+        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
