@@ -86,11 +86,11 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
     loads as an ordinary PEFT adapter (``PeftModel.from_pretrained(encoder, folder)`` loads one task alone).
     """
 
-    prefix: str = "side_task_"
+    prefix: str = "kept_"
     tuner_layer_cls = BaseTunerLayer  # wraps no layer
     target_module_mapping: dict = {}
     uses_shared_state: bool = True  # the tasks live on the tuner; `inject_adapter_in_model` would drop them
-    adapter_containers = ("side_task_modules",)
+    adapter_containers = ("kept_tasks",)
 
     def _create_and_replace(self, peft_config, adapter_name, target, target_name, parent, current_key, **kwargs):
         raise NotImplementedError("A side task wraps no module; its target_modules are PEFT's dummy targets.")
@@ -102,8 +102,8 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         config: SideTaskConfig = self.peft_config[adapter_name]
         config.check_values()  # again: the config may have been changed since it was built
         encoder = map_encoder(model, config)
-        if not hasattr(self, "side_task_modules"):
-            self.side_task_modules = nn.ModuleDict()
+        if not hasattr(self, "kept_tasks"):
+            self.kept_tasks = nn.ModuleDict()
             self.encoder = encoder
             self.encoder_fingerprint = encoder_fingerprint(model, encoder)
             self.final_norm = final_norm_of(model, encoder)
@@ -124,7 +124,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         head = TaskHead(side.final_width, encoder.hidden_size, config.num_labels, config.head_input, config.head_gate_init, config.pooling)
         task = place_adapter_module(SideTask(side, head), model)
         side.init_from_backbone(model, encoder)
-        self.side_task_modules[adapter_name] = task
+        self.kept_tasks[adapter_name] = task
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
         self._sync_trainability()
 
@@ -145,23 +145,23 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
 
     def _sync_trainability(self, inference_mode: bool | None = None) -> None:
         """A task trains when it is active, adapters are enabled and it is not in inference mode."""
-        for name, task in self.side_task_modules.items():
+        for name, task in self.kept_tasks.items():
             frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
             task.requires_grad_(name in self.active_adapters and self._adapters_enabled and not frozen)
 
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make these tasks the ones that run (and train, unless ``inference_mode``)."""
-        unknown = [name for name in adapter_names_of(adapter_name) if name not in self.side_task_modules]
+        unknown = [name for name in adapter_names_of(adapter_name) if name not in self.kept_tasks]
         if unknown:
-            raise ValueError(f"Unknown task(s) {unknown}: this model has the tasks {list(self.side_task_modules)}.")
+            raise ValueError(f"Unknown task(s) {unknown}: this model has the tasks {list(self.kept_tasks)}.")
         super().set_adapter(adapter_name, inference_mode=inference_mode)
         self._sync_trainability(inference_mode)
 
     def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
         super().set_requires_grad(adapter_names, requires_grad=requires_grad)
         for name in adapter_names_of(adapter_names):
-            if name in self.side_task_modules:
-                self.side_task_modules[name].requires_grad_(requires_grad)
+            if name in self.kept_tasks:
+                self.kept_tasks[name].requires_grad_(requires_grad)
 
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
         super()._enable_adapter_layers(enabled)
@@ -172,24 +172,24 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         """PEFT reads the adapters left active from wrapped layers; a side task wraps none, so they are picked here."""
         still_active = [name for name in self.active_adapters if name != adapter_name]
         super().delete_adapter(adapter_name)
-        del self.side_task_modules[adapter_name]
+        del self.kept_tasks[adapter_name]
         remaining = still_active or list(self.peft_config)[:1]
         if remaining:
             self.set_adapter(remaining, inference_mode=self.peft_config[remaining[0]].inference_mode)
 
     @property
     def tasks(self) -> list[str]:
-        return list(self.side_task_modules)
+        return list(self.kept_tasks)
 
     # ------------------------------------------------------------------------------------- the pass
 
     def _tasks_to_run(self, tasks) -> list[str]:
         if tasks is None:
-            return [name for name in self.active_adapters if name in self.side_task_modules] if self._adapters_enabled else []
+            return [name for name in self.active_adapters if name in self.kept_tasks] if self._adapters_enabled else []
         names = adapter_names_of(tasks)
-        unknown = [name for name in names if name not in self.side_task_modules]
+        unknown = [name for name in names if name not in self.kept_tasks]
         if unknown:
-            raise ValueError(f"tasks={tasks!r} names unknown task(s) {unknown}: this model has the tasks {list(self.side_task_modules)}.")
+            raise ValueError(f"tasks={tasks!r} names unknown task(s) {unknown}: this model has the tasks {list(self.kept_tasks)}.")
         return names
 
     def _begin_forward(self, module, args, kwargs):
@@ -209,7 +209,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
             arguments = kwargs
         if self._running:
             check_batch({**arguments, "labels": labels}, self._batch_limits, self.peft_config[self._running[0]])
-            rerun = frozenset().union(*(self.side_task_modules[name].side.rerun_layers for name in self._running))
+            rerun = frozenset().union(*(self.kept_tasks[name].side.rerun_layers for name in self._running))
             self._capture.open(arguments.get("attention_mask"), rerun)
         return args, kwargs
 
@@ -235,7 +235,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         activation is stored: there is nothing to recompute for)."""
         encoder_state = self.final_norm(states.layer_outputs[-1])  # (B, N, D_B)
         with intermediates_kept():
-            return {name: self.side_task_modules[name](states, encoder_state, self.peft_config[name].per_token) for name in tasks}
+            return {name: self.kept_tasks[name](states, encoder_state, self.peft_config[name].per_token) for name in tasks}
 
     def task_loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss transformers' head for the task's problem type would use."""
@@ -250,7 +250,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         layer's output, which the heads read."""
         names = tasks if tasks is not None else self.tasks
         for name in names:
-            side = self.side_task_modules[name].side
+            side = self.kept_tasks[name].side
             if side.rerun_layers:
                 raise invalid(
                     "side_network", self.peft_config[name].side_network,
@@ -260,7 +260,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
                 )
         if not self.encoder.uniform_width:
             raise ValueError("Cached states need an encoder whose layers keep one width and token count (not Swin); train live.")
-        layers = {self.encoder.num_layers - 1}.union(*(self.side_task_modules[name].side.distilled_layers for name in names))
+        layers = {self.encoder.num_layers - 1}.union(*(self.kept_tasks[name].side.distilled_layers for name in names))
         return (0, *sorted(layer + 1 for layer in layers))
 
     def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
@@ -270,7 +270,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
         if len(tasks) != 1:
             raise ValueError(f"Training on cached states trains one task, but {len(tasks)} are active ({tasks}): model.base_model.set_adapter(name).")
         name = tasks[0]
-        dtype = next(self.side_task_modules[name].parameters()).dtype
+        dtype = next(self.kept_tasks[name].parameters()).dtype
         indices = tuple(int(i) for i in batch["hidden_state_indices"])
         states = cached_backbone_states(batch, indices, self.encoder.num_layers, dtype)
         logits = self.run_tasks(states, [name])[name]

@@ -1,0 +1,207 @@
+"""Kept side-network tasks: one encoder pass feeds every task, tasks are independent, every problem type trains,
+training on cached states equals training live, and bad input fails early."""
+
+import pytest
+import torch
+import transformers
+from peft import PeftModel, get_peft_model
+from transformers import TrainingArguments
+
+from conftest import VOCAB, text_batch
+from mdpd_peft import SideTaskConfig, SideTaskTrainer, StaleStateCacheError, build_state_cache
+from test_state_cache import ragged_dataset
+
+
+def tiny_encoder(seed: int = 0) -> transformers.BertModel:
+    torch.manual_seed(seed)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return transformers.BertModel(config).eval()
+
+
+def three_tasks(encoder=None):
+    model = get_peft_model(encoder or tiny_encoder(), SideTaskConfig(id2label={0: "neg", 1: "pos"}, reduction_factor=4), adapter_name="sentiment")
+    model.add_adapter("topic", SideTaskConfig(num_labels=3, reduction_factor=4, side_network="unipt"))
+    model.add_adapter("score", SideTaskConfig(problem_type="regression", reduction_factor=4, head_input="side"))
+    model.base_model.set_adapter(model.base_model.tasks)
+    return model.eval()
+
+
+def count_layer_calls(model) -> list[int]:
+    calls = [0]
+    first_layer = model.base_model.encoder.layers(model.base_model.model)[0]
+    first_layer.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def inputs(batch: dict) -> dict:
+    return {key: batch[key] for key in ("input_ids", "attention_mask")}
+
+
+def test_one_encoder_pass_feeds_every_task_and_each_equals_the_task_run_alone():
+    model, batch = three_tasks(), inputs(text_batch())
+    calls = count_layer_calls(model)
+    with torch.no_grad():
+        together = model(**batch).task_logits
+    assert calls[0] == 1 and list(together) == ["sentiment", "topic", "score"]
+    assert [tuple(v.shape) for v in together.values()] == [(6, 2), (6, 3), (6, 1)]
+    for task in together:
+        with torch.no_grad():
+            alone = model(**batch, tasks=[task])
+        torch.testing.assert_close(alone.logits, together[task], rtol=0, atol=0)
+    assert calls[0] == 4
+
+
+def test_adding_or_deleting_a_task_never_changes_another_tasks_outputs():
+    model, batch = three_tasks(), inputs(text_batch())
+    with torch.no_grad():
+        before = model(**batch).task_logits
+    model.add_adapter("extra", SideTaskConfig(num_labels=5, reduction_factor=4))
+    model.base_model.set_adapter(model.base_model.tasks)
+    model.delete_adapter("topic")
+    assert model.base_model.tasks == ["sentiment", "score", "extra"] and model.active_adapters == ["sentiment", "score", "extra"]
+    with torch.no_grad():
+        after = model(**batch).task_logits
+    for task in ("sentiment", "score"):
+        assert torch.equal(before[task], after[task])
+
+
+def test_each_task_saves_as_an_adapter_that_loads_alone(tmp_path):
+    model, batch = three_tasks(), inputs(text_batch())
+    with torch.no_grad():
+        expected = model(**batch).task_logits
+    model.save_pretrained(tmp_path)
+    for task in expected:
+        alone = PeftModel.from_pretrained(tiny_encoder(), tmp_path / task, adapter_name=task).eval()
+        assert alone.peft_config[task].id2label == model.peft_config[task].id2label
+        with torch.no_grad():
+            assert torch.equal(alone(**batch).logits, expected[task])
+
+
+def test_only_the_training_task_trains_and_the_encoder_stays_frozen():
+    model, batch = three_tasks(), text_batch(num_labels=3)
+    model.base_model.set_adapter("topic")
+    trainable = {name.split(".")[2] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"topic"}
+    encoder_before = {k: v.clone() for k, v in model.base_model.model.state_dict().items()}
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(torch.equal(v, model.base_model.model.state_dict()[k]) for k, v in encoder_before.items())
+
+
+@pytest.mark.parametrize(
+    "config, labels",
+    [
+        (SideTaskConfig(num_labels=3, label_smoothing=0.1), torch.tensor([0, 2, 1, 1, 0, 2])),
+        (SideTaskConfig(num_labels=4, problem_type="multi_label_classification"), (torch.rand(6, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()),
+        (SideTaskConfig(problem_type="regression"), torch.linspace(-1, 1, 6)),
+        (SideTaskConfig(num_labels=3, problem_type="token_classification"), torch.randint(0, 3, (6, 16), generator=torch.Generator().manual_seed(0))),
+        (SideTaskConfig(num_labels=3, side_network="sherl", pooling="first"), torch.tensor([0, 2, 1, 1, 0, 2])),
+    ],
+    ids=["single-label", "multi-label", "regression", "token", "sherl"],
+)
+def test_every_problem_type_trains(config, labels):
+    model = get_peft_model(tiny_encoder(), config, adapter_name="task").train()
+    batch = inputs(text_batch())
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
+    losses = []
+    for _ in range(8):
+        output = model(**batch, labels=labels)
+        losses.append(output.loss.item())
+        output.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    expected_shape = (6, 16, 3) if config.per_token else (6, config.num_labels)
+    assert tuple(output.logits.shape) == expected_shape and losses[-1] < losses[0]
+
+
+def test_the_gated_head_starts_as_a_linear_probe_of_the_encoders_final_representation():
+    """With the gate closed (logit -> -inf) the head reads the encoder's own output, mean-pooled over real tokens."""
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, head_gate_init=-60.0), adapter_name="probe").eval()
+    batch = inputs(text_batch())
+    with torch.no_grad():
+        logits = model(**batch).logits
+        hidden = model.base_model.model(**batch).last_hidden_state
+    real = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hidden * real).sum(1) / real.sum(1)
+    classifier = model.base_model.kept_tasks["probe"].head.classifier
+    torch.testing.assert_close(logits, classifier(pooled), rtol=1e-5, atol=1e-5)
+
+
+def test_a_vision_task_reads_the_encoders_final_layernorm():
+    torch.manual_seed(0)
+    vit = transformers.ViTModel(transformers.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128), add_pooling_layer=False).eval()
+    model = get_peft_model(vit, SideTaskConfig(num_labels=4, pooling="first", head_gate_init=-60.0), adapter_name="digits").eval()
+    assert model.base_model.final_norm is vit.layernorm
+    pixels = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels).logits
+        cls = vit(pixel_values=pixels).last_hidden_state[:, 0]
+    torch.testing.assert_close(logits, model.base_model.kept_tasks["digits"].head.classifier(cls), rtol=1e-5, atol=1e-5)
+
+
+def test_training_on_cached_states_equals_training_live(tmp_path):
+    """Dropout off: the same seeds and batches give the same task weights on cached and on live encoder states."""
+    data = ragged_dataset(rows=12)
+    weights = []
+    for cached in (False, True):
+        model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+        train = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32) if cached else data
+        args = TrainingArguments(tmp_path / f"out{cached}", max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", seed=0)
+        SideTaskTrainer(model=model, args=args, train_dataset=train).train()
+        weights.append({k: v.clone() for k, v in model.base_model.kept_tasks.state_dict().items()})
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_two_tasks_on_the_same_inputs_share_one_cache(tmp_path):
+    data = ragged_dataset(rows=12)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="first")
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    model.add_adapter("second", SideTaskConfig(num_labels=2, reduction_factor=4))
+    relabelled = data.map(lambda row: {"labels": row["labels"] % 2})
+    second = cache.with_targets(model, relabelled)
+    assert [int(second[i]["labels"]) for i in range(12)] == relabelled["labels"]
+    assert [int(cache[i]["labels"]) for i in range(12)] == data["labels"]  # the cache itself is unchanged
+    args = TrainingArguments(tmp_path / "out", max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no")
+    SideTaskTrainer(model=model, args=args, task="second", train_dataset=second).train()
+    with pytest.raises(StaleStateCacheError, match="other inputs"):
+        cache.with_targets(model, ragged_dataset(rows=12, seed=1))
+
+
+def test_a_task_that_reruns_encoder_layers_is_refused_by_the_cache_and_trains_live(tmp_path):
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, side_network="sherl"), adapter_name="task")
+    with pytest.raises(ValueError, match=r"side_network='sherl' is invalid.*'ladder' or 'unipt'.*train it live"):
+        build_state_cache(model, ragged_dataset(), tmp_path / "cache")
+    args = TrainingArguments(tmp_path / "out", max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no")
+    assert SideTaskTrainer(model=model, args=args, train_dataset=ragged_dataset()).train().training_loss > 0
+
+
+def test_bad_input_fails_early_with_the_allowed_values(tmp_path):
+    model, batch = three_tasks(), inputs(text_batch())
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['sentimant'\].*\['sentiment', 'topic', 'score'\]"):
+        model(**batch, tasks=["sentimant"])
+    with pytest.raises(ValueError, match=r"Unknown task\(s\) \['x'\]"):
+        model.base_model.set_adapter("x")
+    with pytest.raises(ValueError, match=r"labels= train one task, but 3 would run"):
+        model(**batch, labels=torch.zeros(6, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 2\]"):
+        model(**batch, tasks=["topic"], labels=torch.full((6,), 7))
+    with pytest.raises(ValueError, match=r"id2label=.* a label name for each class index 0..2"):
+        SideTaskConfig(num_labels=3, id2label={0: "a", 1: "b"})
+    with pytest.raises(ValueError, match=r"problem_type='ranking' is invalid.*one of \('single_label_classification'"):
+        SideTaskConfig(num_labels=2, problem_type="ranking")
+    with pytest.raises(ValueError, match=r"num_labels=None is invalid"):
+        SideTaskConfig()
+    model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="trained on another encoder: its weights differ"):
+        PeftModel.from_pretrained(tiny_encoder(seed=1), tmp_path / "topic", adapter_name="topic")
+    with pytest.raises(ValueError, match="cannot be merged"):
+        model.merge_and_unload()
