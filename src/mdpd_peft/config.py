@@ -225,6 +225,17 @@ class MDPDConfig(PeftConfig):
             config._weights_folder = folder
         return config
 
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Each term's weight in the combined training loss, by the names of ``mdpd_losses``."""
+        return {
+            "task": 1.0,
+            "shallow": self.shallow_loss_weight,
+            "deep": self.deep_loss_weight,
+            "logits": self.logits_loss_weight,
+            "backbone_task": self.backbone_task_loss_weight,
+        }
+
     def check_saved_weights(self) -> None:
         """For a config loaded from a local folder: that folder holds adapter weights that can be read. A missing or
         truncated file (a save cut short) would otherwise fail only after PEFT changed the model."""
