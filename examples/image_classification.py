@@ -20,7 +20,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults are all local; --push-to-hub turns this off
 
 import mdpd_job  # noqa: E402
-from example_data import DIGITS, load_image_classification  # noqa: E402
+from example_data import DIGITS, label_arguments, load_image_classification  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoImageProcessor,
@@ -47,7 +47,7 @@ def main(argv=None) -> dict[str, float]:
 
     processor = AutoImageProcessor.from_pretrained(args.model)
     data = load_image_classification(args.dataset, args.image_column, args.label_column)
-    labels = data["train"].features["label"].names
+    labels = label_arguments(data)
     mode = "RGB" if AutoConfig.from_pretrained(args.model).num_channels == 3 else "L"
 
     def to_pixels(rows):  # applied lazily, batch by batch
@@ -57,9 +57,7 @@ def main(argv=None) -> dict[str, float]:
     def load_model():
         return AutoModelForImageClassification.from_pretrained(
             args.model,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
+            **labels,
             ignore_mismatched_sizes=True,  # a pretrained head for another label set is replaced
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -33,7 +34,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float
 
 
 def prepare(args: argparse.Namespace) -> None:
-    """What every job does first: go online only to push, quiet the new head's notice, seed everything."""
+    """What every job does first: go online only to push, quiet the new head's notice (the Trainer's progress
+    bars, which that would also turn off, are turned on again in ``run``), seed everything."""
     if args.push_to_hub:
         os.environ["HF_HUB_OFFLINE"] = "0"
     hf_logging.set_verbosity_error()  # the new classifier's "newly initialized" notice is expected
@@ -58,6 +60,7 @@ def run(
     """Probe, MDPD training, test of both paths, fading, reload with plain transformers; prints and returns the summary.
 
     ``data`` has ``train`` / ``validation`` / ``test`` splits already encoded for the model, with ``labels``.
+    ``args.output_dir`` ends up holding ``faded/`` only: the job cannot be resumed, so it keeps no checkpoints.
     """
     started = time.perf_counter()
     if args.train_size is not None:
@@ -73,10 +76,10 @@ def run(
         learning_rate=args.learning_rate,
         warmup_steps=0.1,
         eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
+        save_strategy="no",  # nothing resumes from a checkpoint: the faded model is the job's output
         logging_steps=50,
         report_to=[],
+        disable_tqdm=False,  # on by default only while transformers logs warnings, which prepare() quiets
         seed=args.seed,
         hub_model_id=args.push_to_hub,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -96,15 +99,17 @@ def run(
 
     faded_dir = trainer.save_faded_model(os.path.join(args.output_dir, "faded"), datasets=[dataset_name])
     reloaded = type(peft_model.get_base_model()).from_pretrained(faded_dir)  # the plain transformers class
-    reload_args = TrainingArguments(
-        os.path.join(args.output_dir, "reloaded"),
-        per_device_eval_batch_size=64,
-        report_to=[],
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    reloaded_test = Trainer(model=reloaded, args=reload_args, data_collator=collator, compute_metrics=accuracy)
-    reloaded_accuracy = reloaded_test.predict(data["test"], metric_key_prefix="test").metrics["test_accuracy"]
+    with tempfile.TemporaryDirectory() as scratch:  # predict() writes nothing, but the Trainer wants a folder
+        reload_args = TrainingArguments(
+            scratch,
+            per_device_eval_batch_size=64,
+            report_to=[],
+            disable_tqdm=False,
+            remove_unused_columns=False,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
+        reloaded_test = Trainer(model=reloaded, args=reload_args, data_collator=collator, compute_metrics=accuracy)
+        reloaded_accuracy = reloaded_test.predict(data["test"], metric_key_prefix="test").metrics["test_accuracy"]
     if args.push_to_hub:
         trainer.push_to_hub(datasets=[dataset_name])
 
@@ -119,7 +124,8 @@ def run(
         "wall time, minutes (probe + training + evaluation)": (time.perf_counter() - started) / 60,
     }
     print(f"\nMDPD on {title}, {dataset_name}: {len(data['train'])} train / {len(data['test'])} test rows")
-    print(f"({total:,} parameters, device {training_args.device}, {torch.get_num_threads()} CPU threads; faded model in {faded_dir})")
+    print(f"({total:,} parameters, device {training_args.device}, {torch.get_num_threads()} CPU threads)")
+    print(f"Output: {faded_dir}, the faded model (a plain transformers model, its processor and model card); no checkpoints are kept.")
     for name, value in summary.items():
         print(f"  {name:<62} {value:>10,.3f}" if isinstance(value, float) else f"  {name:<62} {value:>10,}")
     return summary

@@ -27,6 +27,7 @@ from example_data import (  # noqa: E402
     ROTTEN_TOMATOES,
     add_text_arguments,
     encode_text_classification,
+    label_arguments,
     load_text_classification,
     text_model_path,
 )
@@ -50,12 +51,12 @@ def main(argv=None) -> dict[str, float]:
     model_path = text_model_path(args.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = load_text_classification(args.dataset, args.text_column, args.label_column)
-    num_labels = len(set(data["train"]["label"]))
+    labels = label_arguments(data)
     encoded = encode_text_classification(data, tokenizer, args.max_length)
 
     return mdpd_job.run(
         args,
-        load_model=lambda: AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels),
+        load_model=lambda: AutoModelForSequenceClassification.from_pretrained(model_path, **labels),
         peft_config=MDPDConfig(task_type="SEQ_CLS", reduction_factor=args.reduction_factor, mask_ratio=args.mask_ratio),
         data=encoded,
         collator=DataCollatorWithPadding(tokenizer),

@@ -22,6 +22,7 @@ from transformers import TrainingArguments, default_data_collator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import VOCAB, tiny_text_model  # noqa: E402
+from launching import exit_without_teardown  # noqa: E402
 
 from mdpd_peft import MDPDConfig, MDPDTrainer, distillation  # noqa: E402
 
@@ -89,3 +90,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_without_teardown()

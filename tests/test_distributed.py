@@ -5,40 +5,15 @@ The runs are real: torchrun starts the processes, the Trainer and accelerate wra
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from launching import launch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).parents[1]
-
-
-def launch(script: Path, args: list[str], processes: int, timeout: float = 900) -> None:
-    """Runs ``script`` on ``processes`` CPU processes (torchrun) or on one (plain python).
-
-    Robust to a busy machine: ``--standalone`` lets the rendezvous bind a free port (no fixed MASTER_PORT to
-    collide with another run), the scripts meet and close their process groups before exiting (a process leaving
-    while a peer's collective is in flight aborts with SIGABRT), and on a timeout the whole process group is
-    killed, so no orphaned worker keeps a port or a core.
-    """
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = [*(launcher if processes > 1 else [sys.executable]), str(script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True) as run:
-        try:
-            output, _ = run.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(run.pid, signal.SIGKILL)
-            output, _ = run.communicate()
-            pytest.fail(f"{script.name} on {processes} process(es) ran past {timeout} s; its process group was killed:\n{output[-4000:]}")
-    code = run.returncode
-    assert code == 0, f"{script.name} exited with {signal.Signals(-code).name if code < 0 else code}:\n{output[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +22,7 @@ def trainer_runs(tmp_path_factory):
     runs = {}
     for processes, batch in ((2, 4), (1, 8)):
         output_dir = tmp_path_factory.mktemp(f"trainer{processes}")
-        launch(ROOT / "tests" / "ddp_trainer_run.py", [str(output_dir), "--batch-size", str(batch)], processes)
+        launch(ROOT / "tests" / "ddp_trainer_run.py", [str(output_dir), "--batch-size", str(batch)], processes, timeout=900)
         runs[processes] = output_dir
     return runs
 
@@ -121,7 +96,7 @@ def loop_job(tmp_path_factory, minilm_path):
         key = (processes, *args)
         if key not in runs:
             runs[key] = root / f"run{len(runs)}"
-            launch(ROOT / "examples" / "accelerate_loop.py", [*common, *args, "--output-dir", str(runs[key])], processes)
+            launch(ROOT / "examples" / "accelerate_loop.py", [*common, *args, "--output-dir", str(runs[key])], processes, timeout=900)
         return runs[key]
 
     return run

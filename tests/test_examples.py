@@ -24,13 +24,16 @@ SUMMARY_KEYS = {
 }
 
 
-def check_job(summary: dict, output_dir: Path, processor_file: str) -> None:
+def check_job(summary: dict, output_dir: Path, processor_file: str, labels: list[str]) -> None:
     assert set(summary) == SUMMARY_KEYS
     assert summary["faded model reloaded with plain transformers, test accuracy"] == pytest.approx(summary["faded model, test accuracy"])
     assert summary["peak training memory, MiB (first step, weights excluded)"] > 0
     files = {path.name for path in (output_dir / "faded").iterdir()}
     assert {"config.json", "model.safetensors", "README.md", processor_file} <= files
     assert not any(name.startswith("adapter_") for name in files)
+    config = transformers.AutoConfig.from_pretrained(output_dir / "faded")  # the job's class names, not LABEL_0, ...
+    assert config.id2label == dict(enumerate(labels)) and config.label2id == {name: i for i, name in enumerate(labels)}
+    assert [path.name for path in output_dir.iterdir()] == ["faded"]  # no checkpoint or scratch folder left
 
 
 def test_text_job_on_a_local_csv_with_the_real_minilm(tmp_path, minilm_path):
@@ -45,7 +48,7 @@ def test_text_job_on_a_local_csv_with_the_real_minilm(tmp_path, minilm_path):
         ["--model", minilm_path, "--dataset", str(tmp_path / "reviews.csv"), "--text-column", "review",
          "--label-column", "verdict", "--epochs", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "out")]
     )  # fmt: skip
-    check_job(summary, tmp_path / "out", "tokenizer.json")
+    check_job(summary, tmp_path / "out", "tokenizer.json", ["bad", "good"])
 
 
 def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
@@ -57,4 +60,4 @@ def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
     summary = image_classification.main(
         ["--model", str(tmp_path / "vit"), "--train-size", "256", "--epochs", "1", "--output-dir", str(tmp_path / "out")]
     )
-    check_job(summary, tmp_path / "out", "preprocessor_config.json")
+    check_job(summary, tmp_path / "out", "preprocessor_config.json", [str(digit) for digit in range(10)])

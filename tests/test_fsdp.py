@@ -5,15 +5,13 @@ references run here, in the test process, from the same functions: same model, s
 """
 
 import math
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import transformers
+from launching import launch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import fsdp_run  # noqa: E402
@@ -22,25 +20,10 @@ ROOT = Path(__file__).parents[1]
 SAME_AS_ONE_PROCESS = [name for name, (_, _, mp_policy) in fsdp_run.CASES.items() if mp_policy is None]
 
 
-def torchrun(script: Path, args: list[str], processes: int = 2, timeout: int = 480) -> None:
-    """``script`` on ``processes`` CPU processes; ``--standalone`` picks a free port. On a timeout the whole process
-    group (torchrun and its workers) is killed, so nothing is left holding the port or the cores."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", str(script), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
-        pytest.fail(f"{script.name} did not finish in {timeout} s")
-    assert process.returncode == 0, stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("fsdp")
-    torchrun(ROOT / "tests" / "fsdp_run.py", [str(output_dir)])
+    launch(ROOT / "tests" / "fsdp_run.py", [str(output_dir)], processes=2, timeout=480)
     ranks = [torch.load(output_dir / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     return {"ranks": ranks, "faded": torch.load(output_dir / "faded.pt"), "dir": output_dir}
 

@@ -70,6 +70,9 @@ def test_training_logs_every_loss_term_and_the_gates(tmp_path):
         for name in ("loss_task", "loss_shallow", "loss_deep", "loss_logits", "gate_0", "gate_3"):
             assert np.isfinite(entry[name]), name
         assert 0 < entry["gate_0"] < 1
+        # each term is logged times its weight: they add up to the loss
+        terms = ("loss_task", "loss_shallow", "loss_deep", "loss_logits", "loss_backbone_task")
+        assert sum(entry[name] for name in terms) == pytest.approx(entry["loss"], rel=1e-5)
 
 
 def test_evaluate_reports_the_faded_and_the_side_path(tmp_path):

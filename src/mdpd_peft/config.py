@@ -169,10 +169,10 @@ class MDPDConfig(SideNetworkSettings, PeftConfig):
             reaching its LayerNorms means backpropagating through the frozen backbone.
             ``"backprop"``: plainly, storing every backbone activation (the paper as written).
             ``"checkpointed"``: recomputing each backbone layer in backward (transformers' gradient
-            checkpointing, non-reentrant), so only layer inputs are stored; same gradients, one more
-            backbone forward per step. ``"head_only"``: the LayerNorm copies stay frozen and only the
-            head learns, so nothing backpropagates through the backbone (the floor: a probe taught by
-            the side network). ``"block_local"`` (ours): each encoder layer's LayerNorms learn from a
+            checkpointing, non-reentrant, turned on at the first training forward), so only layer inputs
+            are stored; same gradients, one more backbone forward per step. ``"head_only"``: the
+            LayerNorm copies stay frozen and only the head learns, so nothing backpropagates through the
+            backbone (the floor: a probe taught by the side network). ``"block_local"`` (ours): each encoder layer's LayerNorms learn from a
             target local to that layer, a linear probe of the layer's pooled output (dropped at fading)
             trained with the task loss; the backward runs inside the forward, right after each layer,
             and the layer's output goes on detached, so no backward crosses more than one layer and
@@ -267,6 +267,17 @@ class MDPDConfig(SideNetworkSettings, PeftConfig):
         if os.path.isdir(folder):
             config._weights_folder = folder
         return config
+
+    @property
+    def loss_weights(self) -> dict[str, float]:
+        """Each term's weight in the combined training loss, by the names of ``mdpd_losses``."""
+        return {
+            "task": 1.0,
+            "shallow": self.shallow_loss_weight,
+            "deep": self.deep_loss_weight,
+            "logits": self.logits_loss_weight,
+            "backbone_task": self.backbone_task_loss_weight,
+        }
 
     def check_saved_weights(self) -> None:
         """For a config loaded from a local folder: that folder holds adapter weights that can be read. A missing or

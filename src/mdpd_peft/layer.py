@@ -53,7 +53,7 @@ class MDPDLayer(nn.Module, BaseTunerLayer):
             raise ValueError(f"MDPD can merge one adapter per module, got {adapter_names}.")
         name = adapter_names[0]
         if safe_merge:
-            require_finite(self.mdpd_copies[name], f"adapter {name!r}'s copy of {type(self.base_layer).__name__}")
+            require_finite(self.mdpd_copies[name], name, f"its copy of {type(self.base_layer).__name__}")
         self._copy_dtype = parameter_dtype(self.mdpd_copies[name])
         merged = self.mdpd_copies[name].to(parameter_dtype(self.base_layer))
         self.base_layer, self.mdpd_copies[name] = merged, self.base_layer
@@ -96,8 +96,12 @@ def module_features(module: nn.Module) -> tuple[int | None, int | None]:
     return (int(width[-1]),) * 2 if width else (None, None)
 
 
-def require_finite(module: nn.Module, what: str) -> None:
-    """``safe_merge=True``: refuse to ship weights that hold NaN or inf, naming them."""
+def require_finite(module: nn.Module, adapter_name: str, what: str) -> None:
+    """``safe_merge=True``: refuse to ship weights that hold NaN or inf, naming them. The message opens with
+    PEFT's own sentence, which callers match on."""
     broken = [name for name, parameter in module.named_parameters() if not torch.isfinite(parameter).all()]
     if broken:
-        raise ValueError(f"safe_merge=True refused to merge {what}: {', '.join(broken)} hold NaN or inf values. Nothing was merged.")
+        raise ValueError(
+            f"NaNs detected in the merged weights. The adapter {adapter_name} seems to be broken: safe_merge=True refused "
+            f"to merge {what}, whose {', '.join(broken)} hold NaN or inf values. Nothing was merged."
+        )

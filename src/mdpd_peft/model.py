@@ -206,6 +206,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             self.latest_losses: dict[str, torch.Tensor] = {}
             self._training_passes = 0  # counts fading_interval
             self.latest_skipped = False  # the last training pass had a non-finite loss term (nonfinite_loss="skip")
+            self._checkpointing_pending = False  # fading="checkpointed": turn checkpointing on at the first training pass
         self.mdpd_encoders[adapter_name] = encoder
         if config.target_modules is None:
             config.target_modules = default_norm_targets(model, config.modules_to_save, encoder, config.fading_layers)
@@ -218,26 +219,28 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         self._register_hooks()
         self._sync_side_trainability()
         if config.fading == "checkpointed":
-            self._enable_backbone_checkpointing()
+            if getattr(self.model, "supports_gradient_checkpointing", False):
+                self._checkpointing_pending = True
+            else:
+                warnings.warn(
+                    f'MDPDConfig.fading="checkpointed": {type(self.model).__name__} does not support gradient checkpointing, '
+                    'so the backbone path stores its activations as with fading="backprop".',
+                    stacklevel=2,
+                )
 
     def _enable_backbone_checkpointing(self) -> None:
-        if not getattr(self.model, "supports_gradient_checkpointing", False):
-            warnings.warn(
-                f'MDPDConfig.fading="checkpointed": {type(self.model).__name__} does not support gradient checkpointing, '
-                'so the backbone path stores its activations as with fading="backprop".',
-                stacklevel=3,
-            )
+        """Non-reentrant checkpointing, from the first training pass on rather than at injection: a model that
+        checkpoints when PeftModel wraps it gets the input embeddings hooked to require grad, which only reentrant
+        checkpointing needs (PEFT expects none right after ``get_peft_model``). Non-reentrant, the layer hooks, which
+        run again during recomputation, find no capture open and record nothing. Checkpointing the user turned on
+        first is kept."""
+        self._checkpointing_pending = False
+        if checkpoints(self.model):
             return
-        # Non-reentrant: the backbone's inputs need no requires_grad, and the layer hooks, which run again
-        # during recomputation, find no capture open and record nothing.
         if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5
             self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        # transformers also hooks the input embeddings to require grad, which non-reentrant checkpointing does not
-        # need; PeftModel adds the same hook again and keeps only its own handle, so drop this one now (the
-        # training forward drops PeftModel's: see _begin_forward).
-        self.model.disable_input_require_grads()
 
     def _build_side_network(self, adapter_name: str) -> None:
         config: MDPDConfig = self.peft_config[adapter_name]
@@ -383,8 +386,10 @@ class MDPDModel(TunerHeldModules, BaseTuner):
                 "question answering), or call model.eval() to predict. Without them only the distillation terms would "
                 "train, silently (a dataset without a label column does this under the Trainer)."
             )
+        if self._checkpointing_pending and self.model.training:
+            self._enable_backbone_checkpointing()
         if getattr(self.model, "_require_grads_hook", None) is not None and not uses_reentrant_checkpointing(self.model):
-            # PeftModel hooks the input embeddings to require grad once the model checkpoints (so do transformers
+            # PeftModel hooks the input embeddings to require grad when the model checkpoints (so do transformers
             # and the Trainer's gradient_checkpointing=True). Only reentrant checkpointing needs that; with it, every
             # backward would cross the whole backbone even when only the last layers' norms train (fading_layers),
             # and every forward of an adapter loaded for inference would record the backbone for a backward.
@@ -556,7 +561,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         for module_name, module in self.model.named_modules():
             if isinstance(module, MDPDLayer):
                 for name in set(names) & set(module.mdpd_copies):
-                    require_finite(module.mdpd_copies[name], f"adapter {name!r}'s copy of {module_name}")
+                    require_finite(module.mdpd_copies[name], name, f"its copy of {module_name}")
             elif isinstance(module, ModulesToSaveWrapper):
                 for name in set(names) & set(module.modules_to_save):
-                    require_finite(module.modules_to_save[name], f"adapter {name!r}'s task head {module_name}")
+                    require_finite(module.modules_to_save[name], name, f"its task head {module_name}")

@@ -89,9 +89,11 @@ def mdpd_tuner(model) -> MDPDModel:
 class MDPDTrainer(Trainer):
     """A ``transformers.Trainer`` for models from ``get_peft_model(model, MDPDConfig(...))``.
 
-    - Training optimises the model's combined MDPD loss and logs each term as ``loss_<term>`` (``task``,
-      ``shallow``, ``deep``, ``logits``, ``backbone_task``: unweighted means since the last log) and the
-      side network's logged values (the ladder's gates as ``gate_<layer>``, SHERL's ``skip_gate``), at
+    - Training optimises the model's combined MDPD loss and logs each term's share of it as ``loss_<term>``
+      (``task``, ``shallow``, ``deep``, ``logits``, ``backbone_task``: the term times its weight in
+      ``MDPDConfig``, mean since the last log), so that they add up to ``loss`` (not with a ``fade_loss``;
+      ``fading="block_local"``'s ``loss_local`` is learnt layer by layer, outside it), and the side
+      network's logged values (the ladder's gates as ``gate_<layer>``, SHERL's ``skip_gate``), at
       ``logging_steps`` like ``loss``.
     - ``evaluate()`` runs both paths with the user's ``compute_metrics``: ``eval_faded_<metric>`` is the
       backbone path (exactly what ``merge_and_unload()`` ships), ``eval_side_<metric>`` the side network.
@@ -192,8 +194,9 @@ class MDPDTrainer(Trainer):
             self.nonfinite_steps.skipped_in_step = True
             self._skipped_batches += 1
         elif model.training and terms:
-            for name, value in terms.items():
-                self._loss_term_sums[name] += value.float()
+            weights = mdpd.peft_config[mdpd.active_adapters[0]].loss_weights
+            for name, value in terms.items():  # weighted, to add up to the logged loss; "local" is outside it
+                self._loss_term_sums[name] += weights.get(name, 1.0) * value.float()
             self._loss_term_batches += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
