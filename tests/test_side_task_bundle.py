@@ -1,9 +1,10 @@
-"""Side-task bundles: several tasks of one encoder saved, loaded, pushed and pushed."""
+"""Side-task bundles: several tasks of one encoder saved, loaded, pushed and served through SideTaskPipeline."""
 
 import shutil
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -11,9 +12,11 @@ import yaml
 from huggingface_hub import HfApi
 from huggingface_hub.hf_api import RepoUrl
 from peft import LoraConfig, PeftModel, get_peft_model
+from PIL import Image
+from transformers import AutoTokenizer
 
 from conftest import VOCAB, text_batch
-from mdpd_peft import SideTaskConfig, load_side_tasks, push_side_tasks_to_hub, save_side_tasks
+from mdpd_peft import SideTaskConfig, SideTaskPipeline, load_side_tasks, push_side_tasks_to_hub, save_side_tasks
 from mdpd_peft.side_tasks import bundle
 
 TASKS = {
@@ -135,6 +138,8 @@ def test_unknown_task_names_fail_listing_the_known_tasks(tmp_path):
         load_side_tasks(tiny_encoder(), str(tmp_path / "bundle"), tasks=["x"])
     with pytest.raises(ValueError, match=r"unknown task\(s\) \['x'\].*has the tasks \['sentiment', 'topic'\]"):
         task_logits(model, tasks=["x"])
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['x'\].*has the tasks \['sentiment', 'topic'\]"):
+        SideTaskPipeline(model, None, tasks=["x"])
     with pytest.raises(ValueError, match=r"metrics name task\(s\) \['x'\].*has the tasks \['sentiment', 'topic'\]"):
         save_side_tasks(model, tmp_path / "other", metrics={"x": {"accuracy": 1.0}})
 
@@ -216,3 +221,111 @@ def test_push_uploads_every_task_and_the_card_and_loads_back(tmp_path, monkeypat
 
     monkeypatch.setattr(bundle, "snapshot_download", lambda repo_id: str(tmp_path / "hub" / repo_id))
     assert_same_logits(task_logits(load_side_tasks(tiny_encoder(), "user/tasks")), expected, ["sentiment", "topic"])
+
+
+# --------------------------------------------------------------------------------------------- pipeline
+
+TEXTS = ["A wonderful film.", "The match ended in a draw after extra time.", "Dull."]
+
+
+def assert_same_predictions(actual, expected):
+    """Equal labels and tokens, scores to float precision (padding changes the last bits)."""
+    if isinstance(expected, dict):
+        assert actual.keys() == expected.keys()
+        for key in expected:
+            assert_same_predictions(actual[key], expected[key])
+    elif isinstance(expected, list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_same_predictions(a, e)
+    else:
+        assert actual == (pytest.approx(expected, abs=1e-5) if isinstance(expected, float) else expected)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(minilm_path):
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+def test_pipeline_on_texts_gives_labels_and_scores_per_task(tokenizer):
+    model = tasks_model(["sentiment", "topic", "stars", "ner"], tiny_encoder(vocab_size=len(tokenizer)))
+    pipe = SideTaskPipeline(model, tokenizer, batch_size=2)
+    results = pipe(TEXTS, threshold=0.0)
+    assert len(results) == len(TEXTS) and all(set(result) == set(TASKS) for result in results)
+
+    encoded = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    expected = task_logits(model, encoded)
+    for i, result in enumerate(results):
+        sentiment = expected["sentiment"][i].softmax(-1)
+        assert result["sentiment"] == {"label": ["neg", "pos"][int(sentiment.argmax())], "score": pytest.approx(float(sentiment.max()), abs=1e-5)}
+        assert [p["label"] for p in result["topic"]] == [["sport", "politics", "science"][j] for j in expected["topic"][i].argsort(descending=True)]
+        assert result["stars"] == {"score": pytest.approx(float(expected["stars"][i]), abs=1e-5)} and type(result["stars"]["score"]) is float
+        tokens = tokenizer.tokenize(TEXTS[i])
+        assert [p["token"] for p in result["ner"]] == tokens and {p["label"] for p in result["ner"]} <= {"O", "PER", "LOC"}
+
+    assert_same_predictions(pipe(TEXTS[0], threshold=0.0), results[0])  # one input in, one dict out (unpadded)
+    assert pipe(TEXTS[0], threshold=1.0)["topic"] == []
+    best_two = pipe(TEXTS[0], top_k=2)["sentiment"]
+    assert [p["label"] for p in best_two] == [["neg", "pos"][j] for j in expected["sentiment"][0].argsort(descending=True)]
+    assert sum(p["score"] for p in best_two) == pytest.approx(1.0)
+
+
+def test_pipeline_runs_the_encoder_once_per_batch_for_every_task(tokenizer):
+    model = tasks_model(["sentiment", "topic"], tiny_encoder(vocab_size=len(tokenizer)))
+    passes = []
+    model.base_model.model.embeddings.register_forward_hook(lambda *args: passes.append(1))
+    SideTaskPipeline(model, tokenizer, batch_size=2)(TEXTS)
+    assert len(passes) == 2
+
+
+def test_pipeline_truncates_to_the_encoders_positions(tokenizer):
+    model = tasks_model(["ner"], tiny_encoder(vocab_size=len(tokenizer)))
+    (result,) = SideTaskPipeline(model, tokenizer)(["word " * 200])
+    assert len(result["ner"]) == 64 - 2  # max_position_embeddings, less [CLS] and [SEP]
+
+
+def test_pipeline_loads_a_saved_bundle_with_its_tokenizer(tokenizer, tmp_path):
+    model = tasks_model(["sentiment", "topic"], tiny_encoder(vocab_size=len(tokenizer)))
+    expected = SideTaskPipeline(model, tokenizer)(TEXTS)
+    save_side_tasks(model, tmp_path / "bundle", processor=tokenizer)
+    pipe = SideTaskPipeline.from_pretrained(tiny_encoder(vocab_size=len(tokenizer)), str(tmp_path / "bundle"))
+    assert pipe(TEXTS) == expected
+
+
+def test_pipeline_on_images(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
+    vit = transformers.ViTModel(config, add_pooling_layer=False).eval()
+    labels = {0: "cat", 1: "dog", 2: "bird"}
+    model = get_peft_model(vit, SideTaskConfig(reduction_factor=4, pooling="first", id2label=labels), adapter_name="animal")
+    processor = transformers.ViTImageProcessor(size={"height": 16, "width": 16})
+    images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (20, 24, 3), dtype=np.uint8)) for i in range(3)]
+
+    pipe = SideTaskPipeline(model, processor, batch_size=2, device="cpu")
+    results = pipe(images, top_k=3)
+    assert [len(result["animal"]) for result in results] == [3, 3, 3]
+    assert all({p["label"] for p in result["animal"]} == set(labels.values()) for result in results)
+    single = pipe(images[1])
+    assert_same_predictions(single, {"animal": results[1]["animal"][0]})
+
+    save_side_tasks(model, tmp_path / "bundle", processor=processor)
+    torch.manual_seed(0)
+    loaded = SideTaskPipeline.from_pretrained(transformers.ViTModel(config, add_pooling_layer=False), str(tmp_path / "bundle"))
+    assert isinstance(loaded.processor, transformers.ViTImageProcessor | transformers.ViTImageProcessorFast)
+    assert loaded(images[1])["animal"]["label"] == single["animal"]["label"]
+
+
+def test_pipeline_refuses_token_classification_on_images_and_other_input_types(tokenizer):
+    model = tasks_model(["ner"])
+    with pytest.raises(ValueError, match=r"\['ner'\] label tokens.*texts"):
+        SideTaskPipeline(model, transformers.ViTImageProcessor())
+    with pytest.raises(TypeError, match="give a text or a list of texts"):
+        SideTaskPipeline(model, tokenizer)([1, 2])
+    with pytest.raises(ValueError, match=r"top_k=0"):
+        SideTaskPipeline(model, tokenizer)("text", top_k=0)
+
+
+def test_pipeline_of_a_bundle_saved_without_a_processor_says_how_to_give_one(tmp_path):
+    save_side_tasks(tasks_model(["sentiment"]), tmp_path / "bundle")
+    with pytest.raises(ValueError, match=r"holds no processor.*save_side_tasks\(\.\.\., processor=\.\.\.\)"):
+        SideTaskPipeline.from_pretrained(tiny_encoder(), tmp_path / "bundle")

@@ -15,6 +15,7 @@ from .side_tasks import (
     SideTaskConfig,
     SideTaskModel,
     SideTaskOutput,
+    SideTaskPipeline,
     SideTaskTrainer,
     load_side_tasks,
     push_side_tasks_to_hub,
@@ -25,5 +26,5 @@ from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskPipeline", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
 __version__ = "0.1.0"

@@ -71,8 +71,8 @@ def load_side_tasks(encoder: nn.Module, folder: str | os.PathLike, tasks: list[s
 
 
 def save_side_tasks(model: PeftModel, folder: str | os.PathLike, metrics: dict[str, dict[str, float]] | None = None, processor=None, model_name: str | None = None) -> str | os.PathLike:
-    """Save every task of ``model`` as its own adapter, the ``processor`` (tokenizer or image processor, to be
-    served with the tasks) and a model card listing the tasks with their ``metrics``
+    """Save every task of ``model`` as its own adapter, the ``processor`` (tokenizer or image processor, so that
+    ``SideTaskPipeline.from_pretrained`` finds it) and a model card listing the tasks with their ``metrics``
     (task -> metric -> value, as measured by the caller). ``folder`` is replaced as a whole, so no task deleted
     since an earlier save lingers there. Returns ``folder``."""
     tuner = side_task_model_of(model)

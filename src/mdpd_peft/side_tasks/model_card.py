@@ -71,10 +71,11 @@ def side_task_card(tuner: SideTaskModel, metrics: dict[str, dict[str, float]] | 
         "```python",
         "from peft import PeftModel",
         "from transformers import AutoModel",
-        "from mdpd_peft import load_side_tasks",
+        "from mdpd_peft import SideTaskPipeline, load_side_tasks",
         "",
         f"encoder = {encoder}",
         'model = load_side_tasks(encoder, "<this repository>")  # every task, all active',
+        'pipe = SideTaskPipeline.from_pretrained(encoder, "<this repository>")  # inputs in, labels and scores per task out',
         f'one = PeftModel.from_pretrained(another_encoder, "<this repository>"{subfolder})  # a task alone, on an encoder object of its own',
         "```",
     ]
