@@ -189,7 +189,8 @@ def test_card_lists_tasks_labels_side_networks_and_metrics(tmp_path):
     assert "labels: `neg`, `pos`" in card and "labels: `sport`, `politics`, `science`" in card and "labels: one score" in card
     assert "measured: accuracy 0.8100" in card and "measured: f1 0.5000" in card and "measured: not measured" in card
     assert "side network: `ladder`" in card and "(width 16)" in card and "trainable parameters:" in card
-    assert "load_side_tasks(" in card and 'subfolder="sentiment"' in card and "one forward pass of the encoder" in card
+    assert 'encoder_id = "org/tiny-encoder"' in card and "load_side_tasks(" in card and "SideTaskPipeline(model, processor)" in card
+    assert 'subfolder="sentiment"' in card and "one forward pass of the encoder" in card
 
 
 def test_card_names_no_base_model_for_an_encoder_built_in_memory(tmp_path):
@@ -288,6 +289,7 @@ def test_pipeline_loads_a_saved_bundle_with_its_tokenizer(tokenizer, tmp_path):
     model = tasks_model(["sentiment", "topic"], tiny_encoder(vocab_size=len(tokenizer)))
     expected = SideTaskPipeline(model, tokenizer)(TEXTS)
     save_side_tasks(model, tmp_path / "bundle", processor=tokenizer)
+    assert "SideTaskPipeline.from_pretrained(" in card_of(tmp_path / "bundle")[1]
     pipe = SideTaskPipeline.from_pretrained(tiny_encoder(vocab_size=len(tokenizer)), str(tmp_path / "bundle"))
     assert pipe(TEXTS) == expected
 

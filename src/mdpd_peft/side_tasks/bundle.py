@@ -83,7 +83,7 @@ def save_side_tasks(model: PeftModel, folder: str | os.PathLike, metrics: dict[s
         model.save_pretrained(staging)
         if processor is not None:
             processor.save_pretrained(staging)
-        side_task_card(tuner, metrics, model_name).save(os.path.join(staging, "README.md"))
+        side_task_card(tuner, metrics, model_name, with_processor=processor is not None).save(os.path.join(staging, "README.md"))
     return folder
 
 

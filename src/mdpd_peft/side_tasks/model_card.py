@@ -44,14 +44,22 @@ def task_section(tuner: SideTaskModel, name: str, metrics: dict[str, float] | No
     ]
 
 
-def side_task_card(tuner: SideTaskModel, metrics: dict[str, dict[str, float]] | None = None, model_name: str | None = None) -> ModelCard:
+def side_task_card(
+    tuner: SideTaskModel, metrics: dict[str, dict[str, float]] | None = None, model_name: str | None = None, with_processor: bool = False
+) -> ModelCard:
     """A card whose YAML says ``library_name: peft`` and whose body lists every task of ``tuner`` with its
-    ``metrics`` (task -> metric -> value; a task without any says "not measured") and how to load the tasks."""
+    ``metrics`` (task -> metric -> value; a task without any says "not measured") and how to load the tasks
+    (``with_processor``: the bundle holds the tokenizer or image processor, so the pipeline loads from it alone)."""
     metrics = metrics or {}
     base_id = hub_id_or_none(getattr(getattr(tuner.model, "config", None), "_name_or_path", None))
     metric_names = list(dict.fromkeys(metric for task_metrics in metrics.values() for metric in task_metrics))
     data = ModelCardData(library_name="peft", base_model=base_id, tags=TAGS, metrics=metric_names or None)
-    encoder = f'AutoModel.from_pretrained("{base_id}")' if base_id else "...  # the encoder the tasks were trained on"
+    encoder_id = f'"{base_id}"' if base_id else '"..."  # the encoder the tasks were trained on, with the same weights'
+    pipeline = (
+        'SideTaskPipeline.from_pretrained(AutoModel.from_pretrained(encoder_id), "<this repository>")  # inputs in, labels and scores per task out'
+        if with_processor
+        else "SideTaskPipeline(model, processor)  # processor: the encoder's tokenizer or image processor; inputs in, labels and scores per task out"
+    )
     one_task = next((name for name in tuner.tasks if name != "default"), None)
     subfolder = f', subfolder="{one_task}", adapter_name="{one_task}"' if one_task else ""
     lines = [
@@ -73,10 +81,10 @@ def side_task_card(tuner: SideTaskModel, metrics: dict[str, dict[str, float]] | 
         "from transformers import AutoModel",
         "from mdpd_peft import SideTaskPipeline, load_side_tasks",
         "",
-        f"encoder = {encoder}",
-        'model = load_side_tasks(encoder, "<this repository>")  # every task, all active',
-        'pipe = SideTaskPipeline.from_pretrained(encoder, "<this repository>")  # inputs in, labels and scores per task out',
-        f'one = PeftModel.from_pretrained(another_encoder, "<this repository>"{subfolder})  # a task alone, on an encoder object of its own',
+        f"encoder_id = {encoder_id}",
+        'model = load_side_tasks(AutoModel.from_pretrained(encoder_id), "<this repository>")  # every task, all active',
+        f"pipe = {pipeline}",
+        f'one = PeftModel.from_pretrained(AutoModel.from_pretrained(encoder_id), "<this repository>"{subfolder})  # a task alone',
         "```",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n")
