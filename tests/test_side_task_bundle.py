@@ -1,5 +1,6 @@
 """Side-task bundles: several tasks of one encoder saved, loaded, pushed and served through SideTaskPipeline."""
 
+import json
 import shutil
 from pathlib import Path
 from unittest import mock
@@ -167,6 +168,15 @@ def test_a_task_of_another_encoder_fails_before_loading(tmp_path):
 def test_mismatched_label_sets_fail_in_the_config():
     with pytest.raises(ValueError, match=r"id2label.*0\.\.2 \(num_labels=3\)"):
         SideTaskConfig(num_labels=3, id2label={0: "a", 1: "b"})
+
+
+def test_a_label_set_that_does_not_match_the_saved_head_fails_naming_the_task(tmp_path):
+    save_side_tasks(tasks_model(["sentiment", "topic"]), tmp_path / "bundle")
+    path = tmp_path / "bundle" / "sentiment" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "id2label": {"0": "a", "1": "b", "2": "c"}, "num_labels": 3}))
+    with pytest.raises(RuntimeError, match=r"size mismatch for base_model\.side_task_modules\.sentiment\.head\.classifier"):
+        load_side_tasks(tiny_encoder(), tmp_path / "bundle")
 
 
 # ------------------------------------------------------------------------------------------ card and Hub
