@@ -327,3 +327,11 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
 
     def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
         self._unload_and_optionally_merge(merge=True)
+
+
+def side_task_model_of(model: nn.Module) -> SideTaskModel:
+    """The ``SideTaskModel`` of a ``PeftModel`` (or the tuner itself); a clear error for any other model."""
+    tuner = getattr(model, "base_model", model)
+    if not isinstance(tuner, SideTaskModel):
+        raise TypeError(f"Expected a model from get_peft_model(encoder, SideTaskConfig(...)) or load_side_tasks; got {type(model).__name__}.")
+    return tuner

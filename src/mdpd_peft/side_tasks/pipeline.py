@@ -1,0 +1,129 @@
+"""SideTaskPipeline: texts or images in, labels and scores of every task out, from one encoder pass per batch."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+from transformers import AutoImageProcessor, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.tokenization_utils_base import TOKENIZER_CONFIG_FILE
+from transformers.utils import IMAGE_PROCESSOR_NAME
+
+from .bundle import load_side_tasks, local_bundle
+from .config import SideTaskConfig
+from .model import side_task_model_of
+
+
+class SideTaskPipeline:
+    """Predict every task of a side-task model, as transformers' ``pipeline`` does for one.
+
+    ``pipe("a text")`` (with a tokenizer as ``processor``) or ``pipe(image)`` (with an image processor) returns
+    ``{task: prediction}``; a list of inputs returns one such dict per input. Each batch of ``batch_size`` inputs
+    runs the encoder once, in eval mode under ``torch.inference_mode``, and every task reads that pass. Predictions
+    are plain Python values, per problem type:
+
+    - single-label classification: ``{"label": name, "score": softmax probability}``, or with ``top_k=k`` the
+      list of the k most probable;
+    - multi-label classification: the list of ``{"label", "score"}`` whose sigmoid score is >= ``threshold``,
+      best first;
+    - regression: ``{"score": value}``;
+    - token classification (texts only): ``{"token", "label", "score"}`` per real token, special tokens skipped.
+
+    Args:
+        model: A ``PeftModel`` of side tasks (``load_side_tasks``, ``get_peft_model(encoder, SideTaskConfig(...))``).
+        processor: The tokenizer (texts; truncated to the encoder's maximum positions, padded per batch) or the
+            image processor (images) of the encoder.
+        tasks: The tasks to predict; ``None``: every task of the model, whichever are active.
+        batch_size: Inputs per encoder pass.
+        device: Where to run; ``None`` keeps the model where it is.
+    """
+
+    def __init__(self, model: PeftModel, processor, tasks: list[str] | None = None, batch_size: int = 32, device: str | torch.device | None = None):
+        tuner = side_task_model_of(model)
+        self.tasks = tuner._tasks_to_run(tasks if tasks is not None else tuner.tasks)
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1.")
+        self.texts = isinstance(processor, PreTrainedTokenizerBase)
+        per_token = [name for name in self.tasks if tuner.peft_config[name].per_token]
+        if per_token and not self.texts:
+            raise ValueError(f"Task(s) {per_token} label tokens: SideTaskPipeline serves token classification on texts (a tokenizer as processor) only.")
+        self.model = model.to(device) if device is not None else model
+        self.model.eval()
+        self.processor = processor
+        self.configs: dict[str, SideTaskConfig] = {name: tuner.peft_config[name] for name in self.tasks}
+        self.batch_size = batch_size
+        self.max_length = self.text_length_limit(tuner.model) if self.texts else None
+
+    @classmethod
+    def from_pretrained(cls, encoder: nn.Module, folder: str | os.PathLike, tasks: list[str] | None = None, **kwargs) -> "SideTaskPipeline":
+        """The pipeline of a bundle (``save_side_tasks``' folder or Hub repository) on ``encoder``, with the processor
+        saved there; ``kwargs`` as for the constructor."""
+        folder = local_bundle(folder)
+        saved = {name: os.path.isfile(os.path.join(folder, name)) for name in (IMAGE_PROCESSOR_NAME, TOKENIZER_CONFIG_FILE)}
+        if not any(saved.values()):
+            raise ValueError(
+                f"{folder} holds no processor ({' or '.join(saved)}): save the bundle with save_side_tasks(..., processor=...), "
+                "or build SideTaskPipeline(load_side_tasks(encoder, folder), processor)."
+            )
+        auto = AutoImageProcessor if saved[IMAGE_PROCESSOR_NAME] else AutoTokenizer
+        return cls(load_side_tasks(encoder, folder, tasks), auto.from_pretrained(folder), **kwargs)
+
+    def text_length_limit(self, encoder: nn.Module) -> int:
+        """The tokenizer's limit, within the encoder's position embeddings."""
+        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+        return min(limit for limit in (self.processor.model_max_length, positions) if limit is not None)
+
+    def __call__(self, inputs, top_k: int | None = None, threshold: float = 0.5):
+        """``inputs``: a text or image, or a list of them -> a dict of predictions per task, or a list of them."""
+        single = isinstance(inputs, str) or not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        not_text = next((item for item in items if not isinstance(item, str)), None) if self.texts else None
+        if not_text is not None:
+            raise TypeError(f"This pipeline's processor is a tokenizer: give a text or a list of texts, not {type(not_text).__name__}.")
+        if top_k is not None and not (isinstance(top_k, int) and top_k >= 1):
+            raise ValueError(f"top_k={top_k!r}: expected None (the best label) or an integer >= 1.")
+        results = []
+        for start in range(0, len(items), self.batch_size):
+            results.extend(self.predict_batch(items[start : start + self.batch_size], top_k, threshold))
+        return results[0] if single else results
+
+    @torch.inference_mode()
+    def predict_batch(self, items: list, top_k: int | None, threshold: float) -> list[dict[str, Any]]:
+        """One encoder pass for ``items``, every task read from it."""
+        if self.texts:
+            encoded = self.processor(items, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt", return_special_tokens_mask=True)
+            special = encoded.pop("special_tokens_mask").bool()
+        else:
+            encoded = self.processor(images=items, return_tensors="pt")
+        device = next(self.model.parameters()).device
+        output = self.model(**{key: value.to(device) for key, value in encoded.items()}, tasks=self.tasks)
+        per_task = {}
+        for name, logits in output.task_logits.items():
+            config, logits = self.configs[name], logits.float().cpu()
+            if config.per_token:
+                real = encoded["attention_mask"].bool() & ~special
+                per_task[name] = [self.token_predictions(config, row, ids, mask) for row, ids, mask in zip(logits, encoded["input_ids"], real)]
+            else:
+                per_task[name] = [sequence_prediction(config, row, top_k, threshold) for row in logits]
+        return [{name: per_task[name][i] for name in self.tasks} for i in range(len(items))]
+
+    def token_predictions(self, config: SideTaskConfig, logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor) -> list[dict[str, Any]]:
+        """logits (N, C) of one text -> the best label of each real token."""
+        scores, labels = logits[real].softmax(-1).max(-1)
+        tokens = self.processor.convert_ids_to_tokens(ids[real].tolist())
+        return [{"token": token, "label": config.id2label[label], "score": score} for token, label, score in zip(tokens, labels.tolist(), scores.tolist())]
+
+
+def sequence_prediction(config: SideTaskConfig, logits: torch.Tensor, top_k: int | None, threshold: float):
+    """logits (C,) of one input -> its prediction for the task's problem type (see ``SideTaskPipeline``)."""
+    if config.problem_type == "regression":
+        return {"score": logits.item()}
+    if config.problem_type == "multi_label_classification":
+        scores, indices = logits.sigmoid().sort(descending=True)
+        return [{"label": config.id2label[index], "score": score} for index, score in zip(indices.tolist(), scores.tolist()) if score >= threshold]
+    scores, indices = logits.softmax(-1).topk(min(top_k or 1, config.num_labels))
+    best = [{"label": config.id2label[index], "score": score} for index, score in zip(indices.tolist(), scores.tolist())]
+    return best if top_k is not None else best[0]
