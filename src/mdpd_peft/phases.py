@@ -3,12 +3,12 @@
 While the LayerNorm copies learn, the backbone's states change and cannot come from a cache; the side
 network, once trained, does not need the backbone's states to change. So training splits in two:
 
-1. **Side phase** (``SidePhaseTrainer``): the side network and the distillation modules train on the
+1. **Side phase** (``trainer.SidePhaseTrainer``): the side network and the distillation modules train on the
    ``StateCache`` (side task + feature distillation, ``MDPDModel.side_pass_on_cached_states``), with no
    backbone in the forward; everything else is frozen. Its own ``TrainingArguments`` (``side_phase_args``;
    by default the trainer's, writing to ``<output_dir>/side_phase``), optimizer, LR schedule, logs and
    checkpoints; at its end the adapter is saved to ``<side output_dir>/final``, which marks the phase done.
-2. **Fade phase**: the trainer's own ``train()``, a normal MDPD pass through the backbone with the side
+2. **Fade phase**: the trainer's own ``Trainer.train``, a normal MDPD pass through the backbone with the side
    network and distillation modules frozen, so only the backbone's trainables (LayerNorm copies, head)
    learn, from the combined MDPD loss or ``fade_loss(outputs, inputs)``. Which loss fades best is open
    (the lead's issue 16); the default is the live MDPD loss, whose side terms then train nothing.
@@ -18,11 +18,13 @@ state of one phase has nothing to update in the other, and each phase warms up a
 steps. ``train(resume_from_checkpoint=True)`` resumes whichever phase was running: the fade phase from
 its last checkpoint in ``output_dir``, else a finished side phase's ``final`` adapter, else the side
 phase from its last checkpoint.
+
+This module takes the trainer and its side-phase trainer as arguments and imports neither (``trainer.py``
+imports it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from contextlib import contextmanager
@@ -30,8 +32,6 @@ from pathlib import Path
 
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-
-from .trainer import MDPDTrainer
 
 SIDE_PHASE_DIR = "side_phase"  # under the trainer's output_dir, unless side_phase_args say otherwise
 SIDE_PHASE_RESULT = "final"  # under the side phase's output_dir: the adapter when the side phase ended
@@ -58,54 +58,12 @@ class MarkSidePhaseCheckpoints(TrainerCallback):
             (folder / SIDE_PHASE_MARK).write_text(json.dumps({"global_step": state.global_step}))
 
 
-class SidePhaseTrainer(MDPDTrainer):
-    """Trains the side network on a ``StateCache``: each step is ``side_pass_on_cached_states`` on a collated
-    batch of cached states; evaluation runs both paths through the backbone on the live eval data."""
-
-    def __init__(self, *args, state_cache, live_collator, **kwargs):
-        super().__init__(*args, train_dataset=state_cache, data_collator=state_cache.collate, **kwargs)
-        self.cache = state_cache
-        self.live_collator = live_collator
-        self.add_callback(MarkSidePhaseCheckpoints)
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        if data_collator == self.cache.collate:  # cached states are no argument of the model's forward
-            return data_collator
-        return super()._get_collator_with_removed_columns(data_collator, description)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        training_collator, self.data_collator = self.data_collator, self.live_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = training_collator
-
-    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        side_pass = self._mdpd_model().side_pass_on_cached_states(inputs)
-        self._record_loss_terms(model)
-        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
-
-
-def side_phase_trainer(trainer: MDPDTrainer) -> SidePhaseTrainer:
-    args = trainer.side_phase_args or dataclasses.replace(trainer.args, output_dir=os.path.join(trainer.args.output_dir, SIDE_PHASE_DIR))
-    return SidePhaseTrainer(
-        model=trainer.model,
-        args=args,
-        state_cache=trainer.state_cache,
-        live_collator=trainer.data_collator,
-        eval_dataset=trainer.eval_dataset,
-        processing_class=trainer.processing_class,
-        compute_metrics=trainer.compute_metrics,
-        callbacks=trainer.user_callbacks,
-    )
-
-
-def train_side_then_fade(trainer: MDPDTrainer, resume_from_checkpoint=None, **kwargs):
-    """Run the side phase (unless done), then the fade phase; see the module docstring."""
+def train_side_then_fade(trainer, side_trainer, resume_from_checkpoint=None, **kwargs):
+    """Run the side phase with ``side_trainer`` (unless done), then the fade phase with ``trainer`` (an
+    ``MDPDTrainer``); see the module docstring."""
     if trainer.args.world_size > 1:
         raise ValueError("MDPDTrainer(state_cache=...) trains on one process: the side phase calls the tuner directly, outside DDP.")
     mdpd = trainer._mdpd_model()
-    side_trainer = trainer.side_phase_trainer = side_phase_trainer(trainer)
     result_dir = Path(side_trainer.args.output_dir) / SIDE_PHASE_RESULT
     side_parameters = [*mdpd.mdpd_side.parameters(), *mdpd.mdpd_distill.parameters()]
 

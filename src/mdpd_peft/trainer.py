@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -19,6 +20,7 @@ from .gathering import gathered_faded_model
 from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import faded_model_card
+from .phases import SIDE_PHASE_DIR, MarkSidePhaseCheckpoints, train_side_then_fade
 from .safe_saving import checkpoint_folders, incomplete_reason, replaced_files, replaced_folder
 
 METRIC_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
@@ -147,9 +149,8 @@ class MDPDTrainer(Trainer):
         Without a cache, ``resume_from_checkpoint=True`` takes the last *complete* checkpoint (one whose save was cut
         short is skipped with a warning), and a named incomplete one is refused, naming what it lacks."""
         if self.state_cache is not None:
-            from .phases import train_side_then_fade
-
-            return train_side_then_fade(self, resume_from_checkpoint, **kwargs)
+            self.side_phase_trainer = self._side_phase_trainer()
+            return train_side_then_fade(self, self.side_phase_trainer, resume_from_checkpoint, **kwargs)
         if resume_from_checkpoint is True:
             complete = []
             for folder in checkpoint_folders(self.args.output_dir):
@@ -169,6 +170,19 @@ class MDPDTrainer(Trainer):
                     f"{self.args.output_dir}: {[f for f in checkpoint_folders(self.args.output_dir) if incomplete_reason(f) is None]}."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _side_phase_trainer(self) -> "SidePhaseTrainer":
+        args = self.side_phase_args or dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, SIDE_PHASE_DIR))
+        return SidePhaseTrainer(
+            model=self.model,
+            args=args,
+            state_cache=self.state_cache,
+            live_collator=self.data_collator,
+            eval_dataset=self.eval_dataset,
+            processing_class=self.processing_class,
+            compute_metrics=self.compute_metrics,
+            callbacks=self.user_callbacks,
+        )
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Adapter saves (``save_model``, checkpoints) go through a staging folder: no file is ever half-written."""
@@ -325,3 +339,31 @@ class MDPDTrainer(Trainer):
             revision=revision if revision is not None else self.args.hub_revision,
             delete_patterns=ADAPTER_FILES,
         )
+
+
+class SidePhaseTrainer(MDPDTrainer):
+    """The side phase of ``MDPDTrainer(state_cache=...)`` (``phases``): each step is ``side_pass_on_cached_states`` on a
+    collated batch of cached states; evaluation runs both paths through the backbone on the live eval data."""
+
+    def __init__(self, *args, state_cache, live_collator, **kwargs):
+        super().__init__(*args, train_dataset=state_cache, data_collator=state_cache.collate, **kwargs)
+        self.cache = state_cache
+        self.live_collator = live_collator
+        self.add_callback(MarkSidePhaseCheckpoints)
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        if data_collator == self.cache.collate:  # cached states are no argument of the model's forward
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        training_collator, self.data_collator = self.data_collator, self.live_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        side_pass = self._mdpd_model().side_pass_on_cached_states(inputs)
+        self._record_loss_terms(model)
+        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
