@@ -279,6 +279,22 @@ def test_the_fade_phase_reads_stored_side_logits_and_never_runs_the_side_network
     assert live_calls.taken[-1] - live_calls.taken[-2] == 4  # the live fade phase runs it every step
 
 
+def test_a_forward_with_stored_side_logits_is_eq_3_plus_the_backbone_task_loss(tmp_path):
+    model, data = tiny_mdpd_model(), ragged_dataset(rows=4)
+    batch = {k: torch.tensor(data[k]) for k in data.column_names}
+    stored = torch.randn(4, 3)
+    model.train()
+    output = model(**batch, mdpd_side_logits=stored)
+    assert set(output.mdpd_losses) == {"logits", "backbone_task"}
+    config = model.peft_config["default"]
+    eq_3 = (stored - output.logits).pow(2).sum() / 4
+    torch.testing.assert_close(output.loss, config.logits_loss_weight * eq_3 + config.backbone_task_loss_weight * output.mdpd_losses["backbone_task"])
+    with pytest.raises(ValueError, match="mdpd_side_logits= must be the side network's sequence-level logits.*got \\(4, 2\\)"):
+        model(**batch, mdpd_side_logits=torch.randn(4, 2))
+    model.eval()
+    assert model(**batch, mdpd_side_logits=stored).logits.shape == (4, 3)  # eval: ignored, never passed to the model
+
+
 class RecomputedSideLogits:
     """The reference for stored side logits: the side network run on example i's cached states whenever it is read."""
 
