@@ -1,14 +1,17 @@
 """The backbone-state cache: exact round trip, stale keys refused, cached training equal to live training,
-interrupted builds never read and resumed, and MDPDTrainer's side phase on the cache followed by a fade phase."""
+interrupted builds never read and resumed, MDPDTrainer's side phase on the cache followed by a fade phase, and
+the side network's outputs stored beside the states for that fade phase."""
 
 import numpy as np
 import pytest
 import torch
 from datasets import Dataset
+from peft import get_peft_model
 from transformers import TrainerCallback, TrainingArguments
 
 from conftest import VOCAB, tiny_mdpd_model, tiny_text_model, without_dropout
 from mdpd_peft import MDPDConfig, MDPDTrainer, StaleStateCacheError, StateCache, build_state_cache
+from mdpd_peft import phases
 
 
 def ragged_dataset(rows: int = 13, length: int = 12, seed: int = 0) -> Dataset:
@@ -94,8 +97,6 @@ def test_training_on_the_cache_equals_training_on_live_states(tmp_path, side_net
     batches = [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     results = []
     for cached, recompute in ((False, None), (True, True), (True, False)):
-        from peft import get_peft_model
-
         model = get_peft_model(without_dropout(tiny_text_model()), MDPDConfig(task_type="SEQ_CLS", reduction_factor=4, side_network=side_network, fading="head_only"))
         tuner = model.base_model
         cache = build_state_cache(model, data, tmp_path / f"{side_network}-{recompute}", dtype=torch.float32) if cached else None
@@ -163,7 +164,9 @@ def training_args(output_dir, **arguments) -> TrainingArguments:
     return TrainingArguments(str(output_dir), **{**defaults, **arguments})
 
 
-def side_then_fade_trainer(output_dir, data, cache, model=None, side_steps: int = 4, fade_steps: int = 4, callbacks=None, **arguments) -> MDPDTrainer:
+def side_then_fade_trainer(
+    output_dir, data, cache, model=None, side_steps: int = 4, fade_steps: int = 4, callbacks=None, fade_side_outputs: str = "stored", **arguments
+) -> MDPDTrainer:
     return MDPDTrainer(
         model=model or tiny_mdpd_model(),
         args=training_args(output_dir, max_steps=fade_steps, **arguments),
@@ -171,6 +174,7 @@ def side_then_fade_trainer(output_dir, data, cache, model=None, side_steps: int 
         train_dataset=data,
         state_cache=cache,
         callbacks=callbacks,
+        fade_side_outputs=fade_side_outputs,
     )
 
 
@@ -239,10 +243,137 @@ def test_a_run_resumed_in_either_phase_ends_as_the_uninterrupted_run(tmp_path):
                 torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=0, msg=f"{name}: {key}")
 
 
+class SideCalls(TrainerCallback):
+    """Counts the side network's forward calls, and the count when each phase begins and ends."""
+
+    def __init__(self, model):
+        self.calls, self.taken = 0, []
+        model.base_model.mdpd_side["default"].register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.taken.append(self.calls)
+
+    on_train_end = on_train_begin
+
+
+def test_the_fade_phase_reads_stored_side_logits_and_never_runs_the_side_network(tmp_path):
+    data = ragged_dataset(rows=16)
+    model = tiny_mdpd_model()
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    side_calls = SideCalls(model)
+    trainer = side_then_fade_trainer(tmp_path / "run", data, cache, model=model, callbacks=[side_calls])
+    trainer.train()
+    side_begin, side_end, fade_begin, fade_end = side_calls.taken
+    assert side_end - side_begin == 4  # a call per side step
+    assert fade_end == fade_begin  # the fade phase: not one call (the stored logits were computed between the phases)
+    fade_log = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert fade_log and all({k for k in entry if k.startswith("loss_")} == {"loss_logits", "loss_backbone_task"} for entry in fade_log)
+
+    stored = cache.side_outputs(model)  # eval mode on the cached states, in cache order
+    model.eval()
+    expected = torch.cat([model.base_model.side_logits_on_cached_states(cache.collate([cache[i] for i in range(j, j + 4)])) for j in (0, 4, 8, 12)])
+    torch.testing.assert_close(stored, expected)
+
+    live = side_then_fade_trainer(tmp_path / "live", data, cache, model=tiny_mdpd_model(), fade_side_outputs="live")
+    live_calls = SideCalls(live.model)
+    live.add_callback(live_calls)
+    live.train()
+    assert live_calls.taken[-1] - live_calls.taken[-2] == 4  # the live fade phase runs it every step
+
+
+def test_a_forward_with_stored_side_logits_is_eq_3_plus_the_backbone_task_loss(tmp_path):
+    model, data = tiny_mdpd_model(), ragged_dataset(rows=4)
+    batch = {k: torch.tensor(data[k]) for k in data.column_names}
+    stored = torch.randn(4, 3)
+    model.train()
+    output = model(**batch, mdpd_side_logits=stored)
+    assert set(output.mdpd_losses) == {"logits", "backbone_task"}
+    config = model.peft_config["default"]
+    eq_3 = (stored - output.logits).pow(2).sum() / 4
+    torch.testing.assert_close(output.loss, config.logits_loss_weight * eq_3 + config.backbone_task_loss_weight * output.mdpd_losses["backbone_task"])
+    with pytest.raises(ValueError, match="mdpd_side_logits= must be the side network's sequence-level logits.*got \\(4, 2\\)"):
+        model(**batch, mdpd_side_logits=torch.randn(4, 2))
+    model.eval()
+    assert model(**batch, mdpd_side_logits=stored).logits.shape == (4, 3)  # eval: ignored, never passed to the model
+
+
+class RecomputedSideLogits:
+    """The reference for stored side logits: the side network run on example i's cached states whenever it is read."""
+
+    def __init__(self, cache, model):
+        self.cache, self.tuner, self.reads = cache, model.base_model, 0
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        self.reads += 1
+        side = self.tuner.mdpd_side["default"]
+        side.eval()
+        try:
+            return self.tuner.side_logits_on_cached_states(self.cache.collate([self.cache[index]]))[0]  # (C,)
+        finally:
+            side.train()
+
+
+def test_a_fade_phase_on_stored_side_logits_equals_one_that_recomputes_them(tmp_path, monkeypatch):
+    """Dropout off, the same seeds: reading each example's stored logits or recomputing them per step trains the
+    same LayerNorm copies and head (the stored ones come from batches, the recomputed ones one example at a time)."""
+    data = ragged_dataset(rows=16)
+    cache = build_state_cache(without_dropout(tiny_mdpd_model()), data, tmp_path / "cache")
+    stored = side_then_fade_trainer(tmp_path / "stored", data, cache, model=without_dropout(tiny_mdpd_model()))
+    stored.train()
+    recomputed = side_then_fade_trainer(tmp_path / "recomputed", data, cache, model=without_dropout(tiny_mdpd_model()))
+    reference = []
+    monkeypatch.setattr(phases, "stored_side_logits", lambda cache, model: reference.append(RecomputedSideLogits(cache, model)) or reference[0])
+    recomputed.train()
+    assert reference[0].reads == 16  # 4 fade steps of 4
+    expected, actual = trainables(recomputed.model, ""), trainables(stored.model, "")
+    assert changed(trainables(tiny_mdpd_model(), "mdpd_copies"), trainables(stored.model, "mdpd_copies"))
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_stored_side_outputs_are_keyed_like_the_states(tmp_path):
+    data = ragged_dataset()
+    model = tiny_mdpd_model()
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="no side outputs"):
+        cache.side_outputs(model)
+    logits = cache.store_side_outputs(model, batch_size=5)
+    assert logits.shape == (len(data), 3) and logits.dtype == torch.float32
+    torch.testing.assert_close(StateCache(tmp_path / "cache").side_outputs(model), logits, rtol=0, atol=0)
+
+    side = model.base_model.mdpd_side["default"]
+    weight = next(side.parameters())
+    with torch.no_grad():
+        weight.add_(0.01)  # the side network trained on
+    with pytest.raises(StaleStateCacheError, match="side network weights differ"):
+        cache.side_outputs(model)
+    cache.store_side_outputs(model)  # beside the first side network's
+    with torch.no_grad():
+        weight.sub_(0.01)
+    torch.testing.assert_close(cache.side_outputs(model), logits, rtol=0, atol=0)
+
+    other = build_state_cache(model, ragged_dataset(seed=1), tmp_path / "other")
+    for path in (tmp_path / "cache").glob("side-logits-*"):  # the same side network's outputs on other states
+        (other.folder / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(StaleStateCacheError, match="differ in states"):
+        other.side_outputs(model)
+    rebuilt = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32, overwrite=True)
+    with pytest.raises(FileNotFoundError, match="no side outputs"):  # a rebuild drops the side outputs of the old states
+        rebuilt.side_outputs(model)
+
+    token_model = get_peft_model(tiny_text_model(task="token_cls"), MDPDConfig(task_type="TOKEN_CLS", reduction_factor=4))
+    with pytest.raises(ValueError, match="fade_side_outputs='stored' is invalid.*'live' for task_type='TOKEN_CLS'"):
+        MDPDTrainer(model=token_model, args=training_args(tmp_path / "token"), train_dataset=data, state_cache=cache)
+    with pytest.raises(ValueError, match="fade_side_outputs='cached' is invalid"):
+        MDPDTrainer(model=model, args=training_args(tmp_path / "bad"), train_dataset=data, state_cache=cache, fade_side_outputs="cached")
+
+
 def test_a_minilm_cache_holds_the_bytes_the_benchmark_counts(tmp_path, minilm_path):
     """The real MiniLM, tokenized at max length 64: real tokens x 7 states x 384 channels x 2 bytes, plus an offset
     and a label per example (``benchmarks/state_cache.py --figures``), and a safetensors header."""
-    from peft import get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path)

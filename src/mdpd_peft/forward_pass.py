@@ -23,6 +23,7 @@ from .side_networks import BackboneStates, SideNetwork
 from .task_loss import side_task_loss
 
 TARGET_ARGUMENTS = ("labels", "start_positions", "end_positions")  # the task targets a forward (or a cache) carries
+SIDE_LOGITS_ARGUMENT = "mdpd_side_logits"  # stored side logits (B, C) a fade-phase forward may carry: see ``stored_side_pass``
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ForwardCapture:
     layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
     layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # (args, kwargs) of the calls to re-run
     local_losses: list[torch.Tensor] = field(default_factory=list)  # fading="block_local": each layer's, detached
+    stored_side_logits: torch.Tensor | None = None  # (B, C) given with the batch: no state is recorded, no side network runs
+
+    @property
+    def records_states(self) -> bool:
+        return self.stored_side_logits is None
 
 
 @dataclass
@@ -170,16 +176,25 @@ def side_pass(
     return SidePass(side_logits, losses, total)
 
 
+def stored_side_pass(logits: torch.Tensor) -> SidePass:
+    """The frozen side network's pass as the fade phase sees it: its stored logits, no loss term of its own.
+
+    The side terms (task, Eq. 1-2, 4-7) train only the side network and the distillation modules, which the fade
+    phase holds still, so they are not computed; Eq. 3 and the backbone task loss are ``with_backbone_terms``'."""
+    return SidePass(logits, {}, logits.new_zeros(()))
+
+
 def with_backbone_terms(
     side: SidePass,
     config: MDPDConfig,
     backbone_logits: torch.Tensor | None,
     backbone_task: torch.Tensor | None,
-    real: torch.Tensor,
+    real: torch.Tensor | None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The side pass's terms plus the backbone's: Eq. 3 (side logits teach the backbone's) and the backbone's
     own task loss (not in the paper: Eq. 3 alone regresses the backbone head to the mean side logits; see
-    ``MDPDConfig.backbone_task_loss_weight``). Returns (unweighted terms, weighted total)."""
+    ``MDPDConfig.backbone_task_loss_weight``). ``real`` (B, N) masks token-level logits. Returns (unweighted
+    terms, weighted total)."""
     losses, total = dict(side.losses), side.loss
     if config.logits_loss_weight and side.logits is not None:
         losses["logits"] = logits_distillation_loss(side.logits, backbone_logits, real)

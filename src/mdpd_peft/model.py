@@ -19,6 +19,7 @@ from .batch_checks import BatchLimits, check_batch
 from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, intermediates_kept
 from .forward_pass import (
+    SIDE_LOGITS_ARGUMENT,
     TARGET_ARGUMENTS,
     ForwardCapture,
     SidePass,
@@ -29,6 +30,7 @@ from .forward_pass import (
     layer_output,
     real_tokens,
     side_pass,
+    stored_side_pass,
     with_backbone_terms,
     with_layer_input,
     with_layer_output,
@@ -150,6 +152,10 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     ``shallow``, ``deep``, ``logits`` and ``backbone_task`` terms, for logging. ``latest_losses`` holds
     the same terms, detached, on the tuner itself: wrappers may rebuild the output and drop the
     attribute (DDP does with ``find_unused_parameters=True``, the Trainer's setting for PEFT models).
+
+    A training forward given ``mdpd_side_logits=`` (B, C), a frozen side network's stored logits (the fade phase of
+    ``MDPDTrainer(state_cache=...)``), records no state and runs no side network: its loss is Eq. 3 against them
+    plus the backbone task loss (``forward_pass.stored_side_pass``).
     """
 
     prefix: str = "mdpd_"
@@ -370,9 +376,12 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         return self.model.training or self.peft_config[self.active_adapters[0]].eval_path == "side"
 
     def _begin_forward(self, module, args, kwargs):
+        """Open the pass's capture; a batch's stored side logits (``mdpd_side_logits``, the fade phase's) are taken
+        out of the model's arguments here, so the transformers model never sees them."""
         self._capture = None
         self.latest_losses = {}
         self.latest_skipped = False
+        stored_side_logits = kwargs.pop(SIDE_LOGITS_ARGUMENT, None)
         try:
             arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
         except TypeError:
@@ -400,8 +409,13 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             self._training_passes += 1
         self._let_norm_copies_learn(learns)
         if not self._side_path_needed():
-            return
-        self._capture = ForwardCapture(attention_mask=arguments.get("attention_mask"), targets=targets)
+            return args, kwargs
+        if not self.model.training:
+            stored_side_logits = None  # eval_path="side" runs the side network itself
+        elif stored_side_logits is not None and self.active_adapters[0] in self.mdpd_local:
+            raise invalid("fading", "block_local", f"another fading to train on stored side logits ({SIDE_LOGITS_ARGUMENT}=): block_local learns from states recorded in the forward")
+        self._capture = ForwardCapture(attention_mask=arguments.get("attention_mask"), targets=targets, stored_side_logits=stored_side_logits)
+        return args, kwargs
 
     def _let_norm_copies_learn(self, learns: bool) -> None:
         """Held-still copies (``fading_interval``) give a backbone pass that autograd does not record."""
@@ -410,7 +424,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
                 module.learns = learns
 
     def _capture_embeddings(self, module, args, kwargs):
-        if self._capture is not None and self._capture.embeddings is None:
+        if self._capture is not None and self._capture.records_states and self._capture.embeddings is None:
             self._capture.embeddings = layer_input(args, kwargs).detach()
 
     def _capture_layer_call(self, module, args, kwargs):
@@ -428,7 +442,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             return layer_output(layer(*args, **kwargs))
 
     def _capture_layer_output(self, module, args, output):
-        if self._capture is None:
+        if self._capture is None or not self._capture.records_states:
             return None
         hidden = layer_output(output)
         self._capture.layer_outputs.append(hidden.detach())
@@ -453,18 +467,27 @@ class MDPDModel(TunerHeldModules, BaseTuner):
 
     def _finish_forward(self, module, args, kwargs, output):
         capture, self._capture = self._capture, None
-        if capture is None or capture.embeddings is None:
+        if capture is None or (capture.records_states and capture.embeddings is None):
             return output
         if not isinstance(output, ModelOutput):
             raise ValueError("MDPD needs the model to return a ModelOutput; call it with return_dict=True.")
         config: MDPDConfig = self.peft_config[self.active_adapters[0]]
-        embeddings = capture.embeddings
-        real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
-        states = BackboneStates(embeddings, capture.layer_outputs, real, partial(self._rerun_layer, capture))
         backbone_logits = backbone_logits_of(output)
         logits_dtype = backbone_logits.dtype if backbone_logits is not None else None
         per_token = backbone_logits is not None and backbone_logits.dim() == 3
-        side = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
+        if not capture.records_states:  # the fade phase: Eq. 3 against the side network's stored logits
+            if backbone_logits is None or per_token or capture.stored_side_logits.shape != backbone_logits.shape:
+                raise ValueError(
+                    f"{SIDE_LOGITS_ARGUMENT}= must be the side network's sequence-level logits, shaped like the model's "
+                    f"(B, C) logits {None if backbone_logits is None else tuple(backbone_logits.shape)}; got {tuple(capture.stored_side_logits.shape)}."
+                )
+            real = None  # Eq. 3 reads it for token-level logits only
+            side = stored_side_pass(capture.stored_side_logits.to(device=backbone_logits.device, dtype=logits_dtype))
+        else:
+            embeddings = capture.embeddings
+            real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
+            states = BackboneStates(embeddings, capture.layer_outputs, real, partial(self._rerun_layer, capture))
+            side = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
 
         if not self.model.training:  # eval_path == "side": the side network predicts
             if side.logits is not None:
@@ -506,17 +529,32 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         backward, as the live pass does: faster, at the side network's full activation memory (BERT-base shape,
         batch 16 x 128: a step's peak 158 MiB recomputed, 417 MiB kept; ``benchmarks/state_cache.py --memory``).
         """
-        adapter_name = self.active_adapters[0]
-        side = self.mdpd_side[adapter_name]
-        dtype = next(side.parameters()).dtype
-        indices = tuple(int(i) for i in batch["hidden_state_indices"])
-        states = cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype)
+        states, dtype = self._cached_states(batch)
         targets = {name: batch[name] for name in TARGET_ARGUMENTS if batch.get(name) is not None}
-        per_token = self.peft_config[adapter_name].task_type in ("TOKEN_CLS", "QUESTION_ANS")
         with nullcontext() if recompute else intermediates_kept():
-            result = self._side_pass(states, targets, per_token, dtype)
+            result = self._side_pass(states, targets, self._per_token_task(), dtype)
         self.latest_losses = {name: value.detach() for name, value in result.losses.items()}
         return result
+
+    @torch.no_grad()
+    def side_logits_on_cached_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The side network's logits Y_S, float32 (B, C), on one ``StateCache.collate`` batch, in its current mode
+        (``StateCache.store_side_outputs`` runs it in eval mode): no loss term, nothing recorded for backward."""
+        if self._per_token_task():
+            config = self.peft_config[self.active_adapters[0]]
+            raise invalid("task_type", config.task_type, "a sequence-level task (e.g. 'SEQ_CLS') for side logits on cached states")
+        states, _ = self._cached_states(batch)
+        return self._side_pass(states, {}, False, torch.float32, distil=False).logits
+
+    def _cached_states(self, batch: dict[str, torch.Tensor]) -> tuple[BackboneStates, torch.dtype]:
+        """The ``BackboneStates`` of a collated cache batch, in the side network's dtype (returned too)."""
+        adapter_name = self.active_adapters[0]
+        dtype = next(self.mdpd_side[adapter_name].parameters()).dtype
+        indices = tuple(int(i) for i in batch["hidden_state_indices"])
+        return cached_backbone_states(batch, indices, self.mdpd_encoders[adapter_name].num_layers, dtype), dtype
+
+    def _per_token_task(self) -> bool:
+        return self.peft_config[self.active_adapters[0]].task_type in ("TOKEN_CLS", "QUESTION_ANS")
 
     def _loss_is_finite(self, terms: dict[str, torch.Tensor]) -> bool:
         """Whether every term is finite; if not, raise or warn naming them (``MDPDConfig.nonfinite_loss``)."""

@@ -20,6 +20,10 @@ ids (what the tokenizer and max length produced, so any change of either that ch
 key), the tokenizer, the max length, the stored layers and the dtype. Opening a cache for a model whose
 key differs raises ``StaleStateCacheError`` naming the fields that differ.
 
+After the side phase, ``StateCache.store_side_outputs`` stores the trained side network's eval-mode logits on
+the cached states beside them (``side-logits-<hash>.safetensors``, one (n, C) tensor), keyed by the side network's
+weights and the cache's key: the fade phase's Eq. 3 teacher, read once instead of a side pass per step.
+
 A build writes each shard to a temporary file and renames it when complete, and writes ``state_cache.json``
 (the manifest) last: an interrupted build leaves complete shards and no manifest, so it is never read, and
 building again into the folder resumes after the last complete shard.
@@ -41,11 +45,12 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .config import invalid
-from .forward_pass import TARGET_ARGUMENTS, layer_input, layer_output
 from .capture import BackboneCapture
+from .config import invalid
+from .forward_pass import TARGET_ARGUMENTS
 
 MANIFEST = "state_cache.json"  # written last: a folder without it holds an unfinished build
+SIDE_OUTPUTS = "side-logits-{}.safetensors"  # one file per side network, named by its side_network_hash
 BUILD_KEY = "build_key.json"  # written first: the key the shards in the folder belong to
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 FORMAT_VERSION = 1
@@ -85,12 +90,23 @@ def tensor_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors: names, shapes, dtypes and bytes."""
+    return sha256_of(f"{name}:{tuple(t.shape)}:{t.dtype}".encode() + tensor_bytes(t) for name, t in state.items())
+
+
 def weights_hash(model: torch.nn.Module) -> str:
     """sha256 of every parameter and buffer of the transformers model under the tuner except the task head's
     (``modules_to_save``): the head reads no stored state and trains in the side phase."""
-    heads = [name + "." for name, module in model.named_modules() if isinstance(module, ModulesToSaveWrapper)]
-    state = model.state_dict()
-    return sha256_of(f"{name}:{tuple(t.shape)}:{t.dtype}".encode() + tensor_bytes(t) for name, t in state.items() if not name.startswith(tuple(heads)))
+    heads = tuple(name + "." for name, module in model.named_modules() if isinstance(module, ModulesToSaveWrapper))
+    return state_hash({name: t for name, t in model.state_dict().items() if not name.startswith(heads)})
+
+
+def side_network_hash(tuner) -> str:
+    """sha256 of the active side network's class and weights (its head included): besides the stored states,
+    all its eval-mode logits depend on."""
+    side = tuner.mdpd_side[tuner.active_adapters[0]]
+    return sha256_of([type(side).__name__, state_hash(side.state_dict())])
 
 
 def config_hash(model: torch.nn.Module) -> str:
@@ -117,6 +133,14 @@ def cache_tuner(model):
             "The state cache needs a model from get_peft_model(model, MDPDConfig(...)) or get_peft_model(encoder, "
             f"SideTaskConfig(...)); got {type(model).__name__}."
         )
+    return tuner
+
+
+def mdpd_tuner(model):
+    """The MDPD tuner of ``model``: stored side outputs are the teacher of MDPD's fade phase."""
+    tuner = cache_tuner(model)
+    if not hasattr(tuner, "side_logits_on_cached_states"):
+        raise TypeError(f"Stored side outputs teach an MDPD fade phase: they need a model from get_peft_model(model, MDPDConfig(...)); got {type(tuner).__name__}.")
     return tuner
 
 
@@ -237,7 +261,7 @@ def build_state_cache(
                 "use another cache_dir, or build_state_cache(..., overwrite=True) to replace it."
             )
         if found != key:
-            for path in [*folder.glob("states-*"), *folder.glob("*.tmp"), folder / MANIFEST, folder / BUILD_KEY]:
+            for path in [*folder.glob("states-*"), *folder.glob(SIDE_OUTPUTS.format("*")), *folder.glob("*.tmp"), folder / MANIFEST, folder / BUILD_KEY]:
                 path.unlink(missing_ok=True)
     folder.mkdir(parents=True, exist_ok=True)
     if (folder / MANIFEST).exists():
@@ -298,8 +322,13 @@ def write_shard(path: Path, examples: list[torch.Tensor], targets: dict[str, lis
     for name, values in targets.items():
         per_token = all(v.dim() >= 1 and v.shape[0] == len(e) for v, e in zip(values, examples)) and any(v.dim() >= 1 for v in values)
         tensors[f"{'token' if per_token else 'sequence'}_target.{name}"] = torch.cat(values) if per_token else torch.stack(values)
+    write_tensors(path, tensors)
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file whole or not at all (temporary file, then rename)."""
     temporary = path.with_suffix(".tmp")
-    save_file(tensors, str(temporary))
+    save_file(tensors, str(temporary), metadata=metadata)
     os.replace(temporary, path)
 
 
@@ -395,6 +424,54 @@ class StateCache(Dataset):
         real = [torch.as_tensor(row.get("attention_mask", [True])).bool() for row in rows]  # per-token labels: real tokens
         relabelled._targets = split_targets(rows, real)
         return relabelled
+
+    @property
+    def key_hash(self) -> str:
+        return sha256_of([json.dumps(asdict(self.key), sort_keys=True)])
+
+    def store_side_outputs(self, model, batch_size: int = 64) -> torch.Tensor:
+        """Run ``model``'s side network once over the cached states, in eval mode (no dropout), and store its logits
+        beside them: the fade phase's fixed Eq. 3 teacher (``MDPDTrainer(fade_side_outputs="stored")``).
+
+        Returns the logits, float32 (n, C) in cache order. The file is named by the side network's weights and
+        records this cache's key, so ``side_outputs`` serves them to that side network on these states only; the
+        backbone's weights do not enter (the fade phase trains its LayerNorm copies, the teacher stays fixed).
+        """
+        tuner = mdpd_tuner(model)
+        side = tuner.mdpd_side[tuner.active_adapters[0]]
+        device = next(side.parameters()).device
+        training = side.training
+        side.eval()
+        try:
+            logits = []
+            for start in range(0, len(self), batch_size):
+                batch = self.collate([self[i] for i in range(start, min(start + batch_size, len(self)))])
+                logits.append(tuner.side_logits_on_cached_states({k: v.to(device) for k, v in batch.items()}).cpu())  # (B, C)
+        finally:
+            side.train(training)
+        logits = torch.cat(logits)
+        side_hash = side_network_hash(tuner)
+        write_tensors(self.folder / SIDE_OUTPUTS.format(side_hash[:16]), {"logits": logits}, {"side_network": side_hash, "states": self.key_hash})
+        return logits
+
+    def side_outputs(self, model) -> torch.Tensor:
+        """The logits ``store_side_outputs`` stored for ``model``'s side network, float32 (n, C) in cache order.
+
+        Raises ``StaleStateCacheError`` when only another side network's are stored (its weights differ: it trained on
+        since) or they were stored on other states, ``FileNotFoundError`` when none are stored."""
+        side_hash = side_network_hash(mdpd_tuner(model))
+        path = self.folder / SIDE_OUTPUTS.format(side_hash[:16])
+        advice = "Store this side network's with StateCache.store_side_outputs(model)."
+        if not path.exists():
+            if any(self.folder.glob(SIDE_OUTPUTS.format("*"))):
+                raise StaleStateCacheError(f"{self.folder} holds side outputs of another side network: its side network weights differ. {advice}")
+            raise FileNotFoundError(f"{self.folder} holds no side outputs. {advice}")
+        with safe_open(str(path), framework="pt") as file:
+            found = file.metadata()
+            if found["side_network"] != side_hash or found["states"] != self.key_hash:
+                differing = [name for name, value in (("side_network", side_hash), ("states", self.key_hash)) if found[name] != value]
+                raise StaleStateCacheError(f"The side outputs in {path} were stored for another build: they differ in {', '.join(differing)}. {advice}")
+            return file.get_tensor("logits")
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -15,10 +16,13 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import speed_metrics
 
+from .config import invalid
+from .forward_pass import SIDE_LOGITS_ARGUMENT
 from .gathering import gathered_faded_model
 from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import faded_model_card
+from .phases import FADE_SIDE_OUTPUTS, SIDE_PHASE_DIR, MarkSidePhaseCheckpoints, train_side_then_fade
 from .safe_saving import checkpoint_folders, incomplete_reason, replaced_files, replaced_folder
 
 METRIC_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
@@ -106,22 +110,31 @@ class MDPDTrainer(Trainer):
     - ``state_cache`` (a ``StateCache`` of ``train_dataset``): ``train()`` first trains the side network on the
       cached backbone states (``side_phase_args``, default: these arguments with ``output_dir/side_phase``),
       then fades through the backbone with ``args`` and the side network frozen (``num_train_epochs=0``: the
-      side phase only); see ``phases``. ``fade_loss(outputs, inputs) -> loss`` replaces the combined MDPD loss
-      of passes through the backbone.
+      side phase only); see ``phases``. ``fade_side_outputs="stored"`` (default; sequence-level tasks) fades
+      against the side network's logits stored once per example, without running it; ``"live"`` runs the full
+      MDPD pass. ``fade_loss(outputs, inputs) -> loss`` replaces the loss of passes through the backbone.
     - Nothing is lost on save: the faded model, adapter saves and checkpoints are written to a staging folder and
       moved into place when complete; ``resume_from_checkpoint=True`` takes the last complete checkpoint.
     - A non-finite loss term stops training before the optimizer writes it into the weights, naming the term and
       the step (``MDPDConfig.nonfinite_loss="raise"``), or its step is skipped on every process (``"skip"``).
     """
 
-    def __init__(self, model=None, args=None, *other_args, state_cache=None, side_phase_args=None, fade_loss=None, **kwargs) -> None:
+    def __init__(
+        self, model=None, args=None, *other_args, state_cache=None, side_phase_args=None, fade_loss=None, fade_side_outputs: str = "stored", **kwargs
+    ) -> None:
         if model is not None:
             mdpd_tuner(model)  # before Trainer.__init__ creates output_dir
+        if fade_side_outputs not in FADE_SIDE_OUTPUTS:
+            raise invalid("fade_side_outputs", fade_side_outputs, f"one of {FADE_SIDE_OUTPUTS}", "MDPDTrainer")
         super().__init__(model, args, *other_args, **kwargs)
         self.state_cache, self.side_phase_args, self.fade_loss = state_cache, side_phase_args, fade_loss
+        self.fade_side_outputs = fade_side_outputs
         self.user_callbacks = kwargs.get("callbacks")
         self.side_phase_trainer: MDPDTrainer | None = None  # set by train() with a state_cache
-        self._mdpd_model()  # a model from model_init
+        mdpd = self._mdpd_model()  # a model from model_init
+        if state_cache is not None and fade_side_outputs == "stored" and mdpd._per_token_task():
+            task_type = mdpd.peft_config[mdpd.active_adapters[0]].task_type
+            raise invalid("fade_side_outputs", fade_side_outputs, f"'live' for task_type={task_type!r}: stored side outputs are sequence-level logits", "MDPDTrainer")
         self.model_accepts_loss_kwargs = False  # the combined loss is a per-batch mean: scale it for accumulation
         if self.args.metric_for_best_model in ("loss", "eval_loss"):
             self.args.metric_for_best_model = "faded_loss"
@@ -149,9 +162,8 @@ class MDPDTrainer(Trainer):
         Without a cache, ``resume_from_checkpoint=True`` takes the last *complete* checkpoint (one whose save was cut
         short is skipped with a warning), and a named incomplete one is refused, naming what it lacks."""
         if self.state_cache is not None:
-            from .phases import train_side_then_fade
-
-            return train_side_then_fade(self, resume_from_checkpoint, **kwargs)
+            self.side_phase_trainer = self._side_phase_trainer()
+            return train_side_then_fade(self, self.side_phase_trainer, resume_from_checkpoint, **kwargs)
         if resume_from_checkpoint is True:
             complete = []
             for folder in checkpoint_folders(self.args.output_dir):
@@ -171,6 +183,25 @@ class MDPDTrainer(Trainer):
                     f"{self.args.output_dir}: {[f for f in checkpoint_folders(self.args.output_dir) if incomplete_reason(f) is None]}."
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _side_phase_trainer(self) -> "SidePhaseTrainer":
+        args = self.side_phase_args or dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, SIDE_PHASE_DIR))
+        return SidePhaseTrainer(
+            model=self.model,
+            args=args,
+            state_cache=self.state_cache,
+            live_collator=self.data_collator,
+            eval_dataset=self.eval_dataset,
+            processing_class=self.processing_class,
+            compute_metrics=self.compute_metrics,
+            callbacks=self.user_callbacks,
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """The fade phase's stored side logits are a column the tuner takes, not the transformers model."""
+        super()._set_signature_columns_if_needed()
+        if SIDE_LOGITS_ARGUMENT not in self._signature_columns:
+            self._signature_columns.append(SIDE_LOGITS_ARGUMENT)
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Adapter saves (``save_model``, checkpoints) go through a staging folder: no file is ever half-written."""
@@ -328,3 +359,31 @@ class MDPDTrainer(Trainer):
             revision=revision if revision is not None else self.args.hub_revision,
             delete_patterns=ADAPTER_FILES,
         )
+
+
+class SidePhaseTrainer(MDPDTrainer):
+    """The side phase of ``MDPDTrainer(state_cache=...)`` (``phases``): each step is ``side_pass_on_cached_states`` on a
+    collated batch of cached states; evaluation runs both paths through the backbone on the live eval data."""
+
+    def __init__(self, *args, state_cache, live_collator, **kwargs):
+        super().__init__(*args, train_dataset=state_cache, data_collator=state_cache.collate, **kwargs)
+        self.cache = state_cache
+        self.live_collator = live_collator
+        self.add_callback(MarkSidePhaseCheckpoints)
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        if data_collator == self.cache.collate:  # cached states are no argument of the model's forward
+            return data_collator
+        return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        training_collator, self.data_collator = self.data_collator, self.live_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = training_collator
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        side_pass = self._mdpd_model().side_pass_on_cached_states(inputs)
+        self._record_loss_terms(model)
+        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
