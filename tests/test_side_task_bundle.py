@@ -49,7 +49,7 @@ def tasks_model(names, encoder=None):
     for name in rest:
         model.add_adapter(name, task_config(name))
     torch.manual_seed(1)
-    for task in model.base_model.side_task_modules.values():  # as if trained: the saved weights are not the initial ones
+    for task in model.base_model.kept_tasks.values():  # as if trained: the saved weights are not the initial ones
         task.head.gate_logits.data.normal_()
     model.base_model.set_adapter(list(names))
     return model.eval()
@@ -82,7 +82,7 @@ def test_save_load_round_trip_is_bit_identical(tmp_path):
 
     some = load_side_tasks(tiny_encoder(), str(tmp_path / "bundle"), tasks=["ner", "sentiment"], is_trainable=True)
     assert some.base_model.tasks == ["ner", "sentiment"]
-    assert all(parameter.requires_grad for parameter in some.base_model.side_task_modules.parameters())
+    assert all(parameter.requires_grad for parameter in some.base_model.kept_tasks.parameters())
     assert_same_logits(task_logits(some), expected, ["ner", "sentiment"])
 
 
@@ -175,7 +175,7 @@ def test_a_label_set_that_does_not_match_the_saved_head_fails_naming_the_task(tm
     path = tmp_path / "bundle" / "sentiment" / "adapter_config.json"
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "id2label": {"0": "a", "1": "b", "2": "c"}, "num_labels": 3}))
-    with pytest.raises(RuntimeError, match=r"size mismatch for base_model\.side_task_modules\.sentiment\.head\.classifier"):
+    with pytest.raises(RuntimeError, match=r"size mismatch for base_model\.kept_tasks\.sentiment\.head\.classifier"):
         load_side_tasks(tiny_encoder(), tmp_path / "bundle")
 
 

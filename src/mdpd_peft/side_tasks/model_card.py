@@ -29,7 +29,7 @@ def metrics_line(metrics: dict[str, float] | None) -> str:
 
 def task_section(tuner: SideTaskModel, name: str, metrics: dict[str, float] | None) -> list[str]:
     config: SideTaskConfig = tuner.peft_config[name]
-    task = tuner.side_task_modules[name]
+    task = tuner.kept_tasks[name]
     parameters = sum(parameter.numel() for parameter in task.parameters())
     return [
         f"### `{name}`",
