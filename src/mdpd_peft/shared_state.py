@@ -48,6 +48,49 @@ class TunerHeldModules:
                 place_adapter_module(modules[adapter_name], self.model, autocast_adapter_dtype)
 
 
+class WrapsNoLayer(TunerHeldModules):
+    """Mixin for a tuner whose adapters are only the modules it holds (DTL, kept side tasks): nothing in the model is
+    wrapped, so PEFT's layer-based bookkeeping of trainability and active adapters is done here. An adapter's modules
+    train when it is active, adapters are enabled and it is not in inference mode."""
+
+    _adapters_enabled = True
+
+    def _held_modules(self, adapter_name: str) -> list[nn.Module]:
+        return [getattr(self, c)[adapter_name] for c in self.adapter_containers if adapter_name in getattr(self, c, {})]
+
+    def _sync_trainability(self, inference_mode: bool | None = None) -> None:
+        """(``None``: each adapter's ``config.inference_mode``.)"""
+        for name in self.peft_config:
+            frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
+            for module in self._held_modules(name):
+                module.requires_grad_(name in self.active_adapters and self._adapters_enabled and not frozen)
+
+    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
+        super().set_adapter(adapter_name, inference_mode=inference_mode)
+        self._sync_trainability(inference_mode)
+
+    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
+        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
+        for name in adapter_names_of(adapter_names):
+            for module in self._held_modules(name):
+                module.requires_grad_(requires_grad)
+
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        super()._enable_adapter_layers(enabled)
+        self._adapters_enabled = enabled
+        self._sync_trainability()
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """PEFT reads the adapters left active from the wrapped layers; there are none, so they are picked here."""
+        still_active = [name for name in self.active_adapters if name != adapter_name]
+        super().delete_adapter(adapter_name)
+        for container in self.adapter_containers:
+            del getattr(self, container)[adapter_name]
+        remaining = still_active or list(self.peft_config)[:1]
+        if remaining:
+            self.set_adapter(remaining, inference_mode=self.peft_config[remaining[0]].inference_mode)
+
+
 def restore_original_modules(model: nn.Module) -> None:
     """Put each ``modules_to_save`` wrapper's original module back: ``unload()`` returns the untouched base
     (PEFT's own keeps the trained copy), so that it really undoes the adapter."""

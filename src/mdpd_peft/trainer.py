@@ -18,6 +18,7 @@ from transformers.trainer_utils import speed_metrics
 
 from .config import invalid
 from .forward_pass import SIDE_LOGITS_ARGUMENT
+from .cached_training import TrainsOnCachedStates
 from .gathering import gathered_faded_model
 from .memory import PeakMemory
 from .model import MDPDModel
@@ -361,7 +362,7 @@ class MDPDTrainer(Trainer):
         )
 
 
-class SidePhaseTrainer(MDPDTrainer):
+class SidePhaseTrainer(TrainsOnCachedStates, MDPDTrainer):
     """The side phase of ``MDPDTrainer(state_cache=...)`` (``phases``): each step is ``side_pass_on_cached_states`` on a
     collated batch of cached states; evaluation runs both paths through the backbone on the live eval data."""
 
@@ -370,18 +371,6 @@ class SidePhaseTrainer(MDPDTrainer):
         self.cache = state_cache
         self.live_collator = live_collator
         self.add_callback(MarkSidePhaseCheckpoints)
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        if data_collator == self.cache.collate:  # cached states are no argument of the model's forward
-            return data_collator
-        return super()._get_collator_with_removed_columns(data_collator, description)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        training_collator, self.data_collator = self.data_collator, self.live_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = training_collator
 
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         side_pass = self._mdpd_model().side_pass_on_cached_states(inputs)

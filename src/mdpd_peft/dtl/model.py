@@ -11,7 +11,7 @@ from torch import nn
 from ..architecture import map_encoder
 from ..config import invalid
 from ..model import checkpoints, layer_input, layer_output
-from ..shared_state import TunerHeldModules, adapter_names_of, place_adapter_module, restore_original_modules
+from ..shared_state import WrapsNoLayer, place_adapter_module, restore_original_modules
 from ..side_networks.base import require_uniform_width
 from ..side_networks.dtl import CompactSideNetwork, dtl_inject_from
 from .config import DTLConfig
@@ -29,7 +29,7 @@ def with_hidden(output, hidden: torch.Tensor):
     return hidden if isinstance(output, torch.Tensor) else (hidden, *output[1:])
 
 
-class DTLModel(TunerHeldModules, BaseTuner):
+class DTLModel(WrapsNoLayer, BaseTuner):
     """DTL as a PEFT tuner: ``get_peft_model(model, DTLConfig(...))``.
 
     Each adapter's ``CompactSideNetwork`` lives on the tuner. Hooks on the encoder layers add each
@@ -58,7 +58,6 @@ class DTLModel(TunerHeldModules, BaseTuner):
         if not hasattr(self, "dtl_csn"):
             self.dtl_csn = nn.ModuleDict()
             self._hook_handles: list = []
-            self._adapters_enabled = True
             self._running_sum: torch.Tensor | None = None
             self._real: torch.Tensor | None = None
         csn = CompactSideNetwork(encoder.hidden_size, encoder.num_layers, config.rank, inject_from, config.conv_kernel, encoder.is_vision)
@@ -67,37 +66,6 @@ class DTLModel(TunerHeldModules, BaseTuner):
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
         self._register_hooks()
         self._sync_trainability()
-
-    def _sync_trainability(self, inference_mode: bool | None = None) -> None:
-        """Each compact side network trains when its adapter is active, enabled and not in inference mode
-        (``None``: each adapter's ``config.inference_mode``)."""
-        for name, csn in self.dtl_csn.items():
-            frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
-            csn.requires_grad_(name in self.active_adapters and self._adapters_enabled and not frozen)
-
-    def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
-        super().set_adapter(adapter_name, inference_mode=inference_mode)
-        self._sync_trainability(inference_mode)
-
-    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
-        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
-        for name in adapter_names_of(adapter_names):
-            if name in self.dtl_csn:
-                self.dtl_csn[name].requires_grad_(requires_grad)
-
-    def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        super()._enable_adapter_layers(enabled)
-        self._adapters_enabled = enabled
-        self._sync_trainability()
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """PEFT reads the adapters left active from the wrapped layers; DTL wraps none, so it picks them here."""
-        still_active = [name for name in self.active_adapters if name != adapter_name]
-        super().delete_adapter(adapter_name)
-        del self.dtl_csn[adapter_name]
-        remaining = still_active or list(self.peft_config)[:1]
-        if remaining:
-            self.set_adapter(remaining, inference_mode=self.peft_config[remaining[0]].inference_mode)
 
     # ------------------------------------------------------------------------------------------ hooks
 

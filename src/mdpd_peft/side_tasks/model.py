@@ -16,7 +16,7 @@ from ..capture import BackboneCapture
 from ..config import invalid
 from ..distillation import intermediates_kept
 from ..forward_pass import SidePass, cached_backbone_states
-from ..shared_state import TunerHeldModules, adapter_names_of, place_adapter_module
+from ..shared_state import WrapsNoLayer, adapter_names_of, place_adapter_module
 from ..side_networks import SIDE_NETWORKS, BackboneStates, LadderSideNetwork, SideNetwork
 from ..state_cache import weights_hash
 from ..task_loss import side_task_loss
@@ -76,7 +76,7 @@ def encoder_fingerprint(model: nn.Module, encoder: EncoderMap) -> dict:
     return {"num_layers": encoder.num_layers, "layer_widths": list(encoder.layer_widths), "weights": None if on_meta else weights_hash(model)}
 
 
-class SideTaskModel(TunerHeldModules, BaseTuner):
+class SideTaskModel(WrapsNoLayer, BaseTuner):
     """Kept side networks as PEFT adapters: one adapter per task, one encoder pass for all of them.
 
     Each adapter (``SideTaskConfig``) is a ``SideTask``: a side network and its head, held on the tuner; the
@@ -117,7 +117,6 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
             ]
             self._forward_signature = inspect.signature(model.forward)
             self._batch_limits = BatchLimits.of(model)
-            self._adapters_enabled = True
             self._stacked_cache: dict[tuple[str, ...], tuple[tuple, StackedLadders]] = {}  # serving: stacked ladder weights
         self._check_encoder(config, encoder)
         config.encoder_fingerprint = self.encoder_fingerprint
@@ -147,39 +146,12 @@ class SideTaskModel(TunerHeldModules, BaseTuner):
                 "attach it to that encoder, or train the task again on this one."
             )
 
-    def _sync_trainability(self, inference_mode: bool | None = None) -> None:
-        """A task trains when it is active, adapters are enabled and it is not in inference mode."""
-        for name, task in self.kept_tasks.items():
-            frozen = self.peft_config[name].inference_mode if inference_mode is None else inference_mode
-            task.requires_grad_(name in self.active_adapters and self._adapters_enabled and not frozen)
-
     def set_adapter(self, adapter_name: str | list[str], inference_mode: bool = False) -> None:
         """Make these tasks the ones that run (and train, unless ``inference_mode``)."""
         unknown = [name for name in adapter_names_of(adapter_name) if name not in self.kept_tasks]
         if unknown:
             raise ValueError(f"Unknown task(s) {unknown}: this model has the tasks {list(self.kept_tasks)}.")
         super().set_adapter(adapter_name, inference_mode=inference_mode)
-        self._sync_trainability(inference_mode)
-
-    def set_requires_grad(self, adapter_names: str | list[str], requires_grad: bool = True) -> None:
-        super().set_requires_grad(adapter_names, requires_grad=requires_grad)
-        for name in adapter_names_of(adapter_names):
-            if name in self.kept_tasks:
-                self.kept_tasks[name].requires_grad_(requires_grad)
-
-    def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        super()._enable_adapter_layers(enabled)
-        self._adapters_enabled = enabled
-        self._sync_trainability()
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """PEFT reads the adapters left active from wrapped layers; a side task wraps none, so they are picked here."""
-        still_active = [name for name in self.active_adapters if name != adapter_name]
-        super().delete_adapter(adapter_name)
-        del self.kept_tasks[adapter_name]
-        remaining = still_active or list(self.peft_config)[:1]
-        if remaining:
-            self.set_adapter(remaining, inference_mode=self.peft_config[remaining[0]].inference_mode)
 
     @property
     def tasks(self) -> list[str]:

@@ -6,13 +6,14 @@ import logging
 
 from transformers import Trainer
 
+from ..cached_training import TrainsOnCachedStates
 from ..state_cache import StateCache, cache_tuner
 from .model import SideTaskModel
 
 logger = logging.getLogger(__name__)
 
 
-class SideTaskTrainer(Trainer):
+class SideTaskTrainer(TrainsOnCachedStates, Trainer):
     """Train ``task`` of a ``get_peft_model(encoder, SideTaskConfig(...))`` model; every other task stays as it is.
 
     - ``train_dataset`` a ``StateCache`` (``build_state_cache``, or ``cache.with_targets(model, dataset)`` for a
@@ -45,18 +46,6 @@ class SideTaskTrainer(Trainer):
         self.live_collator = self.data_collator  # the user's, or the Trainer's default for the processing class
         if self.cache is not None:
             self.data_collator = self.cache.collate
-
-    def _get_collator_with_removed_columns(self, data_collator, description=None):
-        if self.cache is not None and data_collator == self.cache.collate:  # cached states are no argument of the forward
-            return data_collator
-        return super()._get_collator_with_removed_columns(data_collator, description)
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        training_collator, self.data_collator = self.data_collator, self.live_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = training_collator
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The trained task's logits are the predictions (not every task's, nor the encoder's states)."""
