@@ -109,40 +109,47 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
+def measure_tasks(name: str, encoder, make_model, inputs: dict, n: int, repeats: int) -> dict:
+    """One N: the three ways timed interleaved, and the serving weights."""
+    batch = next(iter(inputs.values())).shape[0]
+    bundle, merged, mixed = side_tasks(encoder, n), merged_models(name, make_model, n), mixed_lora(name, make_model, n)
+    repeated = {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
+    adapter_names = [f"task{i}" for i in range(n) for _ in range(batch)]
+    ways = {
+        "side_tasks": lambda: bundle(**inputs),
+        "merged_models": lambda: [model(**inputs) for model in merged],
+        "mixed_lora": lambda: mixed(**repeated, adapter_names=adapter_names),
+        "encoder_pass": lambda: encoder(**inputs),
+    }
+    seconds = {way: [] for way in ways}
+    with torch.inference_mode():
+        for round_ in range(repeats + 1):  # round 0 warms up
+            for way, function in ways.items():
+                elapsed = timed(function)
+                if round_:
+                    seconds[way].append(elapsed)
+    median = {way: statistics.median(values) for way, values in seconds.items()}
+    side_bytes = sum(weight_bytes(task) for task in bundle.base_model.kept_tasks.values())
+    row = {
+        "tasks": n,
+        "seconds": median,
+        "throughput": {way: batch / median[way] for way in ("side_tasks", "merged_models", "mixed_lora")},
+        "side_tasks_vs_merged": median["merged_models"] / median["side_tasks"],
+        "side_tasks_vs_mixed_lora": median["mixed_lora"] / median["side_tasks"],
+        "side_share_of_a_pass": (median["side_tasks"] - median["encoder_pass"]) / median["encoder_pass"],
+        "weights_bytes": {"side_tasks": weight_bytes(encoder) + side_bytes, "merged_models": sum(weight_bytes(m) for m in merged), "one_model": weight_bytes(merged[0])},
+    }
+    row["weights_vs_one_model"] = row["weights_bytes"]["side_tasks"] / row["weights_bytes"]["one_model"]
+    return row
+
+
 def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) -> dict:
     encoder, make_model = encoder_and_classifier_class(name)
     encoder.eval()
     inputs = batch_for(encoder, batch, length)
     rows = []
     for n in tasks:
-        bundle, merged, mixed = side_tasks(encoder, n), merged_models(name, make_model, n), mixed_lora(name, make_model, n)
-        repeated = {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
-        adapter_names = [f"task{i}" for i in range(n) for _ in range(batch)]
-        ways = {
-            "side_tasks": lambda: bundle(**inputs),
-            "merged_models": lambda: [model(**inputs) for model in merged],
-            "mixed_lora": lambda: mixed(**repeated, adapter_names=adapter_names),
-            "encoder_pass": lambda: encoder(**inputs),
-        }
-        seconds = {way: [] for way in ways}
-        with torch.inference_mode():
-            for round_ in range(repeats + 1):  # round 0 warms up
-                for way, function in ways.items():
-                    elapsed = timed(function)
-                    if round_:
-                        seconds[way].append(elapsed)
-        median = {way: statistics.median(values) for way, values in seconds.items()}
-        side_bytes = sum(weight_bytes(task) for task in bundle.base_model.kept_tasks.values())
-        row = {
-            "tasks": n,
-            "seconds": median,
-            "throughput": {way: batch / median[way] for way in ("side_tasks", "merged_models", "mixed_lora")},
-            "side_tasks_vs_merged": median["merged_models"] / median["side_tasks"],
-            "side_tasks_vs_mixed_lora": median["mixed_lora"] / median["side_tasks"],
-            "side_share_of_a_pass": (median["side_tasks"] - median["encoder_pass"]) / median["encoder_pass"],
-            "weights_bytes": {"side_tasks": weight_bytes(encoder) + side_bytes, "merged_models": sum(weight_bytes(m) for m in merged), "one_model": weight_bytes(merged[0])},
-        }
-        row["weights_vs_one_model"] = row["weights_bytes"]["side_tasks"] / row["weights_bytes"]["one_model"]
+        row = measure_tasks(name, encoder, make_model, inputs, n, repeats)
         rows.append(row)
         print(
             f"N={n:>2}: side tasks {row['side_tasks_vs_merged']:.2f}x the merged models' throughput, "
@@ -150,7 +157,6 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) 
             f"encoder pass; weights {row['weights_vs_one_model']:.2f}x one model",
             flush=True,
         )
-        del bundle, merged, mixed
     return {"model": name, "batch": batch, "length": length, "repeats": repeats, "rows": rows}
 
 

@@ -1,6 +1,7 @@
 """One MDPD training pass, as data flows: capture the backbone's states -> run the side network -> the losses.
 
-The tuner (``model.py``) owns the hooks that fill a ``ForwardCapture`` during the wrapped model's forward; this
+The tuner (``model.py``) owns the hooks that fill a ``ForwardCapture`` during the wrapped model's forward (the states
+through ``capture.BackboneCapture``); this
 module holds what happens to it: the side pass (side network, side task loss, feature distillation, Eq. 1-7)
 and the backbone's terms (Eq. 3's logits distillation and our backbone task loss), with the small helpers that
 read and rewrite layer calls. Training on cached states (``state_cache.py``) enters at ``side_pass`` with
@@ -28,13 +29,10 @@ SIDE_LOGITS_ARGUMENT = "mdpd_side_logits"  # stored side logits (B, C) a fade-ph
 
 @dataclass
 class ForwardCapture:
-    """What the hooks collect during one backbone forward pass (all tensors detached)."""
+    """What one MDPD forward pass carries besides the backbone's states (which ``capture.BackboneCapture`` records)."""
 
     attention_mask: torch.Tensor | None
     targets: dict[str, torch.Tensor]
-    embeddings: torch.Tensor | None = None
-    layer_outputs: list[torch.Tensor] = field(default_factory=list)  # in call order: layer i's output is item i
-    layer_calls: dict[int, tuple[tuple, dict]] = field(default_factory=dict)  # (args, kwargs) of the calls to re-run
     local_losses: list[torch.Tensor] = field(default_factory=list)  # fading="block_local": each layer's, detached
     stored_side_logits: torch.Tensor | None = None  # (B, C) given with the batch: no state is recorded, no side network runs
 

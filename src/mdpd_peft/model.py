@@ -6,7 +6,6 @@ import inspect
 import math
 import warnings
 from contextlib import nullcontext
-from functools import partial
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -16,6 +15,7 @@ from transformers.utils import ModelOutput
 
 from .architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from .batch_checks import BatchLimits, check_batch
+from .capture import BackboneCapture
 from .config import EVAL_PATHS, MDPDConfig, invalid
 from .distillation import DualPathDistiller, intermediates_kept
 from .forward_pass import (
@@ -23,16 +23,13 @@ from .forward_pass import (
     TARGET_ARGUMENTS,
     ForwardCapture,
     SidePass,
-    as_loaded,
     backbone_logits_of,
     cached_backbone_states,
-    layer_input,
     layer_output,
     real_tokens,
     side_pass,
     stored_side_pass,
     with_backbone_terms,
-    with_layer_input,
     with_layer_output,
     write_logits,
 )
@@ -354,14 +351,13 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             return
         self._forward_signature = inspect.signature(self.model.forward)
         self._batch_limits = BatchLimits.of(self.model)
-        layers = next(iter(self.mdpd_encoders.values())).layers(self.model)
-        # Bound methods, not closures: copy.deepcopy of the model rebinds them to the copy. Outputs are kept
-        # in call order, which also counts the layers of models that run one module several times (ALBERT).
+        encoder = next(iter(self.mdpd_encoders.values()))
+        self._backbone_capture = BackboneCapture(self.model, encoder)  # records the states the side network reads
+        # Bound methods, not closures: copy.deepcopy of the model rebinds them to the copy. The block-local hooks run
+        # after the capture's (registered later), so layer call i's output is recorded when they see it.
         self._hook_handles = [
             self.model.register_forward_pre_hook(self._begin_forward, with_kwargs=True),
-            layers[0].register_forward_pre_hook(self._capture_embeddings, with_kwargs=True),
-            *(layer.register_forward_pre_hook(self._capture_layer_call, with_kwargs=True) for layer in layers),
-            *(layer.register_forward_hook(self._capture_layer_output) for layer in layers),
+            *(layer.register_forward_hook(self._learn_locally_after) for layer in encoder.layers(self.model)),
             self.model.register_forward_hook(self._finish_forward, with_kwargs=True),
         ]
 
@@ -369,6 +365,7 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles = []
+        self._backbone_capture.remove()
 
     def _side_path_needed(self) -> bool:
         if not self._adapters_enabled or not self.active_adapters or self.active_adapters[0] not in self.mdpd_side:
@@ -415,6 +412,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         elif stored_side_logits is not None and self.active_adapters[0] in self.mdpd_local:
             raise invalid("fading", "block_local", f"another fading to train on stored side logits ({SIDE_LOGITS_ARGUMENT}=): block_local learns from states recorded in the forward")
         self._capture = ForwardCapture(attention_mask=arguments.get("attention_mask"), targets=targets, stored_side_logits=stored_side_logits)
+        if self._capture.records_states:
+            self._backbone_capture.open(self._capture.attention_mask, self.mdpd_side[self.active_adapters[0]].rerun_layers)
         return args, kwargs
 
     def _let_norm_copies_learn(self, learns: bool) -> None:
@@ -423,33 +422,14 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             if isinstance(module, MDPDLayer):
                 module.learns = learns
 
-    def _capture_embeddings(self, module, args, kwargs):
-        if self._capture is not None and self._capture.records_states and self._capture.embeddings is None:
-            self._capture.embeddings = layer_input(args, kwargs).detach()
-
-    def _capture_layer_call(self, module, args, kwargs):
-        if self._capture is None:
-            return
-        index = len(self._capture.layer_outputs)
-        if index in self.mdpd_side[self.active_adapters[0]].rerun_layers:
-            self._capture.layer_calls[index] = (args, kwargs)
-
-    def _rerun_layer(self, capture: ForwardCapture, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Backbone layer call ``index`` as loaded, on ``hidden``, with the other arguments it had in this pass."""
-        layer = self.mdpd_encoders[self.active_adapters[0]].layer_module(self.model, index)
-        args, kwargs = with_layer_input(*capture.layer_calls[index], hidden.to(capture.embeddings.dtype))
-        with as_loaded(layer):
-            return layer_output(layer(*args, **kwargs))
-
-    def _capture_layer_output(self, module, args, output):
-        if self._capture is None or not self._capture.records_states:
-            return None
+    def _learn_locally_after(self, module, args, output):
+        """``fading="block_local"``: after each layer call, its trainables learn, and its output goes on detached."""
+        recorded = self._backbone_capture.current
         hidden = layer_output(output)
-        self._capture.layer_outputs.append(hidden.detach())
-        if hidden.requires_grad and self.active_adapters[0] in self.mdpd_local:
-            self._learn_locally(len(self._capture.layer_outputs) - 1, hidden)
-            return with_layer_output(output, hidden.detach())  # no backward crosses this layer again
-        return None
+        if recorded is None or not hidden.requires_grad or self.active_adapters[0] not in self.mdpd_local:
+            return None
+        self._learn_locally(len(recorded.layer_outputs) - 1, hidden)
+        return with_layer_output(output, hidden.detach())  # no backward crosses this layer again
 
     def _learn_locally(self, index: int, hidden: torch.Tensor) -> None:
         """``fading="block_local"``: layer call ``index``'s trainables learn now, from the task loss of its probe."""
@@ -467,7 +447,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
 
     def _finish_forward(self, module, args, kwargs, output):
         capture, self._capture = self._capture, None
-        if capture is None or (capture.records_states and capture.embeddings is None):
+        recorded = self._backbone_capture.close()
+        if capture is None or (capture.records_states and (recorded is None or recorded.embeddings is None)):
             return output
         if not isinstance(output, ModelOutput):
             raise ValueError("MDPD needs the model to return a ModelOutput; call it with return_dict=True.")
@@ -484,9 +465,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
             real = None  # Eq. 3 reads it for token-level logits only
             side = stored_side_pass(capture.stored_side_logits.to(device=backbone_logits.device, dtype=logits_dtype))
         else:
-            embeddings = capture.embeddings
-            real = real_tokens(capture.attention_mask, *embeddings.shape[:2], embeddings.device)
-            states = BackboneStates(embeddings, capture.layer_outputs, real, partial(self._rerun_layer, capture))
+            states = self._backbone_capture.states(recorded)
+            real = states.real
             side = self._side_pass(states, capture.targets, per_token, logits_dtype, distil=self.model.training)
 
         if not self.model.training:  # eval_path == "side": the side network predicts

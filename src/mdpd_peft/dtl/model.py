@@ -10,7 +10,8 @@ from torch import nn
 
 from ..architecture import map_encoder
 from ..config import invalid
-from ..model import checkpoints, layer_input, layer_output
+from ..forward_pass import layer_input, layer_output
+from ..model import checkpoints
 from ..shared_state import WrapsNoLayer, place_adapter_module, restore_original_modules
 from ..side_networks.base import require_uniform_width
 from ..side_networks.dtl import CompactSideNetwork, dtl_inject_from
