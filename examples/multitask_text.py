@@ -9,9 +9,12 @@ With no arguments, offline, from packaged model and data (see ``example_data.py`
    trains on cached encoder states (``build_state_cache``: the encoder runs once over the training split, then
    never again in training); ``question_subtype`` reuses ``question_type``'s cache with its own labels
    (``StateCache.with_targets``). Each is tested live on its test split: what serving computes;
-3. serving: all three tasks from one encoder pass against three passes (one task each) over the same batch,
-   timed in this process (warm-up first, the median of repeats), and their ratio;
-4. a summary table, and the bundle saved under ``<output-dir>/bundle`` (each task an adapter folder).
+3. the bundle saved (``save_side_tasks``: each task an adapter folder, the tokenizer, a card with the test
+   accuracies) under ``<output-dir>/bundle``, then served as a user would: ``SideTaskPipeline`` on a fresh
+   encoder, every task active; it labels a few texts, and all three tasks from one encoder pass are timed
+   against three passes (one task each) over the same batch, in this process (warm-up first, the median of
+   repeats);
+4. a summary table: per task its classes, rows, parameters, test accuracy and minutes, then the throughput ratio.
 
 The caches stay under ``<output-dir>/state_cache`` (reused by a second run with the same model, data and
 ``--max-length``): bfloat16 states of every layer, about 1.7 GB for the full training splits.
@@ -37,12 +40,13 @@ from peft import get_peft_model  # noqa: E402
 from transformers import AutoModel, AutoTokenizer, DataCollatorWithPadding, TrainingArguments, set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from mdpd_peft import SideTaskConfig, SideTaskTrainer, build_state_cache  # noqa: E402
+from mdpd_peft import SideTaskConfig, SideTaskPipeline, SideTaskTrainer, build_state_cache, save_side_tasks  # noqa: E402
 
 # task name -> its data source in example_data
 TASKS = {"sentiment": ROTTEN_TOMATOES, "question_type": TREC, "question_subtype": TREC_FINE}
 # a source whose inputs are another's (same texts, order and split): its task reuses that source's state cache
 SAME_INPUTS_AS = {TREC_FINE: TREC}
+EXAMPLE_TEXTS = ["What is the tallest mountain in Africa?", "A witty, warm and beautifully acted film.", "Who wrote Hamlet?"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,22 +142,25 @@ def main(argv=None) -> dict:
             "data and cache minutes": (cached - started) / 60, "training minutes": (trained - cached) / 60,
         })  # fmt: skip
 
-    model.base_model.set_adapter(list(TASKS), inference_mode=True)  # serve: every task runs, none trains
-    model.eval()
-    serve_texts = serve_texts[: args.serve_batch]
-    batch = tokenizer(serve_texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt").to(model.device)
-    one_pass, pass_per_task = serving_seconds(model, batch, list(TASKS), args.serve_repeats)
-    bundle_dir = os.path.join(args.output_dir, "bundle")
-    model.save_pretrained(bundle_dir)
+    metrics = {row["task"]: {"test accuracy": row["test accuracy"]} for row in rows}
+    bundle_dir = save_side_tasks(model, os.path.join(args.output_dir, "bundle"), metrics, processor=tokenizer, model_name="Three text tasks on all-MiniLM-L6-v2")
 
-    print(f"\n{len(TASKS)} tasks kept beside {args.model or 'all-MiniLM-L6-v2'} ({model.get_nb_trainable_parameters()[1]:,} parameters in all)")
+    # Serve the saved bundle: a fresh encoder, every task loaded and active, one encoder pass per batch.
+    pipe = SideTaskPipeline.from_pretrained(AutoModel.from_pretrained(model_path), bundle_dir, tasks=list(TASKS))
+    for text, predictions in zip(EXAMPLE_TEXTS, pipe(EXAMPLE_TEXTS)):
+        print(f"{text!r}: " + ", ".join(f"{task} {prediction['label']} ({prediction['score']:.2f})" for task, prediction in predictions.items()))
+    serve_texts = serve_texts[: args.serve_batch]
+    batch = pipe.processor(serve_texts, padding=True, truncation=True, max_length=args.max_length, return_tensors="pt").to(pipe.model.device)
+    one_pass, pass_per_task = serving_seconds(pipe.model, batch, pipe.tasks, args.serve_repeats)
+
+    print(f"\n{len(TASKS)} tasks kept beside {args.model or 'all-MiniLM-L6-v2'} ({pipe.model.get_nb_trainable_parameters()[1]:,} parameters in all)")
     print(f"  {'task':<18}{'data':<17}{'classes':>8}{'train rows':>12}{'test rows':>11}{'task params':>13}{'test acc.':>11}{'data+cache min':>16}{'train min':>11}")
     for row in rows:
         print(
             f"  {row['task']:<18}{row['data']:<17}{row['classes']:>8}{row['train rows']:>12,}{row['test rows']:>11,}{row['task parameters']:>13,}"
             f"{row['test accuracy']:>11.3f}{row['data and cache minutes']:>16.2f}{row['training minutes']:>11.2f}"
         )
-    print(f"serving {len(serve_texts)} texts, {torch.get_num_threads()} CPU threads, device {model.device}, median of {args.serve_repeats}:")
+    print(f"serving the saved bundle, {len(serve_texts)} texts, {torch.get_num_threads()} CPU threads, device {pipe.model.device}, median of {args.serve_repeats}:")
     print(f"  {f'all {len(TASKS)} tasks from one encoder pass, ms':<48}{one_pass * 1e3:>10.1f}")
     print(f"  {f'one encoder pass per task ({len(TASKS)} passes), ms':<48}{pass_per_task * 1e3:>10.1f}")
     print(f"  {'throughput ratio (pass per task / one pass)':<48}{pass_per_task / one_pass:>10.2f}")

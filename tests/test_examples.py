@@ -77,5 +77,7 @@ def test_multitask_job_builds_serves_and_saves_three_tasks_on_the_real_minilm(tm
     assert all(0.0 <= row["test accuracy"] <= 1.0 for row in summary["tasks"])
     assert summary["throughput ratio"] > 0
     assert sorted(path.name for path in (tmp_path / "out" / "state_cache").iterdir()) == ["rotten_tomatoes", "trec"]  # trec_fine reused trec's
+    bundle = tmp_path / "out" / "bundle"
+    assert {"README.md", "tokenizer.json"} <= {path.name for path in bundle.iterdir()}  # what SideTaskPipeline.from_pretrained reads
     for task in ("sentiment", "question_type", "question_subtype"):
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (tmp_path / "out" / "bundle" / task).iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (bundle / task).iterdir()}
