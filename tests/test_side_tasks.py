@@ -176,6 +176,17 @@ def test_two_tasks_on_the_same_inputs_share_one_cache(tmp_path):
         cache.with_targets(model, ragged_dataset(rows=12, seed=1))
 
 
+def test_evaluation_predictions_are_the_task_logits(tmp_path):
+    """compute_metrics gets the task's (B, C) logits, not a tuple with task_logits and the encoder's states."""
+    data = ragged_dataset(rows=12)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+    args = TrainingArguments(tmp_path / "out", per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    seen = []
+    metrics = lambda prediction: seen.append(prediction.predictions) or {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}  # noqa: E731
+    result = SideTaskTrainer(model=model, args=args, eval_dataset=data, compute_metrics=metrics).evaluate()
+    assert seen[0].shape == (12, 3) and 0.0 <= result["eval_accuracy"] <= 1.0
+
+
 def test_a_task_that_reruns_encoder_layers_is_refused_by_the_cache_and_trains_live(tmp_path):
     model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, side_network="sherl"), adapter_name="task")
     with pytest.raises(ValueError, match=r"side_network='sherl' is invalid.*'ladder' or 'unipt'.*train it live"):

@@ -7,11 +7,12 @@ import pytest
 import torch
 from datasets import Dataset
 from peft import get_peft_model
-from transformers import TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, TrainerCallback, TrainingArguments
 
 from conftest import VOCAB, tiny_mdpd_model, tiny_text_model, without_dropout
 from mdpd_peft import MDPDConfig, MDPDTrainer, StaleStateCacheError, StateCache, build_state_cache
 from mdpd_peft import phases
+from mdpd_peft.state_cache import tokenizer_hash
 
 
 def ragged_dataset(rows: int = 13, length: int = 12, seed: int = 0) -> Dataset:
@@ -369,6 +370,17 @@ def test_stored_side_outputs_are_keyed_like_the_states(tmp_path):
         MDPDTrainer(model=token_model, args=training_args(tmp_path / "token"), train_dataset=data, state_cache=cache)
     with pytest.raises(ValueError, match="fade_side_outputs='cached' is invalid"):
         MDPDTrainer(model=model, args=training_args(tmp_path / "bad"), train_dataset=data, state_cache=cache, fade_side_outputs="cached")
+
+
+def test_the_key_of_a_tokenizer_ignores_the_truncation_and_padding_its_last_call_left(minilm_path):
+    """A second run that finds its tokenized split in 🤗 datasets' cache never calls the tokenizer: same key."""
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    fresh = tokenizer_hash(tokenizer)
+    tokenizer(["a short text", "another"], truncation=True, max_length=8)
+    tokenizer.pad({"input_ids": [[101, 102], [101]]})
+    assert tokenizer_hash(tokenizer) == fresh
+    tokenizer.add_tokens(["<new>"])
+    assert tokenizer_hash(tokenizer) != fresh  # the vocabulary still counts
 
 
 def test_a_minilm_cache_holds_the_bytes_the_benchmark_counts(tmp_path, minilm_path):

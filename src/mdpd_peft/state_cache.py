@@ -116,10 +116,17 @@ def config_hash(model: torch.nn.Module) -> str:
 
 
 def tokenizer_hash(tokenizer) -> str | None:
+    """The vocabulary and rules that turn text into ids. A fast tokenizer's truncation and padding settings are left
+    out: each call with ``truncation=``/``padding=`` (and ``tokenizer.pad``) rewrites them in the backend, so they
+    tell which call ran last (none, when 🤗 datasets took a tokenized split from its own cache), not the ids."""
     if tokenizer is None:
         return None
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    rules = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        settings = {name: value for name, value in json.loads(backend.to_str()).items() if name not in ("truncation", "padding")}
+        rules = json.dumps(settings, sort_keys=True)
+    else:
+        rules = json.dumps(sorted(tokenizer.get_vocab().items()))
     return sha256_of([rules, type(tokenizer).__name__, tokenizer.padding_side])
 
 
