@@ -159,7 +159,9 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
 
     # ------------------------------------------------------------------------------------- the pass
 
-    def _tasks_to_run(self, tasks) -> list[str]:
+    def tasks_to_run(self, tasks: str | list[str] | None) -> list[str]:
+        """The tasks a call runs: ``tasks`` checked against the model's (an unknown name fails, listing them), or
+        ``None``: the active ones (none while adapters are disabled)."""
         if tasks is None:
             return [name for name in self.active_adapters if name in self.kept_tasks] if self._adapters_enabled else []
         names = adapter_names_of(tasks)
@@ -172,7 +174,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         """Take our arguments out of the encoder's (``labels``, ``tasks``), check the batch, open the capture."""
         kwargs = dict(kwargs)
         labels, tasks = kwargs.pop("labels", None), kwargs.pop("tasks", None)
-        self._running = self._tasks_to_run(tasks)
+        self._running = self.tasks_to_run(tasks)
         self._labels = labels
         if labels is not None and len(self._running) != 1:
             raise ValueError(
@@ -270,7 +272,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
     def side_pass_on_cached_states(self, batch: dict[str, torch.Tensor]) -> SidePass:
         """Train the one active task on a batch of cached encoder states (``StateCache.collate``'s), with no encoder
         in the forward: its logits and, with ``labels`` in the batch, its task loss (``.loss``)."""
-        tasks = self._tasks_to_run(None)
+        tasks = self.tasks_to_run(None)
         if len(tasks) != 1:
             raise ValueError(f"Training on cached states trains one task, but {len(tasks)} are active ({tasks}): model.base_model.set_adapter(name).")
         name = tasks[0]

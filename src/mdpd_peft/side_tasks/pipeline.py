@@ -43,7 +43,7 @@ class SideTaskPipeline:
 
     def __init__(self, model: PeftModel, processor, tasks: list[str] | None = None, batch_size: int = 32, device: str | torch.device | None = None):
         tuner = side_task_model_of(model)
-        self.tasks = tuner._tasks_to_run(tasks if tasks is not None else tuner.tasks)
+        self.tasks = tuner.tasks_to_run(tasks if tasks is not None else tuner.tasks)
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1.")
         self.texts = isinstance(processor, PreTrainedTokenizerBase)
