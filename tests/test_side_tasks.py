@@ -216,3 +216,15 @@ def test_bad_input_fails_early_with_the_allowed_values(tmp_path):
         PeftModel.from_pretrained(tiny_encoder(seed=1), tmp_path / "topic", adapter_name="topic")
     with pytest.raises(ValueError, match="cannot be merged"):
         model.merge_and_unload()
+
+
+def test_the_stacked_serving_path_equals_each_tasks_own_ladder():
+    """Served (no autograd), ladders of one shape run stacked; with autograd each task runs its own ladder."""
+    model, batch = three_tasks(), inputs(text_batch())
+    model.add_adapter("pruned_too", SideTaskConfig(num_labels=4, reduction_factor=4, pooling="first"))
+    model.base_model.set_adapter(model.base_model.tasks)
+    with torch.no_grad():
+        served = model(**batch).task_logits
+    own = model(**batch).task_logits  # autograd on: every task through its own modules
+    for task, logits in served.items():
+        torch.testing.assert_close(logits, own[task].detach(), rtol=1e-5, atol=1e-5)

@@ -27,9 +27,13 @@ def ladder_shape(ladder: LadderSideNetwork) -> tuple:
     return (tuple(ladder.side_layers), ladder.width, block.num_heads, block.ffn_in.out_features, type(block.act), block.norm_position, ladder.is_vision)
 
 
-def stacked(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, in, out) weights and (N, 1, out) biases of N ``nn.Linear``s."""
-    return torch.stack([linear.weight.t() for linear in linears]), torch.stack([linear.bias for linear in linears]).unsqueeze(1)
+def stacked(linears: list[nn.Linear], *side_by_side: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, in, out) weights and (N, 1, out) biases of N ``nn.Linear``s; with ``side_by_side`` lists, each task's
+    Linears of one input side by side (q, k and v as one product: out = the sum of their outputs)."""
+    groups = list(zip(linears, *side_by_side))
+    weights = torch.stack([torch.cat([linear.weight.t() for linear in group], dim=1) for group in groups])
+    biases = torch.stack([torch.cat([linear.bias for linear in group]) for group in groups]).unsqueeze(1)
+    return weights, biases
 
 
 def stacked_norm(norms: list[nn.LayerNorm]) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -52,16 +56,15 @@ class StackedBlock:
 
     def __init__(self, blocks: list[SideBlock]):
         self.num_heads, self.norm_position, self.act = blocks[0].num_heads, blocks[0].norm_position, blocks[0].act
-        self.query, self.key, self.value, self.attn_out, self.ffn_in, self.ffn_out = (
-            stacked([getattr(block, name) for block in blocks]) for name in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
-        )
+        self.qkv = stacked([block.query for block in blocks], [block.key for block in blocks], [block.value for block in blocks])
+        self.attn_out, self.ffn_in, self.ffn_out = (stacked([getattr(block, name) for block in blocks]) for name in ("attn_out", "ffn_in", "ffn_out"))
         self.attn_norm = stacked_norm([block.attn_norm for block in blocks])
         self.ffn_norm = stacked_norm([block.ffn_norm for block in blocks])
 
     def attention(self, x: torch.Tensor, batch: int, key_mask: torch.Tensor | None) -> torch.Tensor:
         tasks, _, width = x.shape
-        # (N, B x T, D_S) -> (N x B, H, T, D_S / H)
-        q, k, v = (linear(x, weights).view(tasks * batch, -1, self.num_heads, width // self.num_heads).transpose(1, 2) for weights in (self.query, self.key, self.value))
+        # (N, B x T, D_S) -> 3 x (N x B, H, T, D_S / H)
+        q, k, v = (part.reshape(tasks * batch, -1, self.num_heads, width // self.num_heads).transpose(1, 2) for part in linear(x, self.qkv).chunk(3, dim=-1))
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # (N x B, H, T, D_S / H)
         return linear(context.transpose(1, 2).reshape(tasks, -1, width), self.attn_out)
 
@@ -96,5 +99,5 @@ class StackedLadders:
         side = linear(states.embeddings.to(dtype).reshape(1, batch * tokens, -1), self.embed_down)  # (N, B x T, D_S)
         for gate, down, block, layer in zip(self.gates, self.downs, self.blocks, self.side_layers):
             state = states.layer_outputs[layer].to(dtype).reshape(1, batch * tokens, -1)  # (1, B x T, D_l)
-            side = block(gate * side + (1.0 - gate) * linear(state, down), batch, key_mask)
+            side = block(torch.lerp(linear(state, down), side, gate), batch, key_mask)  # gate * side + (1 - gate) * Down(b)
         return layer_norm(side, self.final_norm).view(-1, batch, tokens, side.shape[-1])

@@ -1,0 +1,159 @@
+"""The kept side networks' part of ``RESULTS.md``: serving N tasks from one encoder pass, and accuracy per task.
+
+``report.py`` calls ``side_task_lines``; it reads ``results/serving-*.json`` (``serving.py``) and
+``results/side-task-*.jsonl`` (``accuracy.py --methods side_task ...``) beside the LoRA and LayerNorm-tuning rows of
+the learning-rate grids and best-rate files, and draws ``serving.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from report import best_learning_rate, mean_std, pyplot
+
+TASK_NAMES = {"rotten_tomatoes": "Rotten Tomatoes (2 classes)", "trec": "TREC coarse (6 classes)", "trec_fine": "TREC fine (50 classes)"}
+METHOD_NAMES = {
+    "side_task": "side task kept (ladder r=8, gated head)",
+    "side_task_gate_at_encoder": "side task, gate starting at the encoder",
+    "side_task_side_head": "side task, LST head (side state alone)",
+    "side_task_r4": "side task, ladder r=4",
+    "side_task_smoothing": "side task, label smoothing 0.1",
+    "side_task_unipt": "side task, UniPT",
+    "linear_probe": "linear probe (mean-pooled final states)",
+    "layernorm": "LayerNorm tuning",
+    "lora": "LoRA r=8 (query, value)",
+}
+# Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
+BASELINE_FILES = {
+    "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
+    "trec": ("lr-grid-trec-minilm.jsonl", "lr-grid-trec-minilm.jsonl"),
+    "trec_fine": ("lr-grid-trec-fine-minilm.jsonl", "lr-grid-trec-fine-minilm.jsonl"),
+}
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def by_method(rows: list[dict], task: str, train_size: int | None = None) -> dict[str, list[dict]]:
+    grouped = defaultdict(list)
+    for row in rows:
+        if row.get("task", "rotten_tomatoes") == task and (train_size is None or row["train_size"] == train_size):
+            grouped[row["method"]].append(row)
+    return grouped
+
+
+def serving_lines(results: Path) -> list[str]:
+    lines = []
+    for path in sorted(results.glob("serving-*.json")):
+        result = json.loads(path.read_text())
+        shape = f"batch {result['batch']}" + (f" x {result['length']} tokens" if result["model"] != "vit-base" else " images at 224 px")
+        lines += [
+            f"### {result['model']}, {shape}", "",
+            f"`python benchmarks/serving.py --model {result['model']}` (`results/{path.name}`; {result['environment']['threads']} threads, median of "
+            f"{result['repeats']} rounds, the three ways interleaved). Inputs served to all N tasks per second; ratios against N merged "
+            "LoRA models run one after another.", "",
+            "| N tasks | side tasks, inputs/s | N merged models | mixed LoRA batch | side tasks / merged | side tasks / mixed LoRA | side networks' cost, x an encoder pass | serving weights, x one model |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]  # fmt: skip
+        for row in result["rows"]:
+            throughput = row["throughput"]
+            lines.append(
+                f"| {row['tasks']} | {throughput['side_tasks']:.1f} | {throughput['merged_models']:.1f} | {throughput['mixed_lora']:.1f} "
+                f"| **{row['side_tasks_vs_merged']:.2f}x** | {row['side_tasks_vs_mixed_lora']:.2f}x | {row['side_share_of_a_pass']:.2f} "
+                f"| {row['weights_vs_one_model']:.2f}x |"
+            )
+        lines.append("")
+    return lines
+
+
+def accuracy_lines(results: Path) -> list[str]:
+    lines = []
+    for task, title in TASK_NAMES.items():
+        grid = read_rows(results / f"side-task-grid-{task}-minilm.jsonl")
+        seeds = read_rows(results / f"side-task-{task}-minilm.jsonl")
+        if not grid and not seeds:
+            continue
+        lines += [f"### {title}", ""]
+        grid_by_size = defaultdict(list)
+        for row in grid:
+            grid_by_size[row["train_size"]].append(row)
+        for size, rows in sorted(grid_by_size.items()):
+            grouped = by_method(rows, task)
+            _, best = best_learning_rate(grouped)
+            rates = sorted({row["learning_rate"] for row in rows})
+            lines += [
+                f"Learning-rate grid, {size:,} training examples (`results/side-task-grid-{task}-minilm.jsonl`), validation accuracy:", "",
+                "| method | epochs | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | test at the best rate |",
+                "|---|---:|" + "---:|" * len(rates) + "---:|---:|",
+            ]  # fmt: skip
+            for method, method_rows in grouped.items():
+                cells = [mean_std([r["validation"] for r in method_rows if r["learning_rate"] == rate]) if any(r["learning_rate"] == rate for r in method_rows) else "—" for rate in rates]
+                tests = [r["test"] for r in method_rows if r["learning_rate"] == best[method]]
+                lines.append(f"| {METHOD_NAMES.get(method, method)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
+            lines.append("")
+        if seeds:
+            lines += seed_table(task, seeds, results)
+    return lines
+
+
+def seed_table(task: str, seeds: list[dict], results: Path) -> list[str]:
+    """Each method at its best rate, over seeds, on the whole split: the kept side network, its probe, and LoRA and
+    LayerNorm tuning at their own grids' best rates; minutes: cache build (once per task) + training to the reported epoch."""
+    grid_file, seed_file = BASELINE_FILES[task]
+    baselines = {}
+    grid_rows = read_rows(results / grid_file)
+    if grid_rows:
+        _, best = best_learning_rate({m: r for m, r in by_method(grid_rows, task).items() if m in ("lora", "layernorm")})
+        seed_rows = by_method(read_rows(results / seed_file), task, train_size=seeds[0]["train_size"])
+        baselines = {m: [r for r in seed_rows.get(m, []) if r["learning_rate"] == rate] for m, rate in best.items()}
+    grouped = {**by_method(seeds, task), **{m: r for m, r in baselines.items() if r}}
+    build = [r["cache_build_minutes"] for r in seeds if r.get("cache_build_minutes")]
+    lines = [
+        f"Whole split ({seeds[0]['train_size']:,} training examples), each method at its best validation rate (`results/side-task-{task}-minilm.jsonl`; "
+        f"LoRA and LayerNorm tuning from `results/{seed_file}`, 2 epochs); mean ± std over seeds. Minutes of training to the reported "
+        f"epoch, one run at a time on this 2-core machine" + (f"; the state cache's build took {statistics.mean(build):.1f} min, once for the task." if build else "."), "",
+        "| method | rate | epochs | seeds | validation | test | minutes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for method, rows in grouped.items():
+        minutes = mean_std([r["train_minutes_to_epoch"] for r in rows]) if all("train_minutes_to_epoch" in r for r in rows) else "—"
+        lines.append(
+            f"| {METHOD_NAMES.get(method, method)} | {rows[0]['learning_rate']:g} | {rows[0].get('epochs', 2)} | {len(rows)} "
+            f"| {mean_std([r['validation'] for r in rows])} | {mean_std([r['test'] for r in rows])} | {minutes} |"
+        )
+    return [*lines, ""]
+
+
+def plot_serving(results: Path, path: Path) -> bool:
+    """Throughput of N tasks from one pass over N merged models, against N, per model."""
+    files = sorted(results.glob("serving-*.json"))
+    if not files:
+        return False
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for file in files:
+        result = json.loads(file.read_text())
+        axes.plot([row["tasks"] for row in result["rows"]], [row["side_tasks_vs_merged"] for row in result["rows"]], "o-", label=result["model"])
+    axes.axhline(1.0, color="gray", linewidth=0.8)
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("tasks served on the same inputs (N)")
+    axes.set_ylabel("throughput, x N merged LoRA models")
+    axes.set_title("Kept side tasks: one encoder pass for N tasks")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    return True
+
+
+def side_task_lines(results: Path, output_dir: Path) -> list[str]:
+    serving, accuracy = serving_lines(results), accuracy_lines(results)
+    if not serving and not accuracy:
+        return []
+    lines = ["## Kept side networks: many tasks, one encoder pass", "", *serving]
+    if plot_serving(results, output_dir / "serving.png"):
+        lines += ["![serving throughput](serving.png)", ""]
+    return [*lines, *accuracy]
