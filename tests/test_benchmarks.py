@@ -93,13 +93,15 @@ def test_accuracy_suite_and_report(tmp_path):
     accuracy.main(["--methods", "mdpd_logits_only", *ablation])
     accuracy.main(["--probe", *ablation])
 
-    (tmp_path / "lr-grid-minilm.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))  # a grid of one rate
+    for grid in ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"):  # a grid of one rate, and its best rate
+        (tmp_path / grid).write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "Learning-rate grid" in results_md and (tmp_path / "accuracy_vs_time.png").stat().st_size > 0
     assert "faded test accuracy >= LoRA - 0.5 points" in results_md
     assert "MDPD, faded (defaults)" in results_md and "linear probe" in results_md
     assert "retention >= 0.9" in results_md and "MDPD, logits path only" in results_md
+    assert "**Historical** (`results/accuracy-minilm.jsonl`)" in results_md  # the fixed-rate runs, marked as such
     assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
     json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
 
