@@ -100,6 +100,26 @@ def _mdpd(model: nn.Module, **config) -> nn.Module:
     return get_peft_model(model, MDPDConfig(**config, **task_settings(model)))
 
 
+class StoredSideLogitsFade(nn.Module):
+    """A step of MDPD's fade phase on stored side logits (``MDPDTrainer(state_cache=...)``'s default): the side network
+    and the distillation modules frozen, every batch carrying the side network's logits (drawn at random here: a
+    step's cost does not depend on their values). It ships what MDPD ships (``merge_and_unload``)."""
+
+    def __init__(self, peft_model: nn.Module):
+        super().__init__()
+        self.peft_model = peft_model
+        for module in (peft_model.base_model.mdpd_side, peft_model.base_model.mdpd_distill):
+            module.requires_grad_(False)
+
+    def forward(self, **batch):
+        inputs = next(iter(batch.values()))
+        logits = torch.randn(inputs.shape[0], self.peft_model.config.num_labels, device=inputs.device)
+        return self.peft_model(**batch, mdpd_side_logits=logits)
+
+    def merge_and_unload(self) -> nn.Module:
+        return self.peft_model.merge_and_unload()
+
+
 def _dtl(model: nn.Module, conv_kernel: int | None = None) -> nn.Module:
     return get_peft_model(model, DTLConfig(conv_kernel=conv_kernel, **task_settings(model)))
 
@@ -118,6 +138,7 @@ METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {
     **{f"mdpd_last_{k}": partial(_mdpd, fading_layers=k) for k in (1, 2)},
     **{f"mdpd_every_{n}": partial(_mdpd, fading_interval=n) for n in (2, 3, 4)},
     "mdpd_block_local": partial(_mdpd, fading="block_local"),
+    "mdpd_fade_stored": lambda model: StoredSideLogitsFade(_mdpd(model)),
 }
 
 SIDE_NETWORK_METHODS: dict[str, Callable[[nn.Module], nn.Module]] = {

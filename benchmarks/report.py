@@ -37,6 +37,7 @@ NAMES = {
     "mdpd_every_3": "MDPD, LayerNorms learning every 3rd step",
     "mdpd_every_4": "MDPD, LayerNorms learning every 4th step",
     "mdpd_block_local": "MDPD, block-local fading",
+    "mdpd_fade_stored": "MDPD fade phase on stored side logits (side network frozen)",
     **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     "dtl": "DTL (its own PEFT method, kept)",
