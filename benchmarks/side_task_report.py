@@ -26,6 +26,12 @@ METHOD_NAMES = {
     "layernorm": "LayerNorm tuning",
     "lora": "LoRA r=8 (query, value)",
 }
+# Where the kept side networks' runs are: (learning-rate grid, seeds at its best rate on the whole split)
+SIDE_TASK_FILES = {
+    "rotten_tomatoes": ("side-task-grid-minilm.jsonl", "side-task-rotten_tomatoes-minilm.jsonl"),
+    "trec": ("side-task-grid-trec-minilm.jsonl", "side-task-trec-minilm.jsonl"),
+    "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
+}
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
@@ -73,8 +79,8 @@ def serving_lines(results: Path) -> list[str]:
 def accuracy_lines(results: Path) -> list[str]:
     lines = []
     for task, title in TASK_NAMES.items():
-        grid = read_rows(results / f"side-task-grid-{task}-minilm.jsonl")
-        seeds = read_rows(results / f"side-task-{task}-minilm.jsonl")
+        grid_file, seed_file = SIDE_TASK_FILES[task]
+        grid, seeds = read_rows(results / grid_file), read_rows(results / seed_file)
         if not grid and not seeds:
             continue
         lines += [f"### {title}", ""]
@@ -86,7 +92,7 @@ def accuracy_lines(results: Path) -> list[str]:
             _, best = best_learning_rate(grouped)
             rates = sorted({row["learning_rate"] for row in rows})
             lines += [
-                f"Learning-rate grid, {size:,} training examples (`results/side-task-grid-{task}-minilm.jsonl`), validation accuracy:", "",
+                f"Learning-rate grid, {size:,} training examples (`results/{grid_file}`), validation accuracy:", "",
                 "| method | epochs | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | test at the best rate |",
                 "|---|---:|" + "---:|" * len(rates) + "---:|---:|",
             ]  # fmt: skip
@@ -96,11 +102,11 @@ def accuracy_lines(results: Path) -> list[str]:
                 lines.append(f"| {METHOD_NAMES.get(method, method)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
             lines.append("")
         if seeds:
-            lines += seed_table(task, seeds, results)
+            lines += seed_table(task, seeds, seed_file, results)
     return lines
 
 
-def seed_table(task: str, seeds: list[dict], results: Path) -> list[str]:
+def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list[str]:
     """Each method at its best rate, over seeds, on the whole split: the kept side network, its probe, and LoRA and
     LayerNorm tuning at their own grids' best rates; minutes: cache build (once per task) + training to the reported epoch."""
     grid_file, seed_file = BASELINE_FILES[task]
@@ -113,7 +119,7 @@ def seed_table(task: str, seeds: list[dict], results: Path) -> list[str]:
     grouped = {**by_method(seeds, task), **{m: r for m, r in baselines.items() if r}}
     build = [r["cache_build_minutes"] for r in seeds if r.get("cache_build_minutes")]
     lines = [
-        f"Whole split ({seeds[0]['train_size']:,} training examples), each method at its best validation rate (`results/side-task-{task}-minilm.jsonl`; "
+        f"Whole split ({seeds[0]['train_size']:,} training examples), each method at its best validation rate (`results/{source}`; "
         f"LoRA and LayerNorm tuning from `results/{seed_file}`, 2 epochs); mean ± std over seeds. Minutes of training to the reported "
         f"epoch, one run at a time on this 2-core machine" + (f"; the state cache's build took {statistics.mean(build):.1f} min, once for the task." if build else "."), "",
         "| method | rate | epochs | seeds | validation | test | minutes |",
