@@ -72,6 +72,8 @@ SIDE_TASKS = {
     "side_task_r4": {"reduction_factor": 4},
     "side_task_smoothing": {"label_smoothing": 0.1},
     "side_task_unipt": {"side_network": "unipt"},
+    "side_task_distilled": {"feature_distillation": True},  # MDPD's backbone -> side feature distillation (Eq. 1-7)
+    "side_task_distilled_side_head": {"feature_distillation": True, "head_input": "side"},
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]

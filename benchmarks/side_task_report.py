@@ -22,6 +22,8 @@ METHOD_NAMES = {
     "side_task_r4": "side task, ladder r=4",
     "side_task_smoothing": "side task, label smoothing 0.1",
     "side_task_unipt": "side task, UniPT",
+    "side_task_distilled": "side task + feature distillation (Eq. 1-7)",
+    "side_task_distilled_side_head": "side task + feature distillation, LST head",
     "linear_probe": "linear probe (mean-pooled final states)",
     "layernorm": "LayerNorm tuning",
     "lora": "LoRA r=8 (query, value)",

@@ -228,3 +228,18 @@ def test_the_stacked_serving_path_equals_each_tasks_own_ladder():
     own = model(**batch).task_logits  # autograd on: every task through its own modules
     for task, logits in served.items():
         torch.testing.assert_close(logits, own[task].detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_feature_distillation_adds_the_encoders_features_as_teacher_live_and_cached(tmp_path):
+    data = ragged_dataset(rows=8)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, feature_distillation=True), adapter_name="task").train()
+    batch = {key: torch.tensor(data[key]) for key in ("input_ids", "attention_mask", "labels")}
+    live = model(**batch)
+    live_task = model.base_model.latest_losses["task"]
+    assert set(model.base_model.latest_losses) == {"task", "shallow", "deep"} and live.loss > live_task
+    live.loss.backward()
+    assert model.base_model.kept_tasks["task"].distiller.aligners[0].down.weight.grad is not None
+    cache = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32)
+    cached = model.base_model.side_pass_on_cached_states(cache.collate([cache[i] for i in range(8)]))
+    assert set(cached.losses) == {"task", "shallow", "deep"}
+    torch.testing.assert_close(cached.losses["task"].detach(), live_task, rtol=1e-4, atol=1e-4)  # the same states, dropout off

@@ -45,6 +45,11 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
         pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders) or
             ``"first"`` (the CLS token, as ViT/DINOv2 classifiers). Token classification does not pool.
         label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
+        feature_distillation: Train the side network also on MDPD's backbone -> side path (mdpd-paper.txt Eq. 1-7,
+            with ``MDPDConfig``'s defaults: imitation of the shallow layers' states through a rank-16 aligner,
+            masked generation of the deep layers' at lambda = 0.5, weights 4e-5 and 6e-5): the encoder's own states
+            teach the side network's, a regulariser of a network trained on few labels. Its modules train and save
+            with the task; serving does not run them.
         encoder_fingerprint: Filled in when the task is attached and saved with it: the encoder's layer count,
             widths and a hash of its weights. Attaching the task to another encoder then fails before anything
             changes. Leave it ``None``.
@@ -57,6 +62,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     head_gate_init: float = field(default=0.0, metadata={"help": "Initial logit of the head's per-channel gate (gated head)."})
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
+    feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=DUMMY_TARGET_MODULES, metadata={"help": "Fixed: a side task wraps no module of the encoder."}
     )
@@ -101,5 +107,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             raise invalid("id2label", self.id2label, "distinct label names", owner)
         if not is_real(self.head_gate_init):
             raise invalid("head_gate_init", self.head_gate_init, "a finite float", owner)
+        if not isinstance(self.feature_distillation, bool):
+            raise invalid("feature_distillation", self.feature_distillation, "True or False", owner)
         if not (is_real(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
             raise invalid("label_smoothing", self.label_smoothing, "a float in [0, 1)", owner)

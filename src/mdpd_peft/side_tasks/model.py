@@ -14,7 +14,8 @@ from ..architecture import EncoderMap, backbone_modules, is_norm, map_encoder
 from ..batch_checks import BatchLimits, check_batch
 from ..capture import BackboneCapture
 from ..config import invalid
-from ..distillation import intermediates_kept
+from ..config import MDPDConfig
+from ..distillation import DualPathDistiller, intermediates_kept
 from ..forward_pass import SidePass, cached_backbone_states
 from ..shared_state import WrapsNoLayer, adapter_names_of, place_adapter_module
 from ..side_networks import SIDE_NETWORKS, BackboneStates, LadderSideNetwork, SideNetwork
@@ -24,6 +25,12 @@ from ..token_layout import stage_real_tokens
 from .config import SideTaskConfig
 from .head import TaskHead
 from .stacked_ladders import StackedLadders, ladder_shape
+
+
+# feature_distillation uses MDPD's defaults (the paper's appendix B): lambda of Eq. 5 and the weights of Eq. 4 and 7
+MASK_RATIO = MDPDConfig.__dataclass_fields__["mask_ratio"].default
+SHALLOW_LOSS_WEIGHT = MDPDConfig.__dataclass_fields__["shallow_loss_weight"].default
+DEEP_LOSS_WEIGHT = MDPDConfig.__dataclass_fields__["deep_loss_weight"].default
 
 
 @dataclass
@@ -41,20 +48,25 @@ class SideTaskOutput(ModelOutput):
 
 
 class SideTask(nn.Module):
-    """One kept task: a side network reading the encoder's states and the head that predicts from it."""
+    """One kept task: a side network reading the encoder's states, the head that predicts from it and, with
+    ``SideTaskConfig.feature_distillation``, the modules through which the encoder's features teach it (Eq. 1-7)."""
 
-    def __init__(self, side: SideNetwork, head: TaskHead):
+    def __init__(self, side: SideNetwork, head: TaskHead, distiller: DualPathDistiller | None = None):
         super().__init__()
         self.side = side
         self.head = head
+        self.distiller = distiller
 
-    def forward(self, states: BackboneStates, encoder_state: torch.Tensor, per_token: bool, final_state: torch.Tensor | None = None) -> torch.Tensor:
-        """states of one encoder pass, encoder_state (B, N, D_B) its final representation -> logits. ``final_state``:
-        the side network's, when it was computed already (stacked with other tasks' for serving)."""
+    def forward(self, states: BackboneStates, encoder_state: torch.Tensor, per_token: bool, final_state: torch.Tensor | None = None):
+        """states of one encoder pass, encoder_state (B, N, D_B) its final representation -> (logits, the side
+        network's features for the distilled layers). ``final_state``: the side network's, when it was computed
+        already (stacked with other tasks' for serving; no features then)."""
+        features = None
         if final_state is None:
-            final_state = self.side(states).final_state  # (B, N', D_S); Swin's last stage has fewer tokens
+            output = self.side(states)
+            final_state, features = output.final_state, output.features  # (B, N', D_S); Swin's last stage has fewer tokens
         real = stage_real_tokens(states.real, final_state.shape[1])
-        return self.head(final_state, encoder_state, real, per_token)
+        return self.head(final_state, encoder_state, real, per_token), features
 
 
 def final_norm_of(model: nn.Module, encoder: EncoderMap) -> nn.Module:
@@ -125,7 +137,11 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
             raise invalid("side_layers", config.side_layers, f"indices in [0, {encoder.num_layers - 1}] (the encoder has {encoder.num_layers} layers)", "SideTaskConfig")
         side = SIDE_NETWORKS[config.side_network].from_config(encoder, config, side_layers, None)
         head = TaskHead(side.final_width, encoder.hidden_size, config.num_labels, config.head_input, config.head_gate_init, config.pooling)
-        task = place_adapter_module(SideTask(side, head), model)
+        distiller = None
+        if config.feature_distillation:  # MDPD's backbone -> side path with the paper's settings (see SideTaskConfig)
+            distilled = side.distilled_layers
+            distiller = DualPathDistiller(distilled, encoder.num_layers // 2, side.feature_width, [encoder.layer_widths[i] for i in distilled], min(16, side.feature_width))
+        task = place_adapter_module(SideTask(side, head, distiller), model)
         side.init_from_backbone(model, encoder)
         self.kept_tasks[adapter_name] = task
         super().inject_adapter(model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, **kwargs)
@@ -196,22 +212,25 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         if not self._running or captured is None or captured.embeddings is None:
             return output
         states = self._capture.states(captured)
-        logits = self.run_tasks(states, self._running)
+        passes = self._task_passes(states, self._running)
         hidden = output.get("last_hidden_state") if isinstance(output, ModelOutput) else None
-        result = SideTaskOutput(task_logits=logits, last_hidden_state=hidden)
-        if len(logits) == 1:
-            (name, task_logits), = logits.items()
-            result.logits = task_logits
+        result = SideTaskOutput(task_logits={name: logits for name, (logits, _) in passes.items()}, last_hidden_state=hidden)
+        if len(passes) == 1:
+            (name, (logits, features)), = passes.items()
+            result.logits = logits
             if self._labels is not None:
-                result.loss = self.task_loss(name, task_logits, self._labels)
+                result.loss = self.training_loss(name, logits, self._labels, states, features).loss
         self._labels = None
         return result
 
     def run_tasks(self, states: BackboneStates, tasks: list[str]) -> dict[str, torch.Tensor]:
-        """Every task in ``tasks`` on one pass's ``states``: task name -> logits. The encoder's final representation
-        is computed once for all of them; where nothing trains, ladders of one shape run stacked
-        (``stacked_ladders.py``). While a task trains, its side steps keep their intermediates (no encoder
-        activation is stored: there is nothing to recompute for)."""
+        """Every task in ``tasks`` on one pass's ``states``: task name -> logits."""
+        return {name: logits for name, (logits, _) in self._task_passes(states, tasks).items()}
+
+    def _task_passes(self, states: BackboneStates, tasks: list[str]) -> dict[str, tuple]:
+        """Task name -> (logits, features). The encoder's final representation is computed once for all tasks; where
+        nothing trains, ladders of one shape run stacked (``stacked_ladders.py``). While a task trains, its side steps
+        keep their intermediates (no encoder activation is stored: there is nothing to recompute for)."""
         encoder_state = self.final_norm(states.layer_outputs[-1])  # (B, N, D_B)
         final_states = {} if torch.is_grad_enabled() else self._stacked_final_states(states, tasks)
         with intermediates_kept():
@@ -243,10 +262,18 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
             cached = self._stacked_cache[tuple(names)] = (versions, StackedLadders(ladders))
         return cached[1]
 
-    def task_loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The loss transformers' head for the task's problem type would use."""
-        config = self.peft_config[name]
-        return side_task_loss(logits, {"labels": labels}, config, config.label_smoothing)
+    def training_loss(self, name: str, logits: torch.Tensor, labels: torch.Tensor, states: BackboneStates, features) -> SidePass:
+        """The task loss transformers' head for the problem type would use, plus, with ``feature_distillation``, the
+        encoder's features teaching the side network (Eq. 4 and 7, MDPD's weights); ``latest_losses`` keeps the terms."""
+        config, task = self.peft_config[name], self.kept_tasks[name]
+        terms = {"task": side_task_loss(logits, {"labels": labels}, config, config.label_smoothing)}
+        loss = terms["task"]
+        if task.distiller is not None and features is not None:
+            teachers = [states.layer_outputs[i].to(feature.dtype) for i, feature in zip(task.side.distilled_layers, features)]
+            terms["shallow"], terms["deep"] = task.distiller(features, teachers, states.real, MASK_RATIO, self.encoder.is_vision)
+            loss = loss + SHALLOW_LOSS_WEIGHT * terms["shallow"] + DEEP_LOSS_WEIGHT * terms["deep"]
+        self.latest_losses = {term: value.detach() for term, value in terms.items()}
+        return SidePass(logits, terms, loss)
 
     # ------------------------------------------------------------------------------ cached states
 
@@ -279,10 +306,10 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         dtype = next(self.kept_tasks[name].parameters()).dtype
         indices = tuple(int(i) for i in batch["hidden_state_indices"])
         states = cached_backbone_states(batch, indices, self.encoder.num_layers, dtype)
-        logits = self.run_tasks(states, [name])[name]
-        loss = self.task_loss(name, logits, batch["labels"]) if batch.get("labels") is not None else logits.new_zeros(())
-        self.latest_losses = {"task": loss.detach()}
-        return SidePass(logits, {"task": loss}, loss)
+        logits, features = self._task_passes(states, [name])[name]
+        if batch.get("labels") is None:
+            return SidePass(logits, {}, logits.new_zeros(()))
+        return self.training_loss(name, logits, batch["labels"], states, features)
 
     # -------------------------------------------------------------------------------------- unloading
 
