@@ -129,7 +129,7 @@ def measure_tasks(name: str, encoder, make_model, inputs: dict, n: int, repeats:
                 if round_:
                     seconds[way].append(elapsed)
     median = {way: statistics.median(values) for way, values in seconds.items()}
-    side_bytes = sum(weight_bytes(task) for task in bundle.base_model.kept_tasks.values())
+    side_bytes = sum(weight_bytes(task.side) + weight_bytes(task.head) for task in bundle.base_model.kept_tasks.values())  # what serving runs
     row = {
         "tasks": n,
         "seconds": median,
