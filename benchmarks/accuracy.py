@@ -187,7 +187,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: str, data,
     cache_dir = Path("/tmp/mdpd-accuracy") / f"cache-{task}-{len(data['train'])}"
     built = not cache_dir.exists()
     started = time.perf_counter()
-    cache = build_state_cache(model, data["train"], cache_dir, tokenizer=tokenizer, max_length=64)
+    cache = build_state_cache(model, data["train"], cache_dir, tokenizer=tokenizer, max_length=64, overwrite=True)  # reused when its key matches
     build_minutes = (time.perf_counter() - started) / 60
     trainer, clock = protocol_trainer(SideTaskTrainer, model, {**data, "train": cache}, tokenizer, output_dir, learning_rate, seed, epochs=epochs)
     trainer.train()

