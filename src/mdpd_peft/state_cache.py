@@ -3,11 +3,13 @@
 A side network reads the frozen backbone's states and never changes them; while nothing in the backbone
 trains, those states depend only on the input, so every epoch after the first recomputes what the first
 already computed. ``build_state_cache`` runs the backbone once over a dataset, in eval mode (no dropout),
-and stores what the adapter's side network reads: the embeddings and the outputs of the layers it reads
-(``MDPDConfig.side_layers``; transformers' ``hidden_states`` numbering: 0 is the embeddings, l + 1 the
-output of layer l), real tokens only, in ``dtype`` (bfloat16 by default). ``StateCache`` serves them as a
-map-style dataset whose ``collate`` re-pads each batch, and ``MDPDModel.side_pass_on_cached_states``
-trains the side network on such a batch with no backbone in the forward (``MDPDTrainer(state_cache=...)``).
+and stores what the side networks read (the tuner's ``cached_state_indices()``): the embeddings and the outputs
+of the layers they read (``side_layers``; transformers' ``hidden_states`` numbering: 0 is the embeddings, l + 1
+the output of layer l), real tokens only, in ``dtype`` (bfloat16 by default). ``StateCache`` serves them as a
+map-style dataset whose ``collate`` re-pads each batch, and the tuner's ``side_pass_on_cached_states`` trains
+on such a batch with no backbone in the forward: MDPD's side network (``MDPDTrainer(state_cache=...)``) or a kept
+side task (``SideTaskTrainer``). A cache holding more layers than a side network reads serves it too, and
+``StateCache.with_targets`` serves another task's labels on the same inputs.
 
 Storage: safetensors shards of ``examples_per_shard`` examples, memory-mapped when read. Each shard holds
 one (tokens, states, D) tensor, so one example is one contiguous slice (one read per example, whatever the
