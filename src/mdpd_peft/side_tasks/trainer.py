@@ -7,8 +7,8 @@ import logging
 from transformers import Trainer
 
 from ..cached_training import TrainsOnCachedStates
-from ..state_cache import StateCache, cache_tuner
-from .model import SideTaskModel
+from ..state_cache import StateCache
+from .model import side_task_model_of
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +28,7 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
     """
 
     def __init__(self, model=None, args=None, task: str | None = None, data_collator=None, train_dataset=None, **kwargs):
-        tuner = cache_tuner(model)
-        if not isinstance(tuner, SideTaskModel):
-            raise TypeError(f"SideTaskTrainer trains a model from get_peft_model(encoder, SideTaskConfig(...)); got {type(tuner).__name__}.")
+        tuner = side_task_model_of(model)
         task = task if task is not None else tuner.active_adapters[0]
         if tuner.active_adapters != [task]:
             tuner.set_adapter(task)  # the one task that runs and trains
@@ -55,5 +53,5 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
     def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
         if "hidden_states" not in inputs:  # live: the model computes the task's loss
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        side_pass = cache_tuner(model).side_pass_on_cached_states(inputs)
+        side_pass = side_task_model_of(model).side_pass_on_cached_states(inputs)
         return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
