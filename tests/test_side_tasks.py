@@ -243,3 +243,23 @@ def test_feature_distillation_adds_the_encoders_features_as_teacher_live_and_cac
     cached = model.base_model.side_pass_on_cached_states(cache.collate([cache[i] for i in range(8)]))
     assert set(cached.losses) == {"task", "shallow", "deep"}
     torch.testing.assert_close(cached.losses["task"].detach(), live_task, rtol=1e-4, atol=1e-4)  # the same states, dropout off
+
+
+def test_served_outputs_follow_a_fused_optimizers_steps():
+    """torch's fused AdamW (the Trainer's default) writes weights in place without bumping their versions; serving
+    between training steps must still use the current weights, as the Trainer's evaluation after each epoch does."""
+    model, batch = three_tasks(), inputs(text_batch())
+    model.base_model.set_adapter("sentiment")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, fused=True)
+    labels = torch.tensor([0, 1, 0, 1, 1, 0])
+    for _ in range(2):
+        with torch.no_grad():
+            served = model(**batch).logits  # stacked copies of the current weights
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    with torch.no_grad():
+        served_after = model(**batch).logits
+    own = model(**batch).logits.detach()  # autograd on: the task's own modules, its current weights
+    assert not torch.allclose(served_after, served)
+    torch.testing.assert_close(served_after, own, rtol=1e-5, atol=1e-5)

@@ -232,7 +232,13 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         nothing trains, ladders of one shape run stacked (``stacked_ladders.py``). While a task trains, its side steps
         keep their intermediates (no encoder activation is stored: there is nothing to recompute for)."""
         encoder_state = self.final_norm(states.layer_outputs[-1])  # (B, N, D_B)
-        final_states = {} if torch.is_grad_enabled() else self._stacked_final_states(states, tasks)
+        if torch.is_grad_enabled():
+            # A task may be training: the optimizer step that follows can write its weights in place without bumping
+            # their versions (torch's fused AdamW, the Trainer's default), so stacked copies are rebuilt after it.
+            self._stacked_cache.clear()
+            final_states = {}
+        else:
+            final_states = self._stacked_final_states(states, tasks)
         with intermediates_kept():
             return {
                 name: self.kept_tasks[name](states, encoder_state, self.peft_config[name].per_token, final_states.get(name))
@@ -254,7 +260,8 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         return final_states
 
     def _stacked_ladders(self, names: list[str]) -> StackedLadders:
-        """These tasks' ladders stacked, built again only when one of their weights changed (trained, loaded)."""
+        """These tasks' ladders stacked, built again after any pass with autograd (training) or when a weight's version
+        changed (loaded, edited in place)."""
         ladders = [self.kept_tasks[name].side for name in names]
         versions = tuple((id(p), p._version) for ladder in ladders for p in ladder.parameters())
         cached = self._stacked_cache.get(tuple(names))
