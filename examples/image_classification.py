@@ -86,6 +86,7 @@ def main(argv=None) -> dict[str, float]:
         processing_class=processor,
         title=args.model,
         dataset_name=args.dataset if args.dataset in (DIGITS, FASHION_MNIST) else os.path.basename(args.dataset.rstrip("/")),
+        base_model_note=DINOV2_CAVEAT if args.model == DINOV2_DIR else None,
     )
 
 

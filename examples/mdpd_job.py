@@ -56,8 +56,11 @@ def run(
     processing_class,
     title: str,
     dataset_name: str,
+    base_model_note: str | None = None,
 ) -> dict[str, float]:
     """Probe, MDPD training, test of both paths, fading, reload with plain transformers; prints and returns the summary.
+
+    ``base_model_note`` goes into the faded model's card (what a user must know about the base weights).
 
     ``data`` has ``train`` / ``validation`` / ``test`` splits already encoded for the model, with ``labels``.
     ``args.output_dir`` ends up holding ``faded/`` only: the job cannot be resumed, so it keeps no checkpoints.
@@ -97,7 +100,7 @@ def run(
     trainer.train()
     test = trainer.evaluate(data["test"], metric_key_prefix="test")
 
-    faded_dir = trainer.save_faded_model(os.path.join(args.output_dir, "faded"), datasets=[dataset_name])
+    faded_dir = trainer.save_faded_model(os.path.join(args.output_dir, "faded"), datasets=[dataset_name], base_model_note=base_model_note)
     reloaded = type(peft_model.get_base_model()).from_pretrained(faded_dir)  # the plain transformers class
     with tempfile.TemporaryDirectory() as scratch:  # predict() writes nothing, but the Trainer wants a folder
         reload_args = TrainingArguments(
@@ -111,7 +114,7 @@ def run(
         reloaded_test = Trainer(model=reloaded, args=reload_args, data_collator=collator, compute_metrics=accuracy)
         reloaded_accuracy = reloaded_test.predict(data["test"], metric_key_prefix="test").metrics["test_accuracy"]
     if args.push_to_hub:
-        trainer.push_to_hub(datasets=[dataset_name])
+        trainer.push_to_hub(datasets=[dataset_name], base_model_note=base_model_note)
 
     trainable, total = peft_model.get_nb_trainable_parameters()
     summary = {

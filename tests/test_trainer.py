@@ -114,7 +114,8 @@ def test_save_faded_model_writes_model_tokenizer_and_card(tmp_path, minilm_path)
     trainer = make_trainer(tmp_path, processing_class=tokenizer)
     trainer.train()
     trainer.evaluate()
-    folder = Path(trainer.save_faded_model(datasets=["rotten_tomatoes"]))
+    note = "These weights were fine-tuned for saliency before: not the original checkpoint."
+    folder = Path(trainer.save_faded_model(datasets=["rotten_tomatoes"], base_model_note=note))
     assert folder == tmp_path / "faded"
     files = {path.name for path in folder.iterdir()}
     assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= files
@@ -130,6 +131,7 @@ def test_save_faded_model_writes_model_tokenizer_and_card(tmp_path, minilm_path)
     assert "r = 4" in card and "λ = 0.5" in card and "side network `ladder`" in card and "(an LST ladder)" in card
     assert "eval_faded_accuracy" in card and "eval_side_accuracy" in card
     assert "trainable parameters" in card and "MiB" in card
+    assert f"## Base model\n\n{note}\n" in card
 
 
 def test_push_to_hub_uploads_the_faded_model_that_loads_without_mdpd_peft(tmp_path):

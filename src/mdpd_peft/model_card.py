@@ -43,10 +43,13 @@ def faded_model_card(
     datasets: list[str] | None = None,
     extra_tags: list[str] | None = None,
     model_name: str | None = None,
+    base_model_note: str | None = None,
 ) -> ModelCard:
     """A card whose YAML says ``library_name: transformers`` (the faded model needs nothing else).
 
-    ``metrics`` are the figures for the table (faded and side path); ``metric_names`` go to the metadata.
+    ``metrics`` are the figures for the table (faded and side path); ``metric_names`` go to the metadata;
+    ``base_model_note`` is what a user must know about the base weights (where they come from, what they were
+    trained for), in its own section.
     """
     base_id = hub_id_or_none(config.base_model_name_or_path)
     base = f"`{base_id}`" if base_id else "a local base model"
@@ -73,6 +76,7 @@ def faded_model_card(
         "before the side network was dropped. The model has the base architecture and loads with "
         "`transformers` alone; inference costs what the base model costs.",
         "",
+        *(["## Base model", "", base_model_note, ""] if base_model_note else []),
         "## Training",
         "",
         f"- method: MDPD (mdpd-peft), side network `{config.side_network}`, reduction factor r = {config.reduction_factor}, "

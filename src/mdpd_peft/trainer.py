@@ -292,7 +292,7 @@ class MDPDTrainer(Trainer):
 
         Writes ``config.json``, ``model.safetensors``, the tokenizer or image processor given to the
         Trainer, and ``README.md`` (see ``model_card``; ``card_kwargs``: ``datasets``, ``tags``,
-        ``model_name``). Returns the folder (default ``<output_dir>/faded``). Every process must call it (the
+        ``model_name``, ``base_model_note``: what a user must know about the base weights). Returns the folder (default ``<output_dir>/faded``). Every process must call it (the
         weights are gathered first: ``gathered_faded_model``); only the main process writes, and every process
         returns once the folder is complete. The folder is written beside and then moved into place: a fault
         while saving leaves the previous faded model as it was.
@@ -308,7 +308,7 @@ class MDPDTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         return output_dir
 
-    def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None):
+    def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None, base_model_note=None):
         mdpd = self._mdpd_model()
         trainable, total = self._peft_model().get_nb_trainable_parameters()
         prefixes = tuple(f"{self._last_eval_prefix}_{name}_" for name in METRIC_PATHS)
@@ -328,6 +328,7 @@ class MDPDTrainer(Trainer):
             datasets=[datasets] if isinstance(datasets, str) else datasets,
             extra_tags=[tags] if isinstance(tags, str) else tags,
             model_name=model_name,
+            base_model_note=base_model_note,
         )
 
     def push_to_hub(
