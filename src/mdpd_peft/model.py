@@ -37,6 +37,7 @@ from .layer import MDPDLayer, require_finite
 from .shared_state import TunerHeldModules, adapter_names_of, place_adapter_module, restore_original_modules
 from .side_networks import SIDE_NETWORKS, BackboneStates
 from .side_networks.base import full_value, masked_mean
+from .state_cache import check_cacheable
 from .task_loss import side_task_loss
 
 # The heads PEFT's task wrappers save; some wrappers add them only after the tuner is built, too late for
@@ -324,16 +325,8 @@ class MDPDModel(TunerHeldModules, BaseTuner):
     def cached_state_indices(self) -> tuple[int, ...]:
         """The states a state cache holds for the active adapter's side network, numbered as transformers'
         ``hidden_states``: the embeddings (0) and the output of each layer it reads and distils (l + 1)."""
-        config = self.peft_config[self.active_adapters[0]]
         side = self.mdpd_side[self.active_adapters[0]]
-        if side.rerun_layers:
-            raise invalid(
-                "side_network", config.side_network,
-                "'ladder' or 'unipt' to train on cached states: this side network re-runs backbone layers on its own states "
-                f"(layers {sorted(side.rerun_layers)}), which no cache can hold",
-            )
-        if not self.encoder.uniform_width:
-            raise invalid("side_network", config.side_network, "a model whose layers keep one width and token count to cache its states (not Swin)")
+        check_cacheable(side, self.encoder, self.peft_config[self.active_adapters[0]], "the side network")
         return (0, *(layer + 1 for layer in side.distilled_layers))
 
     def gate_values(self) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..distillation import DualPathDistiller, intermediates_kept
 from ..forward_pass import SidePass, cached_backbone_states
 from ..shared_state import WrapsNoLayer, adapter_names_of, place_adapter_module
 from ..side_networks import SIDE_NETWORKS, BackboneStates, LadderSideNetwork, SideNetwork
-from ..state_cache import weights_hash
+from ..state_cache import check_cacheable, weights_hash
 from ..task_loss import side_task_loss
 from ..token_layout import stage_real_tokens
 from .config import SideTaskConfig
@@ -290,16 +290,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         layer's output, which the heads read."""
         names = tasks if tasks is not None else self.tasks
         for name in names:
-            side = self.kept_tasks[name].side
-            if side.rerun_layers:
-                raise invalid(
-                    "side_network", self.peft_config[name].side_network,
-                    f"'ladder' or 'unipt' to train task {name!r} on cached states: it re-runs encoder layers "
-                    f"{sorted(side.rerun_layers)} on its own states, which no cache holds; train it live (on the dataset)",
-                    "SideTaskConfig",
-                )
-        if not self.encoder.uniform_width:
-            raise ValueError("Cached states need an encoder whose layers keep one width and token count (not Swin); train live.")
+            check_cacheable(self.kept_tasks[name].side, self.encoder, self.peft_config[name], f"task {name!r}")
         layers = {self.encoder.num_layers - 1}.union(*(self.kept_tasks[name].side.distilled_layers for name in names))
         return (0, *sorted(layer + 1 for layer in layers))
 
