@@ -5,7 +5,7 @@ method ships for inference. All methods train the task head; what else they trai
 
 - ``full``: every weight.
 - ``lora``: PEFT LoRA, r = 8 on the attention query and value projections (``query``/``value``, ViT's ``q_proj``/``v_proj``).
-- ``layernorm``: PEFT LayerNorm tuning (every LayerNorm).
+- ``layernorm``: PEFT LayerNorm tuning (every LayerNorm, found by type: BERT's ``LayerNorm``, ViT's and DINOv2's own names).
 - ``lora_checkpointed`` / ``layernorm_checkpointed``: the same with transformers' gradient checkpointing
   (non-reentrant), as ``TrainingArguments(gradient_checkpointing=True)`` turns it on: what an informed user picks
   to save memory. Same gradients, so the same accuracy; less memory, one more backbone forward per step.
@@ -41,6 +41,7 @@ from peft import LNTuningConfig, LoraConfig, get_peft_model
 from torch import nn
 
 from mdpd_peft import DTLConfig, MDPDConfig
+from mdpd_peft.architecture import is_norm
 
 HEAD_NAMES = ("classifier", "score")
 
@@ -63,7 +64,9 @@ def _lora(model: nn.Module) -> nn.Module:
 
 
 def _layernorm(model: nn.Module) -> nn.Module:
-    return get_peft_model(model, LNTuningConfig(target_modules=["LayerNorm"], **task_settings(model)))
+    # Every LayerNorm by its own name: BERT's "LayerNorm"; ViT's "layernorm_before"/"_after"; DINOv2's "norm1"/"norm2".
+    targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if is_norm(module)})
+    return get_peft_model(model, LNTuningConfig(target_modules=targets, **task_settings(model)))
 
 
 def _checkpointed(build: Callable[[nn.Module], nn.Module], model: nn.Module) -> nn.Module:
