@@ -166,6 +166,26 @@ def check_image_model(model: str) -> None:
         raise FileNotFoundError(f"No model in {DINOV2_DIR}: run `python examples/convert_dinov2.py` first, or pass --model.")
 
 
+def image_processor(model: str, image_size: int):
+    """``model``'s image processor, resizing to ``image_size`` x ``image_size`` pixels (0: the processor's own size)."""
+    from transformers import AutoImageProcessor
+
+    resize = {"size": {"height": image_size, "width": image_size}} if image_size else {}
+    return AutoImageProcessor.from_pretrained(model, **resize)
+
+
+def pixel_inputs(data: DatasetDict, processor, num_channels: int) -> DatasetDict:
+    """``pixel_values`` and ``labels`` (what image models take), converted lazily, batch by batch (``with_transform``),
+    from the ``image`` and ``label`` columns; images become RGB or grayscale (``L``) by the model's ``num_channels``."""
+    mode = "RGB" if num_channels == 3 else "L"
+
+    def to_pixels(rows):
+        pixels = processor([image.convert(mode) for image in rows["image"]], return_tensors="pt")["pixel_values"]
+        return {"pixel_values": pixels, "labels": rows["label"]}
+
+    return data.with_transform(to_pixels)
+
+
 def load_digits() -> DatasetDict:
     """scikit-learn's 1,797 handwritten digits (8x8 grayscale, 10 classes) as PIL images, split by ``fixed_split``."""
     from sklearn.datasets import load_digits as sklearn_digits

@@ -25,13 +25,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the defaults are all local; --push-to-hub turns this off
 
 import mdpd_job  # noqa: E402
-from example_data import DIGITS, DINOV2_CAVEAT, DINOV2_DIR, FASHION_MNIST, check_image_model, label_arguments, load_image_classification  # noqa: E402
-from transformers import (  # noqa: E402
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModelForImageClassification,
-    DefaultDataCollator,
-)
+from example_data import DIGITS, DINOV2_CAVEAT, DINOV2_DIR, FASHION_MNIST, check_image_model, image_processor, label_arguments, load_image_classification, pixel_inputs  # noqa: E402
+from transformers import AutoConfig, AutoModelForImageClassification, DefaultDataCollator  # noqa: E402
 
 from mdpd_peft import MDPDConfig  # noqa: E402
 
@@ -59,15 +54,9 @@ def main(argv=None) -> dict[str, float]:
     check_image_model(args.model)
     if args.model == DINOV2_DIR:
         print(DINOV2_CAVEAT)
-    resize = {"size": {"height": args.image_size, "width": args.image_size}} if args.image_size else {}
-    processor = AutoImageProcessor.from_pretrained(args.model, **resize)
+    processor = image_processor(args.model, args.image_size)
     data = load_image_classification(args.dataset, args.image_column, args.label_column)
     labels = label_arguments(data)
-    mode = "RGB" if AutoConfig.from_pretrained(args.model).num_channels == 3 else "L"
-
-    def to_pixels(rows):  # applied lazily, batch by batch
-        pixels = processor([image.convert(mode) for image in rows["image"]], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels, "labels": rows["label"]}
 
     def load_model():
         return AutoModelForImageClassification.from_pretrained(
@@ -81,7 +70,7 @@ def main(argv=None) -> dict[str, float]:
         load_model=load_model,
         # PEFT calls image models directly (task_type=None); the head is trained and saved as a whole.
         peft_config=MDPDConfig(modules_to_save=["classifier"], reduction_factor=args.reduction_factor, mask_ratio=args.mask_ratio),
-        data=data.with_transform(to_pixels),
+        data=pixel_inputs(data, processor, AutoConfig.from_pretrained(args.model).num_channels),
         collator=DefaultDataCollator(),
         processing_class=processor,
         title=args.model,
