@@ -33,7 +33,7 @@ Kept side networks (``SIDE_TASKS``: ``SideTaskConfig`` on the bare encoder) trai
 (``SideTaskTrainer``; the cache is built once per task, training size (and image size) and reused, its build time
 recorded with the run that built it) and are evaluated live; ``linear_probe`` is their head with the gate shut and only
 the classifier training: a linear probe of the encoder's mean-pooled final representation (on images, its CLS token's).
-``--epochs`` (default 2, the protocol's) is recorded in every row.
+``--epochs`` (default 2, the protocol's) applies to every method run and is recorded in every row.
 Learning rates: every method runs at each rate of ``--learning-rates`` (the grid), or at the rate whose validation
 accuracy was best in the grid file ``--rates-from`` (the same selection as ``report.py``'s), so no method gets a
 hand-picked rate; without either, the earlier fixed rates of ``LEARNING_RATES``. Each row records its rate and the
@@ -246,17 +246,18 @@ def protocol_trainer(trainer_class: type[Trainer], model, data, collator, output
     return trainer, clock
 
 
-def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: str) -> dict:
+def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int) -> dict:
     set_seed(seed)
     model = BUILDERS[method](task.classifier_model())
     trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
-    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed)
+    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed, epochs=epochs)
     started = time.perf_counter()
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
-    return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "trainable_parameters": trainable_parameters(model),
-            **result, "train_size": len(task.data["train"]), **task.row, "train_minutes_to_epoch": train_minutes,
+    return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
+            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(task.data["train"]), **task.row,
+            "train_minutes_to_epoch": train_minutes,
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
@@ -312,13 +313,13 @@ def measurements(args, task: Task):
                 if method in SIDE_TASKS:
                     yield run_side_task(method, learning_rate, seed, task, output_dir, args.epochs)
                 else:
-                    yield run(method, learning_rate, seed, task, output_dir)
+                    yield run(method, learning_rate, seed, task, output_dir, args.epochs)
 
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", choices=[*BUILDERS, *SIDE_TASKS], default=list(METHODS), help="default: every method but the ablations")
-    parser.add_argument("--epochs", type=int, default=2, help="kept side networks only (cheap on the cache); the others run the protocol's 2")
+    parser.add_argument("--epochs", type=int, default=2, help="every method's (the protocol's 2 by default; the kept side networks' runs on the cache are cheap)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
     rates = parser.add_mutually_exclusive_group()

@@ -131,9 +131,9 @@ def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list
     grouped = {**by_method(seeds, task), **{m: r for m, r in baselines.items() if r}}
     build = [r["cache_build_minutes"] for r in seeds if r.get("cache_build_minutes")]
     lines = [
-        f"Whole split ({seeds[0]['train_size']:,} training examples; `results/{source}`): the kept side networks at the rates in each row "
-        f"(the 3,000-sentence Rotten Tomatoes grid's choice where the task has no grid of its own), LoRA and LayerNorm tuning at their "
-        f"own grids' best rates (`results/{seed_file}`, 2 epochs); mean ± std over seeds. Minutes of training to the reported "
+        f"Whole split ({seeds[0]['train_size']:,} training examples; `results/{source}`): the kept side networks at the best rate of "
+        f"their grid (`results/{SIDE_TASK_FILES[task][0]}`), LoRA and LayerNorm tuning at their own grids' best rates "
+        f"(`results/{seed_file}`); mean ± std over seeds. Minutes of training to the reported "
         f"epoch, one run at a time on this 2-core machine" + (f"; the state cache's build took {statistics.mean(build):.1f} min, once for the task." if build else "."), "",
         "| method | rate | epochs | seeds | validation | test | minutes |",
         "|---|---:|---:|---:|---:|---:|---:|",
