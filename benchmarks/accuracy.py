@@ -261,6 +261,11 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
+def side_task_cache_dir(task: Task) -> Path:
+    """The state cache of ``task``'s training split (built once, reused while its key matches)."""
+    return Path("/tmp/mdpd-accuracy") / f"cache-{task.name}{task.cache_suffix}-{len(task.data['train'])}"
+
+
 def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int) -> dict:
     """A kept side network (or the probe of its head) trained on the state cache of the training split."""
     set_seed(seed)
@@ -270,7 +275,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".head.classifier." in name)
     data = task.data
-    cache_dir = Path("/tmp/mdpd-accuracy") / f"cache-{task.name}{task.cache_suffix}-{len(data['train'])}"
+    cache_dir = side_task_cache_dir(task)
     built = not cache_dir.exists()
     started = time.perf_counter()
     cache = build_state_cache(model, data["train"], cache_dir, **task.cache_arguments, overwrite=True)  # reused when its key matches

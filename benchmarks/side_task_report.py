@@ -2,8 +2,8 @@
 
 ``report.py`` calls ``side_task_lines``; it reads ``results/serving-*.json`` (``serving.py``) and
 ``results/side-task-*.jsonl`` (``accuracy.py --methods side_task ...``) beside the LoRA and LayerNorm-tuning rows of
-the learning-rate grids and best-rate files (the image task's: ``results/accuracy-fashion-mnist-dinov2.jsonl``), and
-draws ``serving.png``.
+the learning-rate grids and best-rate files (the image task's: ``results/accuracy-fashion-mnist-dinov2.jsonl``) and
+``results/adding_a_task-*.json`` (``adding_a_task.py``), and draws ``serving.png``.
 """
 
 from __future__ import annotations
@@ -147,6 +147,29 @@ def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list
     return [*lines, ""]
 
 
+def adding_a_task_lines(results: Path) -> list[str]:
+    """``adding_a_task.py``'s runs: a kept task's whole run (cache build included) against LoRA + checkpointing's."""
+    runs = [json.loads(path.read_text()) for path in sorted(results.glob("adding_a_task-*.json"))]
+    if not runs:
+        return []
+    lines = [
+        "### Adding a task", "",
+        "`python benchmarks/adding_a_task.py` (`results/adding_a_task-<task>-minilm.json`): one process, the kept side "
+        "network (state cache built from scratch, then trained on it) and LoRA + gradient checkpointing on the same whole "
+        "training split, each at its grid's best rate and timed to its reported epoch (evaluation excluded).", "",
+        "| task | seed | cache build, min | side training, min | kept task, min | its test | LoRA + checkpointing, min | its test | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    for run in runs:
+        side, lora = run["side_task"], run["lora_checkpointed"]
+        lines.append(
+            f"| {TASK_NAMES[run['task']]} | {run['seed']} | {side['cache_build_minutes']:.2f} | {side['train_minutes_to_epoch']:.2f} "
+            f"| {run['side_task_minutes']:.2f} | {side['test']:.3f} | {run['lora_checkpointed_minutes']:.2f} | {lora['test']:.3f} "
+            f"| **{run['ratio']:.2f}x** |"
+        )
+    return [*lines, ""]
+
+
 def plot_serving(results: Path, path: Path) -> bool:
     """Throughput of N tasks from one pass over N merged models, against N, per model."""
     files = sorted(results.glob("serving-*.json"))
@@ -169,7 +192,7 @@ def plot_serving(results: Path, path: Path) -> bool:
 
 
 def side_task_lines(results: Path, output_dir: Path) -> list[str]:
-    serving, accuracy = serving_lines(results), accuracy_lines(results)
+    serving, accuracy = serving_lines(results), [*accuracy_lines(results), *adding_a_task_lines(results)]
     if not serving and not accuracy:
         return []
     lines = ["## Kept side networks: many tasks, one encoder pass", "", *serving]

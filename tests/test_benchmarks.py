@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 import accuracy  # noqa: E402
+import adding_a_task  # noqa: E402
 import distributed_memory  # noqa: E402
 import memory_speed  # noqa: E402
 import report  # noqa: E402
@@ -193,9 +194,13 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     assert [row["method"] for row in grid] == ["side_task", "linear_probe"] and all(0 <= row["test"] <= 1 for row in grid)
     assert grid[1]["trainable_parameters"] < grid[0]["trainable_parameters"]  # the probe trains its classifier only
     (tmp_path / "side-task-rotten_tomatoes-minilm.jsonl").write_text("".join(json.dumps(row) + "\n" for row in grid))
+    accuracy.main(["--methods", "lora", "--learning-rates", "1e-3", *tiny, "--output", str(tmp_path / "lr-grid-minilm.jsonl")])
+    added = adding_a_task.main(["--train-size", "32", "--eval-size", "32", "--side-epochs", "1", "--lora-epochs", "1", "--results", str(tmp_path)])
+    assert added["side_task"]["cache_build_minutes"] > 0 and added["ratio"] > 0  # the cache was built anew and counted
+    assert added["side_task"]["learning_rate"] == 1e-2 and added["lora_checkpointed"]["learning_rate"] == 1e-3  # each grid's rate
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "## Kept side networks" in results_md and "side tasks / merged" in results_md and (tmp_path / "serving.png").stat().st_size > 0
-    assert "linear probe (mean-pooled final states)" in results_md
+    assert "linear probe (mean-pooled final states)" in results_md and "### Adding a task" in results_md
 
 
 @pytest.mark.skipif(not accuracy.DINOV2_PATH.is_dir(), reason=f"no converted DINOv2-small in {accuracy.DINOV2_PATH} (python examples/convert_dinov2.py)")
