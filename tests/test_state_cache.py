@@ -166,13 +166,15 @@ def training_args(output_dir, **arguments) -> TrainingArguments:
 
 
 def side_then_fade_trainer(
-    output_dir, data, cache, model=None, side_steps: int = 4, fade_steps: int = 4, callbacks=None, fade_side_outputs: str = "stored", **arguments
-) -> MDPDTrainer:
+    output_dir, data, cache, model=None, side_steps: int = 4, fade_steps: int = 4, callbacks=None, fade_side_outputs: str = "stored",
+    eval_dataset=None, **arguments,
+) -> MDPDTrainer:  # fmt: skip
     return MDPDTrainer(
         model=model or tiny_mdpd_model(),
         args=training_args(output_dir, max_steps=fade_steps, **arguments),
         side_phase_args=training_args(output_dir / "side", max_steps=side_steps, **arguments),
         train_dataset=data,
+        eval_dataset=eval_dataset,
         state_cache=cache,
         callbacks=callbacks,
         fade_side_outputs=fade_side_outputs,
@@ -227,6 +229,23 @@ def test_the_trainer_trains_the_side_network_on_the_cache_then_fades_through_the
     assert [entry["loss"] for entry in fading.state.log_history if "loss" in entry] == pytest.approx(
         [entry["loss_backbone_task"] for entry in fading.state.log_history if "loss" in entry], rel=1e-5
     )
+
+
+def test_both_phases_evaluate_live_and_a_new_run_trains_its_own_side_network(tmp_path):
+    data = ragged_dataset(rows=16)
+    cache = build_state_cache(tiny_mdpd_model(), data, tmp_path / "cache")
+    evaluated = {"validation": data, "test": data}  # named datasets, as the accuracy suite evaluates
+    first = side_then_fade_trainer(tmp_path / "run", data, cache, eval_dataset=evaluated, eval_strategy="steps", eval_steps=2)
+    first.train()
+    for trainer in (first.side_phase_trainer, first):  # evaluation batches are live: no cached states, no stored logits
+        for metric in ("eval_validation_side_loss", "eval_test_faded_loss"):  # each named dataset logs on its own
+            assert len([entry for entry in trainer.state.log_history if metric in entry]) == 2
+
+    snapshots = Snapshots()  # a second run in the same folders, not resuming: its side phase trains anew
+    second = side_then_fade_trainer(tmp_path / "run", data, cache, side_steps=2, fade_steps=1, callbacks=[snapshots])
+    second.train()
+    (side_0, _), (side_1, _), *_ = snapshots.taken
+    assert changed(side_0, side_1) and second.side_phase_trainer.state.global_step == 2
 
 
 def test_a_run_resumed_in_either_phase_ends_as_the_uninterrupted_run(tmp_path):

@@ -1,4 +1,4 @@
-"""What a Trainer that trains on a ``StateCache`` needs: cached batches go to the loss as they are, evaluation is live."""
+"""What a Trainer that trains on a ``StateCache`` needs: cached batches go to the side pass, evaluation is live."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from __future__ import annotations
 class TrainsOnCachedStates:
     """``transformers.Trainer`` mixin: the training batches are ``self.cache``'s (collated by ``cache.collate``, no
     argument of the model's forward, so no column is removed), the evaluation batches the live data's, collated by
-    ``self.live_collator``: what the model computes when it serves."""
+    ``self.live_collator``: what the model computes when it serves. A cached batch's loss is ``cached_side_pass``'s (the
+    subclass's); a live batch's (evaluation) the model's own forward's."""
 
     cache = None
     live_collator = None
@@ -22,3 +23,13 @@ class TrainsOnCachedStates:
             return super().get_eval_dataloader(eval_dataset)
         finally:
             self.data_collator = training_collator
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        if "hidden_states" not in inputs:  # a live batch: evaluation's
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        side_pass = self.cached_side_pass(model, inputs)
+        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
+
+    def cached_side_pass(self, model, batch):
+        """The side pass on a collated batch of cached states (its ``loss`` and ``logits``)."""
+        raise NotImplementedError

@@ -25,7 +25,8 @@ Each phase has its own optimizer and LR schedule: their trainable parameters do 
 state of one phase has nothing to update in the other, and each phase warms up and decays over its own
 steps. ``train(resume_from_checkpoint=True)`` resumes whichever phase was running: the fade phase from
 its last checkpoint in ``output_dir``, else a finished side phase's ``final`` adapter, else the side
-phase from its last checkpoint.
+phase from its last checkpoint. ``train()`` without it trains both phases anew, as ``Trainer.train`` does,
+whatever an earlier run left in the output folders.
 
 This module takes the trainer and its side-phase trainer as arguments and imports neither (``trainer.py``
 imports it).
@@ -89,12 +90,15 @@ class WithStoredSideLogits(Dataset):
 
 
 class SideLogitsCollator:
-    """The trainer's collator on the dataset's own columns, with the stored side logits stacked beside, (B, C)."""
+    """The trainer's collator on the dataset's own columns, with the stored side logits stacked beside, (B, C);
+    evaluation's examples, which carry none, are collated as they are."""
 
     def __init__(self, collator):
         self.collator = collator
 
     def __call__(self, features: list[dict]) -> dict:
+        if SIDE_LOGITS_ARGUMENT not in features[0]:
+            return self.collator(features)
         batch = self.collator([{k: v for k, v in feature.items() if k != SIDE_LOGITS_ARGUMENT} for feature in features])
         batch[SIDE_LOGITS_ARGUMENT] = torch.stack([feature[SIDE_LOGITS_ARGUMENT] for feature in features])
         return batch
@@ -146,7 +150,7 @@ def train_side_then_fade(trainer, side_trainer, resume_from_checkpoint=None, **k
     result = None
     if fade_checkpoint is not None:
         trainer._load_from_checkpoint(fade_checkpoint)  # its side network is the fade phase's teacher
-    elif result_dir.exists():  # the side phase ended in an earlier run
+    elif resume_from_checkpoint is True and result_dir.exists():  # the side phase ended in the run resumed
         trainer._load_from_checkpoint(str(result_dir))
     else:
         trainer.state_cache.check(trainer.model, trainer.train_dataset)

@@ -373,7 +373,7 @@ class SidePhaseTrainer(TrainsOnCachedStates, MDPDTrainer):
         self.live_collator = live_collator
         self.add_callback(MarkSidePhaseCheckpoints)
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        side_pass = self._mdpd_model().side_pass_on_cached_states(inputs)
+    def cached_side_pass(self, model, batch):
+        side_pass = self._mdpd_model().side_pass_on_cached_states(batch)
         self._record_loss_terms(model)
-        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
+        return side_pass

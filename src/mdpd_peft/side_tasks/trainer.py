@@ -50,8 +50,5 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
         ignore_keys = ["task_logits", "last_hidden_state"] if ignore_keys is None else ignore_keys
         return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        if "hidden_states" not in inputs:  # live: the model computes the task's loss
-            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-        side_pass = side_task_model_of(model).side_pass_on_cached_states(inputs)
-        return (side_pass.loss, {"loss": side_pass.loss, "logits": side_pass.logits}) if return_outputs else side_pass.loss
+    def cached_side_pass(self, model, batch):
+        return side_task_model_of(model).side_pass_on_cached_states(batch)
