@@ -95,6 +95,8 @@ def test_accuracy_suite_and_report(tmp_path):
     ablation = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--output", str(tmp_path / "ablation-minilm.jsonl")]
     accuracy.main(["--methods", "mdpd_logits_only", *ablation])
     accuracy.main(["--probe", *ablation])
+    (two_phase,) = accuracy.main(["--methods", "mdpd_two_phase", *ablation])  # its minutes: cache + side phase + fade
+    assert two_phase["train_minutes_to_epoch"] > two_phase["cache_build_minutes"] + two_phase["side_phase_minutes"] > 0
 
     for grid in ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"):  # a grid of one rate, and its best rate
         (tmp_path / grid).write_text("".join(json.dumps(row) + "\n" for row in rows))
