@@ -38,6 +38,7 @@ NAMES = {
     "mdpd_every_4": "MDPD, LayerNorms learning every 4th step",
     "mdpd_block_local": "MDPD, block-local fading",
     "mdpd_fade_stored": "MDPD fade phase on stored side logits (side network frozen)",
+    "mdpd_two_phase": "MDPD in two phases (side phase on the state cache, fade on stored side logits)",
     **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     "dtl": "DTL (its own PEFT method, kept)",
@@ -326,6 +327,8 @@ def accuracy_table(by_method: dict[str, list[dict]], methods: list[str], title: 
 GRIDS = {  # result file: what it holds
     "lr-grid-minilm.jsonl": "all-MiniLM-L6-v2, the first 3,000 Rotten Tomatoes training sentences",
     "lr-grid-trec-minilm.jsonl": "all-MiniLM-L6-v2, TREC question types (whole training split)",
+    "lr-grid-trec-fine-minilm.jsonl": "all-MiniLM-L6-v2, TREC's 50 fine question types (whole training split, 2 epochs)",
+    "lr-grid-trec-fine-5-epochs-minilm.jsonl": "all-MiniLM-L6-v2, TREC's 50 fine question types (whole training split, 5 epochs)",
     "best-rate-full-minilm.jsonl": "all-MiniLM-L6-v2, the whole Rotten Tomatoes training split, each method at its 3,000-sentence grid's best rate",
 }
 

@@ -43,7 +43,9 @@ SIDE_TASK_FILES = {
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
     "trec": ("lr-grid-trec-minilm.jsonl", "lr-grid-trec-minilm.jsonl"),
-    "trec_fine": ("lr-grid-trec-fine-minilm.jsonl", "lr-grid-trec-fine-minilm.jsonl"),
+    # 50 classes: in the protocol's 2 epochs LoRA (0.70 validation) and LayerNorm tuning (0.83) have not converged
+    # (lr-grid-trec-fine-minilm.jsonl), so they train 5 epochs, as the kept side networks do
+    "trec_fine": ("lr-grid-trec-fine-5-epochs-minilm.jsonl", "lr-grid-trec-fine-5-epochs-minilm.jsonl"),
     "fashion-mnist": ("accuracy-fashion-mnist-dinov2.jsonl", "accuracy-fashion-mnist-dinov2.jsonl"),
 }
 
