@@ -259,22 +259,19 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
     model = BUILDERS[method](task.classifier_model())
     trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
     started = time.perf_counter()
-    phases = {}
-    if method in TWO_PHASE:  # a fresh cache per run: its build is part of the run (the key holds the new head's weights)
+    two_phase, phases, trainer_kwargs = method in TWO_PHASE, {}, {}
+    if two_phase:  # a fresh cache per run: its build is part of the run (the key holds the new head's weights)
         shutil.rmtree(output_dir, ignore_errors=True)
         cache = build_state_cache(model, task.data["train"], Path(output_dir) / "state_cache", **task.cache_arguments, overwrite=True)
-        phases["cache_build_minutes"] = (time.perf_counter() - started) / 60
-    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed, epochs=epochs,
-                                      **({"state_cache": cache} if phases else {}))  # fmt: skip
+        phases["cache_build_minutes"], trainer_kwargs["state_cache"] = (time.perf_counter() - started) / 60, cache
+    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed, epochs=epochs, **trainer_kwargs)
     trainer.train()
-    if phases:
-        shutil.rmtree(cache.folder)  # ~1 GB at the whole split
     result = best_epoch(trainer.state.log_history, method)
-    fade_seconds = clock.seconds
-    if phases:  # the clock ran through the side phase's epochs first
-        phases["side_phase_minutes"] = sum(clock.seconds[:epochs]) / 60
-        fade_seconds = clock.seconds[epochs:]
-    train_minutes = sum(fade_seconds[: round(result["epoch"])]) / 60 + phases.get("cache_build_minutes", 0) + phases.get("side_phase_minutes", 0)
+    epoch_seconds = clock.seconds
+    if two_phase:  # the clock ran through the side phase's epochs first
+        shutil.rmtree(cache.folder)  # ~1 GB at the whole split
+        phases["side_phase_minutes"], epoch_seconds = sum(clock.seconds[:epochs]) / 60, clock.seconds[epochs:]
+    train_minutes = sum(epoch_seconds[: round(result["epoch"])]) / 60 + sum(phases.values())
     return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
             "trainable_parameters": trainable_parameters(model), **result, "train_size": len(task.data["train"]), **task.row,
             "train_minutes_to_epoch": train_minutes, **phases,
