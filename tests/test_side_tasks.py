@@ -161,6 +161,24 @@ def test_training_on_cached_states_equals_training_live(tmp_path):
         torch.testing.assert_close(weights[1][name], value, rtol=1e-4, atol=1e-5)
 
 
+def test_group_by_length_on_the_cache_batches_examples_of_similar_length(tmp_path):
+    """transformers' length-grouped sampler, fed the cached lengths (no example read): 64 examples in batches of 4
+    make megabatches of 4 batches, each sorted longest first, and the batch holding the longest example runs first."""
+    data = ragged_dataset(rows=64)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    lengths = [sum(mask) for mask in data["attention_mask"]]
+    assert cache.lengths == lengths
+    args = TrainingArguments(
+        tmp_path / "out", max_steps=3, per_device_train_batch_size=4, train_sampling_strategy="group_by_length", report_to=[], use_cpu=True, save_strategy="no"
+    )
+    trainer = SideTaskTrainer(model=model, args=args, train_dataset=cache)
+    widths = [batch["hidden_states"].shape[1] for batch in trainer.get_train_dataloader()]
+    assert len(widths) == 16 and widths[0] == max(lengths)
+    assert all(megabatch == sorted(megabatch, reverse=True) for megabatch in (widths[i : i + 4] for i in range(0, 16, 4)))
+    assert trainer.train().training_loss > 0
+
+
 def test_two_tasks_on_the_same_inputs_share_one_cache(tmp_path):
     data = ragged_dataset(rows=12)
     model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="first")

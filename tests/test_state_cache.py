@@ -57,6 +57,28 @@ def test_the_cache_round_trips_the_backbone_states_exactly(tmp_path, dtype):
     assert fewer[0]["hidden_states"].shape == (12, 3, 64)
 
 
+def test_text_rows_run_in_batches_of_similar_length_and_are_stored_in_the_datasets_order(tmp_path, minilm_path):
+    """Each shard's rows run shortest first, so a batch pads to little more than its own rows; every example is
+    still stored at its own index, equal to its row run alone, with its own label."""
+    padded = ragged_dataset(rows=13)
+    rows = [
+        {"input_ids": row["input_ids"][:length], "attention_mask": [1] * length, "labels": row["labels"]}
+        for row in padded
+        for length in [sum(row["attention_mask"])]
+    ]
+    model, widths = tiny_mdpd_model(), []
+    handle = model.base_model.model.register_forward_pre_hook(lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    cache = build_state_cache(model, Dataset.from_list(rows), tmp_path, tokenizer=tokenizer, dtype=torch.float32, batch_size=3, examples_per_shard=7)
+    handle.remove()
+    lengths = [len(row["input_ids"]) for row in rows]
+    shards = [sorted(lengths[:7]), sorted(lengths[7:])]
+    assert widths == [max(shard[first : first + 3]) for shard in shards for first in range(0, len(shard), 3)]
+    for index, row in enumerate(rows):
+        torch.testing.assert_close(cache[index]["hidden_states"], live_states(model, Dataset.from_list([row]))[0])
+        assert int(cache[index]["labels"]) == row["labels"]
+
+
 def test_a_stale_or_foreign_cache_is_refused(tmp_path):
     model, data = tiny_mdpd_model(), ragged_dataset()
     cache = build_state_cache(model, data, tmp_path / "cache")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
 
 class TrainsOnCachedStates:
     """``transformers.Trainer`` mixin: the training batches are ``self.cache``'s (collated by ``cache.collate``, no
@@ -16,6 +18,14 @@ class TrainsOnCachedStates:
         if self.cache is not None and data_collator == self.cache.collate:
             return data_collator
         return super()._get_collator_with_removed_columns(data_collator, description)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """``train_sampling_strategy="group_by_length"`` on the cache: transformers' sampler, given each example's
+        length from the shards' offsets (its own way reads every example's ``input_ids``, which a cache has not)."""
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if self.cache is not None and dataset is self.cache and self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.cache.lengths)
+        return super()._get_train_sampler(train_dataset)
 
     def get_eval_dataloader(self, eval_dataset=None):
         training_collator, self.data_collator = self.data_collator, self.live_collator

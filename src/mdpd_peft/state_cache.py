@@ -182,6 +182,25 @@ def rows_of(dataset, start: int, stop: int) -> list[dict]:
     return [dataset[i] for i in range(start, stop)]
 
 
+def shard_batches(dataset, start: int, stop: int, batch_size: int, names: list[str]):
+    """The batches of rows ``start:stop`` as (positions in the shard, rows).
+
+    Rows with an attention mask (text) run in order of length, so that a batch pads to little more than its own
+    rows: Rotten Tomatoes sentences average 27 tokens, where a batch of 64 in reading order pads to about 55. Rows
+    without one (images of one size) are read a batch at a time, in order.
+    """
+    if "attention_mask" not in names:
+        for batch_start in range(start, stop, batch_size):
+            batch_stop = min(batch_start + batch_size, stop)
+            yield range(batch_start - start, batch_stop - start), rows_of(dataset, batch_start, batch_stop)
+        return
+    rows = rows_of(dataset, start, stop)
+    order = sorted(range(len(rows)), key=lambda position: len(rows[position]["attention_mask"]))
+    for first in range(0, len(order), batch_size):
+        positions = order[first : first + batch_size]
+        yield positions, [rows[position] for position in positions]
+
+
 def padded_inputs(rows: list[dict], names: list[str], tokenizer) -> dict[str, torch.Tensor]:
     features = [{name: row[name] for name in names} for row in rows]
     if tokenizer is not None:
@@ -306,18 +325,20 @@ def build_state_cache(
     try:
         for shard in range(first_missing, num_shards):
             start, stop = shard * examples_per_shard, min((shard + 1) * examples_per_shard, len(dataset))
-            examples, targets = [], {}
-            for batch_start in range(start, stop, batch_size):
-                rows = rows_of(dataset, batch_start, min(batch_start + batch_size, stop))
+            examples, targets = [None] * (stop - start), {}  # in the dataset's order, whatever order the batches ran in
+            for positions, rows in shard_batches(dataset, start, stop, batch_size, names):
                 inputs = {k: v.to(device) for k, v in padded_inputs(rows, names, tokenizer).items()}
                 if max_length is not None and "input_ids" in inputs and inputs["input_ids"].shape[1] > max_length:
                     raise invalid("max_length", max_length, f"at least the length of every row of the dataset (one has {inputs['input_ids'].shape[1]} tokens)", "build_state_cache")
                 states = backbone_states(tuner, inputs, indices).to(dtype).cpu()  # (B, N, S, D)
                 mask = inputs.get("attention_mask")
                 real = mask.bool().cpu() if mask is not None and mask.dim() == 2 else torch.ones(states.shape[:2], dtype=torch.bool)
-                examples.extend(row_states[row_real] for row_states, row_real in zip(states, real))  # (n_i, S, D)
+                for position, row_states, row_real in zip(positions, states, real):
+                    examples[position] = row_states[row_real]  # (n_i, S, D)
                 for name, values in split_targets(rows, real).items():
-                    targets.setdefault(name, []).extend(values)
+                    slots = targets.setdefault(name, [None] * (stop - start))
+                    for position, value in zip(positions, values):
+                        slots[position] = value
                 progress.update(len(rows))
             write_shard(folder / shard_name(shard), examples, targets)
     finally:
@@ -389,6 +410,11 @@ class StateCache(Dataset):
     @property
     def hidden_state_indices(self) -> tuple[int, ...]:
         return self.key.hidden_state_indices
+
+    @property
+    def lengths(self) -> list[int]:
+        """Each example's number of stored tokens (padding is never stored), read from the shards' offsets."""
+        return [length for offsets in self._offsets for length in offsets.diff().tolist()]
 
     @property
     def num_bytes(self) -> int:
