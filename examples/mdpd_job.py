@@ -57,10 +57,13 @@ def run(
     title: str,
     dataset_name: str,
     base_model_note: str | None = None,
+    group_by_length: bool = False,
 ) -> dict[str, float]:
     """Probe, MDPD training, test of both paths, fading, reload with plain transformers; prints and returns the summary.
 
     ``base_model_note`` goes into the faded model's card (what a user must know about the base weights).
+    ``group_by_length`` batches sentences of similar length together (transformers' ``LengthGroupedSampler``), so
+    that a batch is padded to little more than its own sentences: for text, where padding is most of a batch.
 
     ``data`` has ``train`` / ``validation`` / ``test`` splits already encoded for the model, with ``labels``.
     ``args.output_dir`` ends up holding ``faded/`` only: the job cannot be resumed, so it keeps no checkpoints.
@@ -78,6 +81,7 @@ def run(
         per_device_eval_batch_size=64,
         learning_rate=args.learning_rate,
         warmup_steps=0.1,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
         eval_strategy="epoch",
         save_strategy="no",  # nothing resumes from a checkpoint: the faded model is the job's output
         logging_steps=50,

@@ -64,6 +64,9 @@ def main(argv=None) -> dict[str, float]:
         processing_class=tokenizer,
         title=args.model or DEFAULT_MODEL,
         dataset_name=ROTTEN_TOMATOES if args.dataset == ROTTEN_TOMATOES else os.path.basename(args.dataset),
+        # Rotten Tomatoes sentences average 27 tokens, but a random batch of 32 pads to its longest, 52 on average:
+        # grouped by length, a step computes on about half the tokens.
+        group_by_length=True,
     )
 
 
