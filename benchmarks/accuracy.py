@@ -278,13 +278,15 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
-def side_task_cache_dir(task: Task) -> Path:
-    """The state cache of ``task``'s training split (built once, reused while its key matches)."""
-    return Path("/tmp/mdpd-accuracy") / f"cache-{task.name}{task.cache_suffix}-{len(task.data['train'])}"
+def side_task_cache_dir(task: Task, split: str = "train") -> Path:
+    """The state cache of ``task``'s ``split`` (built once, reused while its key matches)."""
+    name = f"cache-{task.name}{task.cache_suffix}-{len(task.data[split])}" + ("" if split == "train" else f"-{split}")
+    return Path("/tmp/mdpd-accuracy") / name
 
 
-def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int) -> dict:
-    """A kept side network (or the probe of its head) trained on the state cache of the training split."""
+def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int, cached_eval: bool = False) -> dict:
+    """A kept side network (or the probe of its head) trained on the state cache of the training split; evaluated live,
+    or with ``cached_eval`` on caches of the validation and test splits (no encoder pass per epoch)."""
     set_seed(seed)
     config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **task.side_settings, **SIDE_TASKS[method])
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
@@ -297,14 +299,17 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     started = time.perf_counter()
     cache = build_state_cache(model, data["train"], cache_dir, **task.cache_arguments, overwrite=True)  # reused when its key matches
     build_minutes = (time.perf_counter() - started) / 60
-    trainer, clock = protocol_trainer(SideTaskTrainer, model, {**data, "train": cache}, task.collator, output_dir, learning_rate, seed, epochs=epochs)
+    evaluation = {split: data[split] for split in ("validation", "test")}
+    if cached_eval:
+        evaluation = {split: build_state_cache(model, rows, side_task_cache_dir(task, split), **task.cache_arguments, overwrite=True) for split, rows in evaluation.items()}
+    trainer, clock = protocol_trainer(SideTaskTrainer, model, {"train": cache, **evaluation}, task.collator, output_dir, learning_rate, seed, epochs=epochs)
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
     return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
             "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]), **task.row,
             "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes if built else None,
-            "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+            **({"evaluation": "cached"} if cached_eval else {}), "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
 def learning_rates(args) -> dict[str, list[float]]:
@@ -333,7 +338,7 @@ def measurements(args, task: Task):
             for seed in args.seeds:
                 output_dir = f"/tmp/mdpd-accuracy/{method}-{seed}"
                 if method in SIDE_TASKS:
-                    yield run_side_task(method, learning_rate, seed, task, output_dir, args.epochs)
+                    yield run_side_task(method, learning_rate, seed, task, output_dir, args.epochs, cached_eval=args.cached_eval)
                 else:
                     yield run(method, learning_rate, seed, task, output_dir, args.epochs)
 
@@ -344,6 +349,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=2, help="every method's (the protocol's 2 by default; the kept side networks' runs on the cache are cheap)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
+    parser.add_argument("--cached-eval", action="store_true", help="kept side networks: evaluate every epoch on state caches of the "
+                        "validation and test splits instead of through the encoder (bfloat16 states; rows say 'evaluation': 'cached')")  # fmt: skip
     rates = parser.add_mutually_exclusive_group()
     rates.add_argument("--learning-rates", nargs="+", type=float, help="the grid: run every method at each rate")
     rates.add_argument("--rates-from", help="a grid's result file: run each method at its best validation rate there")

@@ -39,6 +39,11 @@ SIDE_TASK_FILES = {
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
     "fashion-mnist": ("side-task-grid-fashion-mnist-dinov2.jsonl", "side-task-fashion-mnist-dinov2.jsonl"),
 }
+# Further grids of a task's kept side networks: variants of the default, other epochs.
+MORE_GRIDS = {
+    "rotten_tomatoes": ("side-task-variants-minilm.jsonl",),
+    "fashion-mnist": ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl",),
+}
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
@@ -52,6 +57,12 @@ BASELINE_FILES = {
 
 def method_name(method: str, task: str) -> str:
     return TASK_METHOD_NAMES.get(task, {}).get(method) or METHOD_NAMES.get(method, method)
+
+
+def row_name(method: str, task: str, rows: list[dict]) -> str:
+    """The method's name, and how its runs were evaluated where that was not through the encoder (``--cached-eval``)."""
+    cached = any(row.get("evaluation") == "cached" for row in rows)
+    return method_name(method, task) + (", evaluated on cached states" if cached else "")
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -90,31 +101,39 @@ def serving_lines(results: Path) -> list[str]:
     return lines
 
 
+def grid_tables(task: str, grid_file: str, grid: list[dict]) -> list[str]:
+    """One validation-accuracy table per training-set size of a learning-rate grid file."""
+    lines, grid_by_size = [], defaultdict(list)
+    for row in grid:
+        grid_by_size[row["train_size"]].append(row)
+    for size, rows in sorted(grid_by_size.items()):
+        grouped = by_method(rows, task)
+        _, best = best_learning_rate(grouped)
+        rates = sorted({row["learning_rate"] for row in rows})
+        lines += [
+            f"Learning-rate grid, {size:,} training examples (`results/{grid_file}`), validation accuracy:", "",
+            "| method | epochs | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | test at the best rate |",
+            "|---|---:|" + "---:|" * len(rates) + "---:|---:|",
+        ]  # fmt: skip
+        for method, method_rows in grouped.items():
+            cells = [mean_std([r["validation"] for r in method_rows if r["learning_rate"] == rate]) if any(r["learning_rate"] == rate for r in method_rows) else "—" for rate in rates]
+            tests = [r["test"] for r in method_rows if r["learning_rate"] == best[method]]
+            lines.append(f"| {row_name(method, task, method_rows)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
+        lines.append("")
+    return lines
+
+
 def accuracy_lines(results: Path) -> list[str]:
     lines = []
     for task, title in TASK_NAMES.items():
         grid_file, seed_file = SIDE_TASK_FILES[task]
-        grid, seeds = read_rows(results / grid_file), read_rows(results / seed_file)
-        if not grid and not seeds:
+        grids = {name: read_rows(results / name) for name in (grid_file, *MORE_GRIDS.get(task, ()))}
+        seeds = read_rows(results / seed_file)
+        if not any(grids.values()) and not seeds:
             continue
         lines += [f"### {title}", ""]
-        grid_by_size = defaultdict(list)
-        for row in grid:
-            grid_by_size[row["train_size"]].append(row)
-        for size, rows in sorted(grid_by_size.items()):
-            grouped = by_method(rows, task)
-            _, best = best_learning_rate(grouped)
-            rates = sorted({row["learning_rate"] for row in rows})
-            lines += [
-                f"Learning-rate grid, {size:,} training examples (`results/{grid_file}`), validation accuracy:", "",
-                "| method | epochs | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | test at the best rate |",
-                "|---|---:|" + "---:|" * len(rates) + "---:|---:|",
-            ]  # fmt: skip
-            for method, method_rows in grouped.items():
-                cells = [mean_std([r["validation"] for r in method_rows if r["learning_rate"] == rate]) if any(r["learning_rate"] == rate for r in method_rows) else "—" for rate in rates]
-                tests = [r["test"] for r in method_rows if r["learning_rate"] == best[method]]
-                lines.append(f"| {method_name(method, task)} | {method_rows[0].get('epochs', 2)} | " + " | ".join(cells) + f" | {best[method]:g} | {mean_std(tests)} |")
-            lines.append("")
+        for name, grid in grids.items():
+            lines += grid_tables(task, name, grid)
         if seeds:
             lines += seed_table(task, seeds, seed_file, results)
     return lines
@@ -143,7 +162,7 @@ def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list
     for method, rows in grouped.items():
         minutes = mean_std([r["train_minutes_to_epoch"] for r in rows]) if all("train_minutes_to_epoch" in r for r in rows) else "—"
         lines.append(
-            f"| {method_name(method, task)} | {rows[0]['learning_rate']:g} | {rows[0].get('epochs', 2)} | {len(rows)} "
+            f"| {row_name(method, task, rows)} | {rows[0]['learning_rate']:g} | {rows[0].get('epochs', 2)} | {len(rows)} "
             f"| {mean_std([r['validation'] for r in rows])} | {mean_std([r['test'] for r in rows])} | {minutes} |"
         )
     return [*lines, ""]

@@ -192,8 +192,9 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     assert [row["tasks"] for row in served["rows"]] == [1, 2] and all(row["side_tasks_vs_merged"] > 0 for row in served["rows"])
     assert served["rows"][1]["weights_bytes"]["side_tasks"] < served["rows"][1]["weights_bytes"]["merged_models"]
     tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--epochs", "1"]
-    grid = accuracy.main(["--methods", "side_task", "linear_probe", "--learning-rates", "1e-2", *tiny, "--output", str(tmp_path / "side-task-grid-minilm.jsonl")])
+    grid = accuracy.main(["--methods", "side_task", "linear_probe", "--learning-rates", "1e-2", "--cached-eval", *tiny, "--output", str(tmp_path / "side-task-grid-minilm.jsonl")])
     assert [row["method"] for row in grid] == ["side_task", "linear_probe"] and all(0 <= row["test"] <= 1 for row in grid)
+    assert all(row["evaluation"] == "cached" for row in grid)  # validation and test read from their own state caches
     assert grid[1]["trainable_parameters"] < grid[0]["trainable_parameters"]  # the probe trains its classifier only
     (tmp_path / "side-task-rotten_tomatoes-minilm.jsonl").write_text("".join(json.dumps(row) + "\n" for row in grid))
     accuracy.main(["--methods", "lora", "--learning-rates", "1e-3", *tiny, "--output", str(tmp_path / "lr-grid-minilm.jsonl")])

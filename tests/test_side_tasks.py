@@ -205,6 +205,22 @@ def test_evaluation_predictions_are_the_task_logits(tmp_path):
     assert seen[0].shape == (12, 3) and 0.0 <= result["eval_accuracy"] <= 1.0
 
 
+def test_evaluation_on_a_cache_of_the_split_equals_live_evaluation_without_the_encoder(tmp_path):
+    data = ragged_dataset(rows=12)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+    cache = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32)
+    calls, seen = count_layer_calls(model), []
+    metrics = lambda prediction: seen.append(prediction.predictions) or {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}  # noqa: E731
+    args = TrainingArguments(tmp_path / "out", per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    result = SideTaskTrainer(model=model, args=args, eval_dataset={"live": data, "cached": cache}, compute_metrics=metrics).evaluate()
+    assert calls[0] == 3  # the live split's three batches; the cached split never runs the encoder
+    torch.testing.assert_close(torch.as_tensor(seen[1]), torch.as_tensor(seen[0]), rtol=1e-4, atol=1e-5)
+    assert result["eval_cached_accuracy"] == result["eval_live_accuracy"]
+    assert result["eval_cached_loss"] == pytest.approx(result["eval_live_loss"], rel=1e-4)
+    with pytest.raises(StaleStateCacheError, match="another model"):  # a cache of other weights is refused up front
+        SideTaskTrainer(model=get_peft_model(tiny_encoder(seed=1), SideTaskConfig(num_labels=3, reduction_factor=4)), args=args, eval_dataset=cache)
+
+
 def test_a_task_that_reruns_encoder_layers_is_refused_by_the_cache_and_trains_live(tmp_path):
     model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, side_network="sherl"), adapter_name="task")
     with pytest.raises(ValueError, match=r"side_network='sherl' is invalid.*'ladder' or 'unipt'.*train it live"):

@@ -1,21 +1,25 @@
-"""What a Trainer that trains on a ``StateCache`` needs: cached batches go to the side pass, evaluation is live."""
+"""What a Trainer that trains on a ``StateCache`` needs: cached batches go to the side pass; evaluation is live, or on
+a cache of the evaluation split."""
 
 from __future__ import annotations
 
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from .state_cache import StateCache
+
 
 class TrainsOnCachedStates:
     """``transformers.Trainer`` mixin: the training batches are ``self.cache``'s (collated by ``cache.collate``, no
-    argument of the model's forward, so no column is removed), the evaluation batches the live data's, collated by
-    ``self.live_collator``: what the model computes when it serves. A cached batch's loss is ``cached_side_pass``'s (the
-    subclass's); a live batch's (evaluation) the model's own forward's."""
+    argument of the model's forward, so no column is removed); an evaluation dataset is collated by
+    ``self.live_collator`` (what the model computes when it serves), or, where it is a ``StateCache`` itself, by its own
+    ``collate``. A cached batch's loss and logits are ``cached_side_pass``'s (the subclass's); a live batch's the
+    model's own forward's."""
 
     cache = None
     live_collator = None
 
     def _get_collator_with_removed_columns(self, data_collator, description=None):
-        if self.cache is not None and data_collator == self.cache.collate:
+        if isinstance(getattr(data_collator, "__self__", None), StateCache):
             return data_collator
         return super()._get_collator_with_removed_columns(data_collator, description)
 
@@ -23,12 +27,20 @@ class TrainsOnCachedStates:
         """``train_sampling_strategy="group_by_length"`` on the cache: transformers' sampler, given each example's
         length from the shards' offsets (its own way reads every example's ``input_ids``, which a cache has not)."""
         dataset = self.train_dataset if train_dataset is None else train_dataset
-        if self.cache is not None and dataset is self.cache and self.args.train_sampling_strategy == "group_by_length":
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.cache.lengths)
+        if isinstance(dataset, StateCache) and self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths)
         return super()._get_train_sampler(train_dataset)
 
+    def _get_eval_sampler(self, eval_dataset):
+        if isinstance(eval_dataset, StateCache) and self.args.train_sampling_strategy == "group_by_length":
+            return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths)
+        return super()._get_eval_sampler(eval_dataset)
+
     def get_eval_dataloader(self, eval_dataset=None):
-        training_collator, self.data_collator = self.data_collator, self.live_collator
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        dataset = self.eval_dataset[dataset] if isinstance(dataset, str) else dataset
+        training_collator = self.data_collator
+        self.data_collator = dataset.collate if isinstance(dataset, StateCache) else self.live_collator
         try:
             return super().get_eval_dataloader(eval_dataset)
         finally:

@@ -21,7 +21,11 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
       states (``SideTaskModel.side_pass_on_cached_states``), with no encoder in the forward. A side network that
       re-runs encoder layers (SHERL, DTL) cannot: give it the tokenized dataset, and it trains live (said in the log).
     - ``train_dataset`` a dataset: each step runs the frozen encoder (no activation stored) and the task.
-    - Evaluation always runs live on ``eval_dataset`` with ``data_collator``: what serving computes.
+    - Evaluation runs live on ``eval_dataset`` with ``data_collator``: what serving computes. An evaluation dataset
+      that is a ``StateCache`` (``build_state_cache`` of the evaluation split) is evaluated on its states with no
+      encoder in the loop, by the side pass training uses: per epoch, seconds instead of an encoder pass over the
+      split; the states are stored in the cache's dtype (bfloat16 by default), so a score can differ from serving's
+      by that rounding.
 
     ``label_names`` default to ``["labels"]`` (the bare encoder's forward names no labels, so the Trainer would
     otherwise find none). Checkpoints and ``save_model`` save every task as its own adapter folder.
@@ -35,9 +39,11 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
         if args is not None and args.label_names is None:
             args.label_names = ["labels"]
         self.cache = train_dataset if isinstance(train_dataset, StateCache) else None
-        if self.cache is not None:
-            self.cache.check(model)
-        else:
+        evaluation = kwargs.get("eval_dataset")
+        for cache in [self.cache, *(evaluation.values() if isinstance(evaluation, dict) else [evaluation])]:
+            if isinstance(cache, StateCache):
+                cache.check(model)
+        if self.cache is None:
             logger.info("SideTaskTrainer: task %r trains live (the encoder runs in every step): no state cache was given.", task)
         super().__init__(model, args, data_collator=data_collator, train_dataset=train_dataset, **kwargs)
         self.task = task
