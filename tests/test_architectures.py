@@ -75,3 +75,34 @@ def test_config_overrides_the_generic_rules():
     encoder = peft_model.base_model.mdpd_encoders["default"]
     assert (encoder.layers_path, encoder.norm_position) == ("bert.encoder.layer", "pre")
     assert peft_model.base_model.mdpd_side["default"].blocks[0].norm_position == "pre"
+
+
+@pytest.mark.parametrize("family", ["dinov2", "beit", "vit"])
+def test_pruned_init_folds_layer_scale_into_the_output_projections(family):
+    """DINOv2 and BEiT scale each residual branch per channel; the side block has no such scale, so the attention
+    output and FFN output projections it copies are the backbone's times that scale (ViT has none: unscaled)."""
+    import transformers
+
+    from mdpd_peft.architecture import find_block_parts
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=16, patch_size=4)
+    configs = {
+        "dinov2": lambda: transformers.Dinov2Model(transformers.Dinov2Config(**shape, mlp_ratio=2)),
+        "beit": lambda: transformers.BeitModel(transformers.BeitConfig(**shape, intermediate_size=128, layer_scale_init_value=0.1)),
+        "vit": lambda: transformers.ViTModel(transformers.ViTConfig(**shape, intermediate_size=128)),
+    }
+    layer = next(module for module in configs[family]().modules() if type(module).__name__.endswith("Layer"))  # the first block
+    scales = {"dinov2": lambda: [layer.layer_scale1.lambda1, layer.layer_scale2.lambda1], "beit": lambda: [layer.lambda_1, layer.lambda_2]}
+    scales = scales.get(family, lambda: [torch.ones(64)] * 2)()
+    with torch.no_grad():
+        for scale in scales:
+            if isinstance(scale, torch.nn.Parameter):  # the model's own: away from its initial value
+                scale.uniform_(0.1, 5.0)
+    linears = [module for module in layer.modules() if isinstance(module, torch.nn.Linear)]
+    attention_output = [m for m in linears if (m.in_features, m.out_features) == (64, 64)][-1]
+    ffn_output = next(m for m in linears if m.out_features == 64 and m.in_features == 128)
+    parts = find_block_parts(layer, 64, 128)
+    for (weight, bias), linear, scale in zip((parts.attn_out, parts.ffn_out), (attention_output, ffn_output), scales):
+        torch.testing.assert_close(weight, scale[:, None] * linear.weight)
+        torch.testing.assert_close(bias, scale * linear.bias)

@@ -230,7 +230,9 @@ def find_block_parts(layer: nn.Module, hidden_size: int, intermediate_size: int)
       computes act(first half) * second half; the side FFN keeps the first);
     - FFN output: the I->D Linear after it;
     - norms: the block's two LayerNorms with weights, the attention's then the FFN's. A block with
-      another count (ModernBERT's first layer has no attention norm) leaves the side norms at identity.
+      another count (ModernBERT's first layer has no attention norm) leaves the side norms at identity;
+    - layer scale (DINOv2, BEiT): the two per-channel scales of the residual branches, folded into the
+      attention output and FFN output projections, since the side block has none.
     """
     d, i = hidden_size, intermediate_size
     linears = linears_of(layer)
@@ -254,4 +256,27 @@ def find_block_parts(layer: nn.Module, hidden_size: int, intermediate_size: int)
         )
     norms = [m for _, m in backbone_modules(layer) if is_norm(m) and getattr(m, "weight", None) is not None]
     attn_norm, ffn_norm = norms if len(norms) == 2 else (None, None)
-    return BlockParts(*qkv, projection(linears[square[-1]]), projection(ffn_in[0], slice(0, i)), projection(ffn_out[0]), attn_norm, ffn_norm)
+    attn_out, ffn_out = projection(linears[square[-1]]), projection(ffn_out[0])
+    scales = layer_scales(layer, d)
+    if len(scales) == 2:  # the side block has no layer scale: fold each into the projection that feeds it
+        attn_out, ffn_out = scaled(attn_out, scales[0]), scaled(ffn_out, scales[1])
+    return BlockParts(*qkv, attn_out, projection(ffn_in[0], slice(0, i)), ffn_out, attn_norm, ffn_norm)
+
+
+def layer_scales(layer: nn.Module, hidden_size: int) -> list[torch.Tensor]:
+    """Per-channel scales of the block's two residual branches (layer scale: DINOv2's ``layer_scale1/2.lambda1``,
+    BEiT's ``lambda_1/2``): the (D,) parameters held by modules that are neither Linears nor norms, in registration
+    order (the attention branch's first)."""
+    return [
+        parameter
+        for _, module in backbone_modules(layer)
+        if not isinstance(module, nn.Linear) and not is_norm(module)
+        for parameter in module.parameters(recurse=False)
+        if parameter.shape == (hidden_size,)
+    ]
+
+
+def scaled(output: Projection, scale: torch.Tensor) -> Projection:
+    """A projection followed by a per-channel scale, as one projection: rows of W and b times the scale."""
+    weight, bias = output
+    return scale[:, None] * weight, None if bias is None else scale * bias
