@@ -21,9 +21,9 @@ from transformers.utils import logging as hf_logging
 from mdpd_peft import MDPDConfig, MDPDTrainer
 
 
-def add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float, output_dir: str) -> None:
+def add_training_arguments(parser: argparse.ArgumentParser, learning_rate: float, output_dir: str, epochs: float = 2.0) -> None:
     parser.add_argument("--train-size", type=int, default=None, help="use only the first N training rows")
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--epochs", type=float, default=epochs)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--reduction-factor", "-r", type=int, default=8, help="side width = hidden size / r")
