@@ -39,10 +39,15 @@ SIDE_TASK_FILES = {
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
     "fashion-mnist": ("side-task-grid-fashion-mnist-dinov2.jsonl", "side-task-fashion-mnist-dinov2.jsonl"),
 }
-# Further grids of a task's kept side networks: variants of the default, other epochs.
+# Further grids of a task's kept side networks: variants of the default, other epochs, other inits.
 MORE_GRIDS = {
     "rotten_tomatoes": ("side-task-variants-minilm.jsonl",),
-    "fashion-mnist": ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl",),
+    "fashion-mnist": (
+        "side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl",
+        # pruned init before and after it folds DINOv2's layer scale (10 epochs, 3 seeds at 1e-2)
+        "side-task-layer-scale-unfolded-fashion-mnist-dinov2.jsonl",
+        "side-task-layer-scale-folded-fashion-mnist-dinov2.jsonl",
+    ),
 }
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
