@@ -63,7 +63,7 @@ def run(
 
     ``base_model_note`` goes into the faded model's card (what a user must know about the base weights).
     ``group_by_length`` batches sentences of similar length together (transformers' ``LengthGroupedSampler``), so
-    that a batch is padded to little more than its own sentences: for text, where padding is most of a batch.
+    that a batch is padded to little more than its own sentences: for text, where a random batch is about half padding.
 
     ``data`` has ``train`` / ``validation`` / ``test`` splits already encoded for the model, with ``labels``.
     ``args.output_dir`` ends up holding ``faded/`` only: the job cannot be resumed, so it keeps no checkpoints.

@@ -32,6 +32,7 @@ class TrainsOnCachedStates:
         return super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
+        """The same for an evaluation split's cache (transformers groups evaluation batches by length too)."""
         if isinstance(eval_dataset, StateCache) and self.args.train_sampling_strategy == "group_by_length":
             return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths)
         return super()._get_eval_sampler(eval_dataset)
