@@ -177,6 +177,7 @@ def test_group_by_length_on_the_cache_batches_examples_of_similar_length(tmp_pat
     assert len(widths) == 16 and widths[0] == max(lengths)
     assert all(megabatch == sorted(megabatch, reverse=True) for megabatch in (widths[i : i + 4] for i in range(0, 16, 4)))
     assert trainer.train().training_loss > 0
+    assert trainer.evaluate(cache)["eval_loss"] > 0  # an evaluation split's cache is grouped by its lengths too
 
 
 def test_two_tasks_on_the_same_inputs_share_one_cache(tmp_path):
