@@ -23,19 +23,21 @@ class TrainsOnCachedStates:
             return data_collator
         return super()._get_collator_with_removed_columns(data_collator, description)
 
-    def _get_train_sampler(self, train_dataset=None):
-        """``train_sampling_strategy="group_by_length"`` on the cache: transformers' sampler, given each example's
-        length from the shards' offsets (its own way reads every example's ``input_ids``, which a cache has not)."""
-        dataset = self.train_dataset if train_dataset is None else train_dataset
+    def length_grouped_sampler(self, dataset, batch_size: int) -> LengthGroupedSampler | None:
+        """``train_sampling_strategy="group_by_length"`` on a cache: transformers' sampler, given each example's length
+        from the shards' offsets (its own way reads every example's ``input_ids``, which a cache has not); else None."""
         if isinstance(dataset, StateCache) and self.args.train_sampling_strategy == "group_by_length":
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=dataset.lengths)
-        return super()._get_train_sampler(train_dataset)
+            return LengthGroupedSampler(batch_size, lengths=dataset.lengths)
+        return None
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        sampler = self.length_grouped_sampler(dataset, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        return sampler if sampler is not None else super()._get_train_sampler(train_dataset)
 
     def _get_eval_sampler(self, eval_dataset):
-        """The same for an evaluation split's cache (transformers groups evaluation batches by length too)."""
-        if isinstance(eval_dataset, StateCache) and self.args.train_sampling_strategy == "group_by_length":
-            return LengthGroupedSampler(self.args.eval_batch_size, lengths=eval_dataset.lengths)
-        return super()._get_eval_sampler(eval_dataset)
+        sampler = self.length_grouped_sampler(eval_dataset, self.args.eval_batch_size)  # transformers groups evaluation too
+        return sampler if sampler is not None else super()._get_eval_sampler(eval_dataset)
 
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
