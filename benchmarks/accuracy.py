@@ -102,7 +102,10 @@ from mdpd_peft import MDPDTrainer, SideTaskConfig, SideTaskTrainer, build_state_
 # MDPD's two phases (issue 26): the side phase on the training split's state cache, then the fade phase on the side
 # network's stored logits (MDPDTrainer(state_cache=...) and its defaults), each for --epochs at the run's rate.
 TWO_PHASE = {"mdpd_two_phase": METHODS["mdpd"]}
-BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS, **TWO_PHASE}
+# MDPD with the side network at a rate of its own (MDPDTrainer(side_learning_rate=...)); the run's rate is the faded
+# parameters'. 1e-2: the kept side network's best grid rate on the image task.
+SIDE_RATES = {"mdpd_side_at_1e-2": 1e-2}
+BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS, **TWO_PHASE, **dict.fromkeys(SIDE_RATES, METHODS["mdpd"])}
 # Kept side networks on the bare encoder (SideTaskConfig settings), and the linear probe of their head.
 SIDE_TASKS = {
     "side_task": {},  # the defaults: ladder at r = 8, the gated (QST) head on the mean-pooled states
@@ -259,7 +262,8 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
     model = BUILDERS[method](task.classifier_model())
     trainer_class = MDPDTrainer if method in DEPLOYED_PATH else Trainer
     started = time.perf_counter()
-    two_phase, phases, trainer_kwargs = method in TWO_PHASE, {}, {}
+    two_phase, phases = method in TWO_PHASE, {}
+    trainer_kwargs = {"side_learning_rate": SIDE_RATES[method]} if method in SIDE_RATES else {}
     if two_phase:  # a fresh cache per run: its build is part of the run (the key holds the new head's weights)
         shutil.rmtree(output_dir, ignore_errors=True)
         cache = build_state_cache(model, task.data["train"], Path(output_dir) / "state_cache", **task.cache_arguments, overwrite=True)

@@ -39,6 +39,7 @@ NAMES = {
     "mdpd_block_local": "MDPD, block-local fading",
     "mdpd_fade_stored": "MDPD fade phase on stored side logits (side network frozen)",
     "mdpd_two_phase": "MDPD in two phases (side phase on the state cache, fade on stored side logits)",
+    "mdpd_side_at_1e-2": "MDPD, faded; side network at 1e-2 (side_learning_rate), faded parameters at the grid's rate",
     **{f"side_kept_{net}": f"{title} side network kept" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     **{f"mdpd_{net}": f"MDPD on {title}, faded" for net, title in (("unipt", "UniPT"), ("sherl", "SHERL"), ("dtl", "DTL"), ("dtl+", "DTL+"))},
     "dtl": "DTL (its own PEFT method, kept)",

@@ -203,6 +203,14 @@ def side_then_fade_trainer(
     )
 
 
+def test_side_learning_rate_is_the_side_phases_rate(tmp_path):
+    data = ragged_dataset(rows=8)
+    model = tiny_mdpd_model()
+    cache = build_state_cache(model, data, tmp_path / "cache")
+    trainer = MDPDTrainer(model=model, args=training_args(tmp_path / "run"), train_dataset=data, state_cache=cache, side_learning_rate=3e-3)
+    assert trainer._side_phase_trainer().args.learning_rate == 3e-3 and trainer.args.learning_rate == 1e-2
+
+
 def trainables(model, part: str) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if part in n}
 

@@ -33,7 +33,7 @@ def accuracy(prediction) -> dict:
     return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
 
 
-def make_trainer(output_dir, max_steps: int = 4, processing_class=None, **arguments) -> MDPDTrainer:
+def make_trainer(output_dir, max_steps: int = 4, processing_class=None, side_learning_rate=None, **arguments) -> MDPDTrainer:
     args = TrainingArguments(
         str(output_dir),
         max_steps=max_steps,
@@ -54,6 +54,7 @@ def make_trainer(output_dir, max_steps: int = 4, processing_class=None, **argume
         eval_dataset=token_dataset(rows=32, seed=1),
         compute_metrics=accuracy,
         processing_class=processing_class,
+        side_learning_rate=side_learning_rate,
     )
 
 
@@ -93,6 +94,25 @@ def test_evaluate_reports_the_faded_and_the_side_path(tmp_path):
         logits = model(input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
     expected = (logits.argmax(-1) == torch.tensor(data["labels"])).float().mean().item()
     assert metrics["eval_faded_accuracy"] == pytest.approx(expected)
+
+
+def test_side_learning_rate_gives_the_side_network_its_own_rate_on_the_same_schedule(tmp_path):
+    trainer = make_trainer(tmp_path, side_learning_rate=1e-3)  # args.learning_rate 1e-2: the faded parameters'
+    trainer.train()
+    tuner = trainer.model.base_model
+    side = {id(p) for p in [*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()]}
+    groups = trainer.optimizer.param_groups
+    assert sorted(id(p) for group in groups for p in group["params"]) == sorted(id(p) for p in trainer.model.parameters() if p.requires_grad)
+    rates = set()
+    for group in groups:
+        (in_side,) = {id(p) in side for p in group["params"]}  # no group mixes the two
+        assert group["initial_lr"] == (1e-3 if in_side else 1e-2)
+        rates.add((in_side, group["weight_decay"]))
+    assert rates == {(True, 0.0), (False, 0.0)}  # both kinds present (weight decay 0 in these arguments)
+    assert len({round(group["lr"] / group["initial_lr"], 12) for group in groups}) == 1  # one schedule scales both
+    assert trainer.state.log_history[0]["learning_rate"] == pytest.approx(1e-2 * 3 / 4)  # the faded parameters' rate is logged (the side's: 7.5e-4)
+    with pytest.raises(ValueError, match="side_learning_rate.*positive float"):
+        make_trainer(tmp_path / "bad", side_learning_rate=0.0)
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):

@@ -16,7 +16,7 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import speed_metrics
 
-from .config import invalid
+from .config import invalid, is_real
 from .forward_pass import SIDE_LOGITS_ARGUMENT
 from .cached_training import TrainsOnCachedStates
 from .gathering import gathered_faded_model
@@ -114,6 +114,11 @@ class MDPDTrainer(Trainer):
       side phase only); see ``phases``. ``fade_side_outputs="stored"`` (default; sequence-level tasks) fades
       against the side network's logits stored once per example, without running it; ``"live"`` runs the full
       MDPD pass. ``fade_loss(outputs, inputs) -> loss`` replaces the loss of passes through the backbone.
+    - ``side_learning_rate``: the side network and its distillation modules learn at this rate, the faded parameters
+      (the backbone's LayerNorm copies and head) at ``args.learning_rate``; both follow the same schedule. The paper
+      trains all at one rate; the two want different ones (on DINOv2 / Fashion-MNIST, LayerNorm tuning's best grid
+      rate is 3e-2, where the side network diverges). ``None`` (default): one rate. With a ``state_cache`` it is
+      also the side phase's rate, unless ``side_phase_args`` are given.
     - Nothing is lost on save: the faded model, adapter saves and checkpoints are written to a staging folder and
       moved into place when complete; ``resume_from_checkpoint=True`` takes the last complete checkpoint.
     - A non-finite loss term stops training before the optimizer writes it into the weights, naming the term and
@@ -121,14 +126,28 @@ class MDPDTrainer(Trainer):
     """
 
     def __init__(
-        self, model=None, args=None, *other_args, state_cache=None, side_phase_args=None, fade_loss=None, fade_side_outputs: str = "stored", **kwargs
+        self,
+        model=None,
+        args=None,
+        *other_args,
+        state_cache=None,
+        side_phase_args=None,
+        fade_loss=None,
+        fade_side_outputs: str = "stored",
+        side_learning_rate: float | None = None,
+        **kwargs,
     ) -> None:
         if model is not None:
             mdpd_tuner(model)  # before Trainer.__init__ creates output_dir
         if fade_side_outputs not in FADE_SIDE_OUTPUTS:
             raise invalid("fade_side_outputs", fade_side_outputs, f"one of {FADE_SIDE_OUTPUTS}", "MDPDTrainer")
+        if side_learning_rate is not None and not (is_real(side_learning_rate) and side_learning_rate > 0):
+            raise invalid("side_learning_rate", side_learning_rate, "a positive float, or None (args.learning_rate for every parameter)", "MDPDTrainer")
+        if side_learning_rate is not None and kwargs.get("optimizers", (None, None))[0] is not None:
+            raise ValueError("MDPDTrainer: side_learning_rate sets the rates of the optimizer it creates; pass it or an optimizer, not both.")
         super().__init__(model, args, *other_args, **kwargs)
         self.state_cache, self.side_phase_args, self.fade_loss = state_cache, side_phase_args, fade_loss
+        self.side_learning_rate = side_learning_rate
         self.fade_side_outputs = fade_side_outputs
         self.user_callbacks = kwargs.get("callbacks")
         self.side_phase_trainer: MDPDTrainer | None = None  # set by train() with a state_cache
@@ -185,8 +204,28 @@ class MDPDTrainer(Trainer):
                 )
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+        """``Trainer.create_optimizer``; with ``side_learning_rate`` each of its parameter groups is split in two, the side
+        network's and distillation modules' parameters at that rate (the scheduler then scales both rates alike)."""
+        splits = self.optimizer is None and self.side_learning_rate is not None
+        optimizer = super().create_optimizer(model)
+        if splits:
+            mdpd = self._mdpd_model()
+            side = {id(p) for p in [*mdpd.mdpd_side.parameters(), *mdpd.mdpd_distill.parameters()]}
+            groups = [
+                {**group, "params": params, **({"lr": self.side_learning_rate} if is_side else {})}
+                for group in optimizer.param_groups
+                for is_side in (False, True)  # the faded parameters' group first: the rate the Trainer logs
+                if (params := [p for p in group["params"] if (id(p) in side) == is_side])
+            ]
+            optimizer.param_groups.clear()
+            for group in groups:
+                optimizer.add_param_group(group)
+        return optimizer
+
     def _side_phase_trainer(self) -> "SidePhaseTrainer":
-        args = self.side_phase_args or dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, SIDE_PHASE_DIR))
+        side_rate = {} if self.side_learning_rate is None else {"learning_rate": self.side_learning_rate}
+        args = self.side_phase_args or dataclasses.replace(self.args, output_dir=os.path.join(self.args.output_dir, SIDE_PHASE_DIR), **side_rate)
         return SidePhaseTrainer(
             model=self.model,
             args=args,
