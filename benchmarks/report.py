@@ -7,7 +7,7 @@ Reads ``results/memory_speed-*.json``, ``results/selected-*.json`` (``--methods`
 ``results/state_cache-*.json``, ``results/lr-grid-*.jsonl``, ``results/best-rate-full-minilm.jsonl``,
 ``results/accuracy-minilm.jsonl`` and ``results/ablation-minilm.jsonl``, and (``side_task_report.py``) ``results/serving-*.json`` and ``results/side-task-*.jsonl``;
 writes ``RESULTS.md`` (the target checks, the current tables, the historical ones, then ``analysis.md``
-verbatim) and ``accuracy_vs_memory.png``, ``accuracy_vs_time.png``, ``state_cache_time.png``. Nothing is typed
+verbatim) and ``accuracy_vs_memory.png``, ``image_accuracy_vs_memory.png``, ``accuracy_vs_time.png``, ``state_cache_time.png``. Nothing is typed
 in by hand except ``analysis.md`` and, in ``HISTORICAL``, what each outdated result file's settings were.
 """
 
