@@ -117,7 +117,7 @@ class MDPDTrainer(Trainer):
     - ``side_learning_rate``: the side network and its distillation modules learn at this rate, the faded parameters
       (the backbone's LayerNorm copies and head) at ``args.learning_rate``; both follow the same schedule. The paper
       trains all at one rate; the two want different ones (on DINOv2 / Fashion-MNIST, LayerNorm tuning's best grid
-      rate is 3e-2, where the side network diverges). ``None`` (default): one rate. With a ``state_cache`` it is
+      rate is 3e-2, where the side network's first epochs collapse). ``None`` (default): one rate. With a ``state_cache`` it is
       also the side phase's rate, unless ``side_phase_args`` are given.
     - Nothing is lost on save: the faded model, adapter saves and checkpoints are written to a staging folder and
       moved into place when complete; ``resume_from_checkpoint=True`` takes the last complete checkpoint.
@@ -214,8 +214,8 @@ class MDPDTrainer(Trainer):
             side = {id(p) for p in [*mdpd.mdpd_side.parameters(), *mdpd.mdpd_distill.parameters()]}
             groups = [
                 {**group, "params": params, **({"lr": self.side_learning_rate} if is_side else {})}
+                for is_side in (False, True)  # the faded parameters' groups first: the Trainer logs the first group's rate
                 for group in optimizer.param_groups
-                for is_side in (False, True)  # the faded parameters' group first: the rate the Trainer logs
                 if (params := [p for p in group["params"] if (id(p) in side) == is_side])
             ]
             optimizer.param_groups.clear()
