@@ -429,7 +429,7 @@ def image_benchmark_lines(results: Path, memory_speed: dict[str, dict], output_d
     grid_file, probe_file = IMAGE_BENCHMARK
     if not (results / grid_file).exists():
         return []
-    chosen, rates = best_learning_rate(accuracy_rows(results / grid_file, full_data_only=False))
+    chosen, _ = best_learning_rate(accuracy_rows(results / grid_file, full_data_only=False))
     probes = accuracy_rows(results / probe_file, full_data_only=False) if (results / probe_file).exists() else {}
     source = (f"`python benchmarks/accuracy.py --task fashion-mnist` (`results/{grid_file}`; the probe: `--probe`, `results/{probe_file}`), "
               "each method at its grid's best validation rate")  # fmt: skip

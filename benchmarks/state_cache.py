@@ -188,7 +188,7 @@ def side_model(name: str, seed: int, side_layers: list[int] | None = None):
     config = MDPDConfig(task_type="SEQ_CLS", fading="head_only", logits_loss_weight=0.0, backbone_task_loss_weight=0.0, side_layers=side_layers)
     model = get_peft_model(base_model(name), config)
     tuner = model.base_model
-    return model, tuner, [*tuner.mdpd_side.parameters(), *tuner.mdpd_distill.parameters()]
+    return model, tuner, tuner.side_parameters()
 
 
 def train_side(

@@ -317,6 +317,11 @@ class MDPDModel(TunerHeldModules, BaseTuner):
         for name in self.active_adapters:
             self.peft_config[name].eval_path = path
 
+    def side_parameters(self) -> list[nn.Parameter]:
+        """Every adapter's side-network and distillation-module parameters: what the side phase trains and what
+        ``MDPDTrainer(side_learning_rate=...)`` sets apart from the faded parameters."""
+        return [*self.mdpd_side.parameters(), *self.mdpd_distill.parameters()]
+
     @property
     def encoder(self) -> EncoderMap:
         """The active adapter's map of the encoder."""

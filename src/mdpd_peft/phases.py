@@ -136,7 +136,7 @@ def train_side_then_fade(trainer, side_trainer, resume_from_checkpoint=None, **k
         raise ValueError("MDPDTrainer(state_cache=...) trains on one process: the side phase calls the tuner directly, outside DDP.")
     mdpd = trainer._mdpd_model()
     result_dir = Path(side_trainer.args.output_dir) / SIDE_PHASE_RESULT
-    side_parameters = [*mdpd.mdpd_side.parameters(), *mdpd.mdpd_distill.parameters()]
+    side_parameters = mdpd.side_parameters()
 
     fade_checkpoint = side_checkpoint = None
     if resume_from_checkpoint is True:

@@ -210,8 +210,7 @@ class MDPDTrainer(Trainer):
         splits = self.optimizer is None and self.side_learning_rate is not None
         optimizer = super().create_optimizer(model)
         if splits:
-            mdpd = self._mdpd_model()
-            side = {id(p) for p in [*mdpd.mdpd_side.parameters(), *mdpd.mdpd_distill.parameters()]}
+            side = {id(p) for p in self._mdpd_model().side_parameters()}
             groups = [
                 {**group, "params": params, **({"lr": self.side_learning_rate} if is_side else {})}
                 for is_side in (False, True)  # the faded parameters' groups first: the Trainer logs the first group's rate
