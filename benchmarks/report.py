@@ -267,13 +267,23 @@ def accuracy_rows(path: Path, full_data_only: bool = True) -> dict[str, list[dic
 
 
 def best_learning_rate(by_method: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict[str, float]]:
-    """Per method, the runs at the learning rate whose mean validation accuracy is best, and that rate."""
+    """Per method, the runs at the learning rate whose mean validation accuracy is best, and that rate.
+
+    Rates are compared on the seeds every rate was run with (a grid on seed 0, then more seeds at its best rate:
+    the grid's choice stands, and a rate's extra seeds cannot move it); with no seed in common, on each rate's own.
+    """
     chosen, rates = {}, {}
     for method, rows in by_method.items():
         by_rate = defaultdict(list)
         for row in rows:
             by_rate[row["learning_rate"]].append(row)
-        rates[method] = max(by_rate, key=lambda rate: statistics.mean(r["validation"] for r in by_rate[rate]))
+        shared_seeds = set.intersection(*({r.get("seed") for r in runs} for runs in by_rate.values()))
+
+        def validation(rate: float) -> float:
+            compared = [r for r in by_rate[rate] if r.get("seed") in shared_seeds] or by_rate[rate]
+            return statistics.mean(r["validation"] for r in compared)
+
+        rates[method] = max(by_rate, key=validation)
         chosen[method] = by_rate[rates[method]]
     return chosen, rates
 
@@ -351,13 +361,13 @@ GRIDS[IMAGE_BENCHMARK[0]] = IMAGE_TITLE
 
 def learning_rate_grid_lines(path: Path, title: str, by_method: dict[str, list[dict]]) -> list[str]:
     """Validation accuracy per method and learning rate (mean over the seeds run), then each method at its best
-    rate: validation, test and the minutes of training to the reported epoch. ``by_method``: ``path``'s rows."""
+    rate (``best_learning_rate``): validation, test and the minutes of training to the reported epoch. ``by_method``: ``path``'s rows."""
     chosen, best = best_learning_rate(by_method)
     rates = sorted({row["learning_rate"] for rows in by_method.values() for row in rows})
     lines = [
         f"### Learning-rate grid: {title}", "",
         f"`python benchmarks/accuracy.py --learning-rates ...` (`results/{path.name}`). Validation accuracy per rate (mean over "
-        "the seeds run there); at each method's best validation rate, mean ± std over its seeds, and the training minutes "
+        "the seeds run there); the best rate is chosen on the seeds every rate was run with (the grid's); at it, mean ± std over its seeds, and the training minutes "
         "to the reported epoch (one run at a time on this 2-core machine, not a quiet one).", "",
         "| method | " + " | ".join(f"{rate:g}" for rate in rates) + " | best rate | seeds | validation | test | minutes |",
         "|---|" + "---:|" * (len(rates) + 5),

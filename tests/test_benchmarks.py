@@ -133,6 +133,19 @@ def test_learning_rate_grid_picks_each_rate_on_validation_and_the_teacher_suite_
     assert taught[0]["teacher_to_task_gradient_ratio"] is None and taught[1]["teacher_to_task_gradient_ratio"] > 0
 
 
+def test_best_learning_rate_compares_rates_on_the_seeds_they_share():
+    def run(rate, seed, validation):
+        return {"learning_rate": rate, "seed": seed, "validation": validation}
+
+    # a seed-0 grid, then seeds 1-2 at its best rate 1e-2: their lower scores must not hand the choice to 3e-3
+    grid = [run(3e-3, 0, 0.81), run(1e-2, 0, 0.815), run(1e-2, 1, 0.80), run(1e-2, 2, 0.80)]
+    chosen, rates = report.best_learning_rate({"bitfit": grid})
+    assert rates == {"bitfit": 1e-2} and [row["seed"] for row in chosen["bitfit"]] == [0, 1, 2]
+    # no seed in common: each rate's own mean
+    _, rates = report.best_learning_rate({"lora": [run(1e-3, 0, 0.7), run(3e-3, 1, 0.8), run(3e-3, 2, 0.76)]})
+    assert rates == {"lora": 3e-3}
+
+
 def test_side_networks_are_measured_on_text_and_vision(tmp_path):
     """``--methods`` runs the chosen methods beside LoRA; every side network and DTL build on BERT and ViT."""
     chosen = ["side_kept_sherl", "mdpd_unipt", "mdpd_dtl+", "dtl"]
