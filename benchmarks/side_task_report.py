@@ -37,13 +37,14 @@ SIDE_TASK_FILES = {
     "rotten_tomatoes": ("side-task-grid-minilm.jsonl", "side-task-rotten_tomatoes-minilm.jsonl"),
     "trec": ("side-task-grid-trec-minilm.jsonl", "side-task-trec-minilm.jsonl"),
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
-    "fashion-mnist": ("side-task-grid-fashion-mnist-dinov2.jsonl", "side-task-fashion-mnist-dinov2.jsonl"),
+    "fashion-mnist": ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl", "side-task-30-epochs-fashion-mnist-dinov2.jsonl"),
 }
+# A task's earlier (grid, seeds) pairs, rendered after its current ones: the image task's first runs, 10 epochs.
+EARLIER_RUNS = {"fashion-mnist": (("side-task-grid-fashion-mnist-dinov2.jsonl", "side-task-fashion-mnist-dinov2.jsonl"),)}
 # Further grids of a task's kept side networks: variants of the default, other epochs, other inits.
 MORE_GRIDS = {
     "rotten_tomatoes": ("side-task-variants-minilm.jsonl",),
     "fashion-mnist": (
-        "side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl",
         # pruned init before and after it folds DINOv2's layer scale (10 epochs, 3 seeds at 1e-2)
         "side-task-layer-scale-unfolded-fashion-mnist-dinov2.jsonl",
         "side-task-layer-scale-folded-fashion-mnist-dinov2.jsonl",
@@ -131,21 +132,22 @@ def grid_tables(task: str, grid_file: str, grid: list[dict]) -> list[str]:
 def accuracy_lines(results: Path) -> list[str]:
     lines = []
     for task, title in TASK_NAMES.items():
-        grid_file, seed_file = SIDE_TASK_FILES[task]
-        grids = {name: read_rows(results / name) for name in (grid_file, *MORE_GRIDS.get(task, ()))}
-        seeds = read_rows(results / seed_file)
-        if not any(grids.values()) and not seeds:
+        runs = [SIDE_TASK_FILES[task], *EARLIER_RUNS.get(task, ())]
+        grids = {name: read_rows(results / name) for name in [*(grid_file for grid_file, _ in runs), *MORE_GRIDS.get(task, ())]}
+        seeds = {(grid_file, seed_file): read_rows(results / seed_file) for grid_file, seed_file in runs}
+        if not any(grids.values()) and not any(seeds.values()):
             continue
         lines += [f"### {title}", ""]
         for name, grid in grids.items():
             lines += grid_tables(task, name, grid)
-        if seeds:
-            lines += seed_table(task, seeds, seed_file, results)
+        for (grid_file, seed_file), rows in seeds.items():
+            if rows:
+                lines += seed_table(task, rows, seed_file, grid_file, results)
     return lines
 
 
-def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list[str]:
-    """Each method at its best rate, over seeds, on the whole split: the kept side network, its probe, and LoRA and
+def seed_table(task: str, seeds: list[dict], source: str, side_grid: str, results: Path) -> list[str]:
+    """Each method at its best rate (of grid file ``side_grid``), over seeds, on the whole split: the kept side network, its probe, and LoRA and
     LayerNorm tuning at their own grids' best rates; minutes: cache build (once per task) + training to the reported epoch."""
     grid_file, seed_file = BASELINE_FILES[task]
     baselines = {}
@@ -158,7 +160,7 @@ def seed_table(task: str, seeds: list[dict], source: str, results: Path) -> list
     build = [r["cache_build_minutes"] for r in seeds if r.get("cache_build_minutes")]
     lines = [
         f"Whole split ({seeds[0]['train_size']:,} training examples; `results/{source}`): the kept side networks at the best rate of "
-        f"their grid (`results/{SIDE_TASK_FILES[task][0]}`), LoRA and LayerNorm tuning at their own grids' best rates "
+        f"their grid (`results/{side_grid}`), LoRA and LayerNorm tuning at their own grids' best rates "
         f"(`results/{seed_file}`); mean ± std over seeds. Minutes of training to the reported "
         f"epoch, one run at a time on this 2-core machine" + (f"; the state cache's build took {statistics.mean(build):.1f} min, once for the task." if build else "."), "",
         "| method | rate | epochs | seeds | validation | test | minutes |",

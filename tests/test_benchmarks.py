@@ -141,9 +141,19 @@ def test_best_learning_rate_compares_rates_on_the_seeds_they_share():
     grid = [run(3e-3, 0, 0.81), run(1e-2, 0, 0.815), run(1e-2, 1, 0.80), run(1e-2, 2, 0.80)]
     chosen, rates = report.best_learning_rate({"bitfit": grid})
     assert rates == {"bitfit": 1e-2} and [row["seed"] for row in chosen["bitfit"]] == [0, 1, 2]
+    # a tie on the shared seed goes to the better mean over each rate's own seeds
+    _, rates = report.best_learning_rate({"layernorm": [run(3e-2, 0, 0.80), run(1e-1, 0, 0.80), run(1e-1, 1, 0.81)]})
+    assert rates == {"layernorm": 1e-1}
     # no seed in common: each rate's own mean
     _, rates = report.best_learning_rate({"lora": [run(1e-3, 0, 0.7), run(3e-3, 1, 0.8), run(3e-3, 2, 0.76)]})
     assert rates == {"lora": 3e-3}
+
+
+def test_retention_is_averaged_over_the_runs_whose_side_network_beats_the_probe():
+    rows = [{"test": 0.82, "side_test": 0.80}, {"test": 0.81, "side_test": 0.79}, {"test": 0.78, "side_test": 0.70}]
+    side, retained = report.fading_columns(rows, probe_test=0.75).split(" | ")
+    assert side.startswith("0.763 ± ") and retained.endswith("(2 of 3 seeds)") and retained.startswith("1.")
+    assert report.fading_columns(rows[2:], probe_test=0.75) == "0.700 | undefined (0 of 1 seeds)"
 
 
 def test_side_networks_are_measured_on_text_and_vision(tmp_path):
@@ -232,8 +242,8 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
     assert capsys.readouterr().out.count(DINOV2_CAVEAT) == 1
     assert len(output.read_text().splitlines()) == 3
     output.write_text(json.dumps(rows[0]) + "\n")  # as the documented commands file them: the kept side networks apart
-    (tmp_path / "side-task-grid-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
-    (tmp_path / "side-task-fashion-mnist-dinov2.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
+    for name in ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl", "side-task-30-epochs-fashion-mnist-dinov2.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(row) + "\n" for row in rows[1:]))
     probe = accuracy.main(["--task", "fashion-mnist", "--probe", *tiny[:2], *tiny[4:8], "--output", str(tmp_path / "probe-fashion-mnist-dinov2.jsonl")])
     assert probe[0]["method"] == "probe" and 0 <= probe[0]["test"] <= 1
     for size in (28, 56):  # what the image size costs: the real DINOv2-small, a batch of 2 (memory is deterministic)
@@ -244,6 +254,7 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
     assert "### Fashion-MNIST on DINOv2-small (10 classes)" in results_md and "linear probe (CLS token's final state)" in results_md
     assert "| LayerNorm tuning | 0.01 | 1 | 1 |" in results_md  # the baseline at its grid's best rate, from the accuracy file
     assert "### Image benchmark: DINOv2-small" in results_md and "| linear probe (frozen encoder) | 1 |" in results_md
+    assert "| ladder side network kept, trained on the state cache | 1 |" in results_md  # the kept side networks' rows there too
     assert "### dinov2-small, batch 2 images at 28 px" in results_md and "### What the image size costs: dinov2-small, batch 2" in results_md
     assert results_md.index("| 28 px |") < results_md.index("| 56 px |") and (tmp_path / "image_accuracy_vs_memory.png").stat().st_size > 0
     with pytest.raises(SystemExit):  # --image-size is for image models
