@@ -550,14 +550,19 @@ CHECKPOINTED_NOTE = "The checkpointed methods are placed at their plain runs' ac
 def plot(memory: dict, by_method: dict[str, list[dict]], path: Path, task: str = "Rotten Tomatoes") -> None:
     """Test accuracy against peak training memory (checkpointed methods at their plain runs' accuracy)."""
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(9, 5.5))
     for method, row in memory["methods"].items():
         runs = by_method.get(method) or by_method.get(CHECKPOINTED.get(method))
         if runs:
             accuracy = statistics.mean(r["test"] for r in runs)
-            axes.scatter(row["peak_mib"], 100 * accuracy, s=60)
-            axes.annotate(NAMES[method], (row["peak_mib"], 100 * accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    axes.set_xlabel(f"peak training memory, MiB ({memory['model']}, {batch_shape(memory)})")
+            axes.scatter(row["peak_mib"], 100 * accuracy, s=40)
+            axes.annotate(NAMES[method], (row["peak_mib"], 100 * accuracy), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    axes.set_xscale("log")  # from a kept side network's tens of MiB to full fine-tuning's hundreds
+    from matplotlib.ticker import ScalarFormatter  # plain MiB on the ticks (pyplot() has imported matplotlib)
+
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(ScalarFormatter())
+    axes.set_xlabel(f"peak training memory, MiB, log scale ({memory['model']}, {batch_shape(memory)})")
     axes.set_ylabel(f"test accuracy, % ({task}, best rate)")
     axes.set_title("Accuracy vs training memory")
     figure.tight_layout()
