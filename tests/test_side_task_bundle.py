@@ -289,6 +289,20 @@ def test_pipeline_runs_the_encoder_once_per_batch_for_every_task(tokenizer):
     assert len(passes) == 2
 
 
+def test_pipeline_call_predicts_the_tasks_it_names_from_one_pass(tokenizer):
+    model = tasks_model(["sentiment", "topic"], tiny_encoder(vocab_size=len(tokenizer)))
+    pipe = SideTaskPipeline(model, tokenizer, batch_size=len(TEXTS))
+    both = pipe(TEXTS, threshold=0.0)
+    passes = []
+    model.base_model.model.embeddings.register_forward_hook(lambda *args: passes.append(1))
+    only_topic = pipe(TEXTS, threshold=0.0, tasks=["topic"])
+    assert len(passes) == 1 and all(set(result) == {"topic"} for result in only_topic)
+    for one, all_tasks in zip(only_topic, both):
+        assert_same_predictions(one["topic"], all_tasks["topic"])
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['stars'\].*\['sentiment', 'topic'\]"):
+        pipe(TEXTS, tasks=["stars"])
+
+
 def test_pipeline_truncates_to_the_encoders_positions(tokenizer):
     model = tasks_model(["ner"], tiny_encoder(vocab_size=len(tokenizer)))
     (result,) = SideTaskPipeline(model, tokenizer)(["word " * 200])

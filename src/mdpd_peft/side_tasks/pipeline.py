@@ -76,8 +76,12 @@ class SideTaskPipeline:
         positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
         return min(limit for limit in (self.processor.model_max_length, positions) if limit is not None)
 
-    def __call__(self, inputs, top_k: int | None = None, threshold: float = 0.5):
-        """``inputs``: a text or image, or a list of them -> a dict of predictions per task, or a list of them."""
+    def __call__(self, inputs, top_k: int | None = None, threshold: float = 0.5, *, tasks: list[str] | None = None):
+        """``inputs``: a text or image, or a list of them -> a dict of predictions per task, or a list of them.
+
+        ``tasks``: predict only these of the pipeline's tasks (one encoder pass still serves them all); ``None``: all.
+        """
+        tasks = self.tasks_of_call(tasks)
         single = isinstance(inputs, str) or not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
         not_text = next((item for item in items if not isinstance(item, str)), None) if self.texts else None
@@ -87,19 +91,30 @@ class SideTaskPipeline:
             raise ValueError(f"top_k={top_k!r}: expected None (the best label) or an integer >= 1.")
         results = []
         for start in range(0, len(items), self.batch_size):
-            results.extend(self.predict_batch(items[start : start + self.batch_size], top_k, threshold))
+            results.extend(self.predict_batch(items[start : start + self.batch_size], top_k, threshold, tasks))
         return results[0] if single else results
 
+    def tasks_of_call(self, tasks: str | list[str] | None) -> list[str]:
+        """The tasks one call predicts: ``tasks`` checked against the pipeline's (an unknown name fails, listing them)."""
+        if tasks is None:
+            return self.tasks
+        names = [tasks] if isinstance(tasks, str) else list(tasks)
+        unknown = [name for name in names if name not in self.tasks]
+        if unknown or not names:
+            raise ValueError(f"tasks={tasks!r} names unknown task(s) {unknown}: this pipeline predicts the tasks {self.tasks}.")
+        return names
+
     @torch.inference_mode()
-    def predict_batch(self, items: list, top_k: int | None, threshold: float) -> list[dict[str, Any]]:
-        """One encoder pass for ``items``, every task read from it."""
+    def predict_batch(self, items: list, top_k: int | None, threshold: float, tasks: list[str] | None = None) -> list[dict[str, Any]]:
+        """One encoder pass for ``items``, every task of ``tasks`` (default: the pipeline's) read from it."""
+        tasks = self.tasks if tasks is None else tasks
         if self.texts:
             encoded = self.processor(items, truncation=True, max_length=self.max_length, padding=True, return_tensors="pt", return_special_tokens_mask=True)
             special = encoded.pop("special_tokens_mask").bool()
         else:
             encoded = self.processor(images=items, return_tensors="pt")
         device = next(self.model.parameters()).device
-        output = self.model(**{key: value.to(device) for key, value in encoded.items()}, tasks=self.tasks)
+        output = self.model(**{key: value.to(device) for key, value in encoded.items()}, tasks=tasks)
         per_task = {}
         for name, logits in output.task_logits.items():
             config, logits = self.configs[name], logits.float().cpu()
@@ -108,7 +123,7 @@ class SideTaskPipeline:
                 per_task[name] = [self.token_predictions(config, row, ids, mask) for row, ids, mask in zip(logits, encoded["input_ids"], real)]
             else:
                 per_task[name] = [sequence_prediction(config, row, top_k, threshold) for row in logits]
-        return [{name: per_task[name][i] for name in self.tasks} for i in range(len(items))]
+        return [{name: per_task[name][i] for name in tasks} for i in range(len(items))]
 
     def token_predictions(self, config: SideTaskConfig, logits: torch.Tensor, ids: torch.Tensor, real: torch.Tensor) -> list[dict[str, Any]]:
         """logits (N, C) of one text -> the best label of each real token."""
