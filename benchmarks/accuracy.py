@@ -116,6 +116,8 @@ SIDE_TASKS = {
     "side_task_unipt": {"side_network": "unipt"},
     "side_task_distilled": {"feature_distillation": True},  # MDPD's backbone -> side feature distillation (Eq. 1-7)
     "side_task_distilled_side_head": {"feature_distillation": True, "head_input": "side"},
+    "side_task_lst_heads": {"side_head_dim": None},  # the backbone's head count (LST): 12 heads of 4 on MiniLM at r = 8
+    **{f"side_task_head_dim_{width}": {"side_head_dim": width} for width in (8, 16, 48)},  # heads of this width
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]

@@ -59,6 +59,11 @@ class SideNetworkSettings:
         side_layers: Indices (0-based) of the backbone layers that feed the side network: one side
             block each (ladder), one projection each (UniPT, SHERL; the last listed is the anchor or
             guide). ``None`` uses every layer. DTL reads every block and takes ``None`` only.
+        side_head_dim: Width of each attention head in the ladder's side blocks. ``None`` keeps the backbone's head
+            count (LST: every head r times narrower, 4 wide in MiniLM's r = 8 ladder); an integer gives the side
+            blocks ``width // side_head_dim`` heads (the largest count at most that which divides the width). Narrow
+            heads cost far more than their FLOPs: the softmax runs over as many scores per task as the backbone's.
+            Pruned initialisation keeps the backbone's most important heads, each cut to this width. Ladder only.
         gate_init: Initial value of each ladder gate's logit alpha; the gate is
             ``sigmoid(alpha / gate_temperature)``, so 0.0 starts at an even mix (LST).
         gate_temperature: T in the ladder gate (LST uses 0.1). Positive.
@@ -86,6 +91,7 @@ class SideNetworkSettings:
     side_layers: Optional[list[int]] = field(
         default=None, metadata={"help": "Backbone layer indices that feed the side network; None = all."}
     )
+    side_head_dim: Optional[int] = field(default=None, metadata={"help": "Ladder: width of each side attention head; None = the backbone's head count."})
     gate_init: float = field(default=0.0, metadata={"help": "Initial ladder gate logit alpha."})
     gate_temperature: float = field(default=0.1, metadata={"help": "Ladder gate temperature T."})
     side_init: str = field(default="auto", metadata={"help": f"Ladder initialisation: one of {SIDE_INITS}."})
@@ -109,6 +115,8 @@ class SideNetworkSettings:
         for name in ("reduction_factor", "dtl_rank"):
             if not (is_integer(getattr(self, name)) and getattr(self, name) >= 1):
                 raise invalid(name, getattr(self, name), "an integer >= 1", owner)
+        if self.side_head_dim is not None and not (is_integer(self.side_head_dim) and self.side_head_dim >= 1):
+            raise invalid("side_head_dim", self.side_head_dim, "None or an integer >= 1", owner)
         if self.dtl_inject_from is not None and not (is_integer(self.dtl_inject_from) and self.dtl_inject_from >= 0):
             raise invalid("dtl_inject_from", self.dtl_inject_from, "None or an integer >= 0", owner)
         if not (is_integer(self.dtl_conv_kernel) and self.dtl_conv_kernel >= 1 and self.dtl_conv_kernel % 2 == 1):

@@ -31,9 +31,11 @@ from .base import BackboneStates, SideNetwork, SideOutput, full_value, register_
 logger = logging.getLogger(__name__)
 
 
-def side_head_count(side_width: int, num_heads: int) -> int:
-    """LST keeps the backbone's head count; when it does not divide the side width, the largest count that does."""
-    return max(h for h in range(1, num_heads + 1) if side_width % h == 0)
+def side_head_count(side_width: int, num_heads: int, head_dim: int | None = None) -> int:
+    """LST keeps the backbone's head count (``head_dim=None``); else ``side_width // head_dim`` heads. Either way, when
+    the count does not divide the side width, the largest smaller count that does."""
+    most = num_heads if head_dim is None else max(1, side_width // head_dim)
+    return max(h for h in range(1, most + 1) if side_width % h == 0)
 
 
 class SideBlock(nn.Module):
@@ -92,6 +94,7 @@ class LadderSideNetwork(SideNetwork):
         gate_temperature: float,
         num_outputs: int | None,
         side_init: str = "random",
+        head_dim: int | None = None,
     ):
         super().__init__()
         self.side_init = side_init
@@ -99,7 +102,7 @@ class LadderSideNetwork(SideNetwork):
         self.distilled_layers = self.side_layers
         self.width = self.feature_width = max(1, encoder.hidden_size // reduction_factor)
         self.gate_temperature = gate_temperature
-        heads = side_head_count(self.width, encoder.num_heads)
+        heads = side_head_count(self.width, encoder.num_heads, head_dim)
         intermediate = max(1, encoder.intermediate_size // reduction_factor)
         self.is_vision = encoder.is_vision
         self.embed_down = nn.Linear(encoder.embedding_width, self.width)
@@ -115,7 +118,7 @@ class LadderSideNetwork(SideNetwork):
 
     @classmethod
     def from_config(cls, encoder, config, side_layers, num_outputs):
-        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs, config.side_init)
+        return cls(encoder, side_layers, config.reduction_factor, config.gate_init, config.gate_temperature, num_outputs, config.side_init, config.side_head_dim)
 
     def init_from_backbone(self, model: nn.Module, encoder: EncoderMap) -> None:
         """LST's pruned initialisation (``MDPDConfig.side_init``, see ``pruning.py``); with ``"auto"``, random where
