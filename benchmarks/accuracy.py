@@ -118,6 +118,8 @@ SIDE_TASKS = {
     "side_task_distilled_side_head": {"feature_distillation": True, "head_input": "side"},
     "side_task_lst_heads": {"side_head_dim": None},  # the backbone's head count (LST): 12 heads of 4 on MiniLM at r = 8
     **{f"side_task_head_dim_{width}": {"side_head_dim": width} for width in (8, 16, 48)},  # heads of this width
+    "side_task_head_dim_16_layers_1_3_5": {"side_head_dim": 16, "side_layers": [1, 3, 5]},  # half of MiniLM's side blocks
+    "side_task_head_dim_16_r16": {"side_head_dim": 16, "reduction_factor": 16},  # half the width
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]

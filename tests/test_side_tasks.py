@@ -1,6 +1,8 @@
 """Kept side-network tasks: one encoder pass feeds every task, tasks are independent, every problem type trains,
 training on cached states equals training live, and bad input fails early."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -298,3 +300,28 @@ def test_served_outputs_follow_a_fused_optimizers_steps():
     own = model(**batch).logits.detach()  # autograd on: the task's own modules, its current weights
     assert not torch.allclose(served_after, served)
     torch.testing.assert_close(served_after, own, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_ladders_have_heads_of_their_own_width_and_older_saved_tasks_keep_theirs(tmp_path):
+    """SideTaskConfig's ladders default to 16-wide heads (the backbone's count, LST's, with side_head_dim=None); a task
+    saved before side_head_dim existed loads with the heads it was trained with."""
+    encoder = tiny_encoder()  # 4 heads; the side width at r = 4 is 16
+    model = get_peft_model(encoder, SideTaskConfig(num_labels=2, reduction_factor=4), adapter_name="wide")
+    model.add_adapter("lst", SideTaskConfig(num_labels=2, reduction_factor=4, side_head_dim=None))
+    model.add_adapter("narrow", SideTaskConfig(num_labels=2, reduction_factor=4, side_head_dim=8))
+    heads = {name: task.side.blocks[0].num_heads for name, task in model.base_model.kept_tasks.items()}
+    assert heads == {"wide": 1, "lst": 4, "narrow": 2}
+
+    model.base_model.set_adapter(["lst"])
+    batch = inputs(text_batch())
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path, selected_adapters=["lst"])
+    config_file = tmp_path / "lst" / "adapter_config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved.pop("side_head_dim") is None
+    config_file.write_text(json.dumps(saved))  # as saved before the setting existed
+    loaded = PeftModel.from_pretrained(tiny_encoder(), tmp_path / "lst", adapter_name="lst").eval()
+    assert loaded.peft_config["lst"].side_head_dim is None and loaded.base_model.kept_tasks["lst"].side.blocks[0].num_heads == 4
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, expected)

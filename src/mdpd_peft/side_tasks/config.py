@@ -18,6 +18,9 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 HEAD_INPUTS = ("gated", "side")
 POOLINGS = ("mean", "first")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
+# The kept ladder's attention heads are 16 wide (MiniLM at r = 8: 3 heads of 16 instead of LST's 12 of 4): served,
+# narrow heads cost several times their FLOPs (benchmarks/RESULTS.md, "Kept side networks"), at no measured accuracy.
+KEPT_SIDE_HEAD_DIM = 16
 
 
 @dataclass
@@ -50,6 +53,9 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             masked generation of the deep layers' at lambda = 0.5, weights 4e-5 and 6e-5): the encoder's own states
             teach the side network's, a regulariser of a network trained on few labels. Its modules train and save
             with the task; serving does not run them.
+        side_head_dim: As in ``SideNetworkSettings``, but 16 by default here (LST's ``None`` keeps the backbone's head
+            count, 4-wide heads at r = 8, which cost several times their FLOPs when served). Tasks saved before this
+            setting existed load with ``None``, the heads they were trained with.
         encoder_fingerprint: Filled in when the task is attached and saved with it: the encoder's layer count,
             widths and a hash of its weights. Attaching the task to another encoder then fails before anything
             changes. Leave it ``None``.
@@ -63,6 +69,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
     feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
+    side_head_dim: Optional[int] = field(default=KEPT_SIDE_HEAD_DIM, metadata={"help": "Ladder: width of each side attention head; None = the backbone's head count."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=DUMMY_TARGET_MODULES, metadata={"help": "Fixed: a side task wraps no module of the encoder."}
     )
@@ -81,6 +88,13 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
         self.check_values()
         if self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """A saved task's settings: one saved before ``side_head_dim`` existed was trained with LST's head count."""
+        kwargs = super().check_kwargs(**kwargs)
+        kwargs.setdefault("side_head_dim", None)
+        return kwargs
 
     @property
     def label2id(self) -> dict[str, int]:
