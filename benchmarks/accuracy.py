@@ -120,6 +120,9 @@ SIDE_TASKS = {
     **{f"side_task_head_dim_{width}": {"side_head_dim": width} for width in (8, 16, 48)},  # heads of this width
     "side_task_head_dim_16_layers_1_3_5": {"side_head_dim": 16, "side_layers": [1, 3, 5]},  # half of MiniLM's side blocks
     "side_task_head_dim_16_r16": {"side_head_dim": 16, "reduction_factor": 16},  # half the width
+    "side_task_head_dim_16_r16_layers_1_3_5": {"side_head_dim": 16, "reduction_factor": 16, "side_layers": [1, 3, 5]},
+    "side_task_first_and_mean": {"pooling": "first_and_mean"},  # the CLS token beside the mean patch, as DINOv2's classifier
+    "side_task_first_and_mean_r4": {"pooling": "first_and_mean", "reduction_factor": 4},
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]
@@ -296,7 +299,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     """A kept side network (or the probe of its head) trained on the state cache of the training split; evaluated live,
     or with ``cached_eval`` on caches of the validation and test splits (no encoder pass per epoch)."""
     set_seed(seed)
-    config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **task.side_settings, **SIDE_TASKS[method])
+    config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **{**task.side_settings, **SIDE_TASKS[method]})
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
     if method == "linear_probe":
         for name, parameter in model.named_parameters():

@@ -325,3 +325,19 @@ def test_kept_ladders_have_heads_of_their_own_width_and_older_saved_tasks_keep_t
     assert loaded.peft_config["lst"].side_head_dim is None and loaded.base_model.kept_tasks["lst"].side.blocks[0].num_heads == 4
     with torch.no_grad():
         assert torch.equal(loaded(**batch).logits, expected)
+
+
+def test_first_and_mean_pooling_reads_the_first_token_beside_the_mean_of_the_others():
+    """pooling="first_and_mean" (DINOv2's classifier): with the gate shut, the head is a probe of [CLS, mean(others)]."""
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="first_and_mean", head_gate_init=-30.0))
+    head = model.base_model.kept_tasks["default"].head
+    assert head.gate_logits.shape == (128,) and head.classifier.in_features == 128  # two parts of the encoder's 64
+    batch = inputs(text_batch())
+    with torch.no_grad():
+        output = model(**batch)
+    logits, hidden = output.logits, output.last_hidden_state  # (B, C), the encoder's (B, N, 64)
+    real = batch["attention_mask"].bool()
+    others = (hidden[:, 1:] * real[:, 1:, None]).sum(1) / real[:, 1:].sum(1, keepdim=True)
+    torch.testing.assert_close(logits, head.classifier(torch.cat([hidden[:, 0], others], dim=-1)), rtol=1e-5, atol=1e-5)
+    token_task = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="first_and_mean", problem_type="token_classification"))
+    assert token_task.base_model.kept_tasks["default"].head.classifier.in_features == 64  # token classification does not pool

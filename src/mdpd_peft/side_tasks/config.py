@@ -16,7 +16,7 @@ add_str_enum_member(PeftType, "SIDE_TASK")
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
 HEAD_INPUTS = ("gated", "side")
-POOLINGS = ("mean", "first")
+POOLINGS = ("mean", "first", "first_and_mean")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
 # The kept ladder's attention heads are 16 wide (MiniLM at r = 8: 3 heads of 16 instead of LST's 12 of 4): served,
 # narrow heads cost several times their FLOPs (benchmarks/RESULTS.md, "Kept side networks"), at no measured accuracy.
@@ -45,8 +45,9 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             what a linear probe sees. ``"side"`` (LST): the side network's final state alone.
         head_gate_init: Initial logit of that gate, per channel: ``0.0`` starts at an even mix; a negative value
             starts near the encoder's representation (``-4``: g = 0.018), i.e. near a linear probe.
-        pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders) or
-            ``"first"`` (the CLS token, as ViT/DINOv2 classifiers). Token classification does not pool.
+        pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders),
+            ``"first"`` (the CLS token, as ViT classifiers) or ``"first_and_mean"`` (the CLS token beside the mean of
+            the other tokens, as DINOv2's classifier reads them: twice as wide). Token classification does not pool.
         label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
         feature_distillation: Train the side network also on MDPD's backbone -> side path (mdpd-paper.txt Eq. 1-7,
             with ``MDPDConfig``'s defaults: imitation of the shallow layers' states through a rank-16 aligner,
