@@ -108,7 +108,8 @@ SIDE_RATES = {"mdpd_side_at_1e-2": 1e-2}
 BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS, **TWO_PHASE, **dict.fromkeys(SIDE_RATES, METHODS["mdpd"])}
 # Kept side networks on the bare encoder (SideTaskConfig settings), and the linear probe of their head.
 SIDE_TASKS = {
-    "side_task": {},  # the defaults: ladder at r = 8, the gated (QST) head on the mean-pooled states
+    "side_task": {},  # the defaults: ladder at r = 16 with 16-wide heads, the gated (QST) head on the mean-pooled states
+    "side_task_r8_lst": {"reduction_factor": 8, "side_head_dim": None},  # the earlier default: LST's width and heads
     "side_task_gate_at_encoder": {"head_gate_init": -4.0},  # the gate starts near the encoder's representation
     "side_task_side_head": {"head_input": "side"},  # LST's head: the side state alone
     "side_task_r4": {"reduction_factor": 4},
@@ -124,6 +125,7 @@ SIDE_TASKS = {
     "side_task_first_and_mean": {"pooling": "first_and_mean"},  # the CLS token beside the mean patch, as DINOv2's classifier
     "side_task_first_and_mean_r4": {"pooling": "first_and_mean", "reduction_factor": 4},
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
+    "linear_probe_first_and_mean": {"head_gate_init": -30.0, "pooling": "first_and_mean"},
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]
 KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
@@ -301,7 +303,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     set_seed(seed)
     config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **{**task.side_settings, **SIDE_TASKS[method]})
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
-    if method == "linear_probe":
+    if method.startswith("linear_probe"):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".head.classifier." in name)
     data = task.data

@@ -18,8 +18,11 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 HEAD_INPUTS = ("gated", "side")
 POOLINGS = ("mean", "first", "first_and_mean")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
-# The kept ladder's attention heads are 16 wide (MiniLM at r = 8: 3 heads of 16 instead of LST's 12 of 4): served,
-# narrow heads cost several times their FLOPs (benchmarks/RESULTS.md, "Kept side networks"), at no measured accuracy.
+# Kept side networks are served, many at a time: their defaults are chosen from accuracy and serving cost together
+# (benchmarks/RESULTS.md, "Kept side networks"). Half LST's width (r = 16) and heads at least 16 wide (LST's r = 8
+# ladder on MiniLM has 12 heads of 4, whose softmax costs as much as the encoder's own) cost about a third of LST's
+# ladder per task served, at the same accuracy on three text tasks.
+KEPT_REDUCTION_FACTOR = 16
 KEPT_SIDE_HEAD_DIM = 16
 
 
@@ -54,6 +57,8 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             masked generation of the deep layers' at lambda = 0.5, weights 4e-5 and 6e-5): the encoder's own states
             teach the side network's, a regulariser of a network trained on few labels. Its modules train and save
             with the task; serving does not run them.
+        reduction_factor: As in ``SideNetworkSettings``, but 16 by default here (LST's and MDPD's 8 gives a ladder
+            twice as wide, about three times the serving cost, at no measured accuracy gain).
         side_head_dim: As in ``SideNetworkSettings``, but 16 by default here (LST's ``None`` keeps the backbone's head
             count, 4-wide heads at r = 8, which cost several times their FLOPs when served). Tasks saved before this
             setting existed load with ``None``, the heads they were trained with.
@@ -70,6 +75,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
     feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
+    reduction_factor: int = field(default=KEPT_REDUCTION_FACTOR, metadata={"help": "Side width = hidden size / reduction_factor."})
     side_head_dim: Optional[int] = field(default=KEPT_SIDE_HEAD_DIM, metadata={"help": "Ladder: width of each side attention head; None = the backbone's head count."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=DUMMY_TARGET_MODULES, metadata={"help": "Fixed: a side task wraps no module of the encoder."}
