@@ -5,8 +5,9 @@
 
 Generated from ``benchmarks/results/`` (and the hand-written ``benchmarks/analysis.md`` and
 ``benchmarks/analysis_history.md``): ``benchmarks/RESULTS.md``, its docs-site copy ``docs/benchmarks/results.md`` (plots
-named, not linked), the superseded runs' ``docs/benchmarks/history.md``, and the decision table in ``README.md``
-between ``<!-- results:decision-table:start -->`` and ``<!-- results:decision-table:end -->``; and the plots (PNG)
+named, not linked), the superseded runs' ``docs/benchmarks/history.md``, and the decision table in ``README.md`` and
+``docs/benchmarks/index.md`` between ``<!-- results:decision-table:start -->`` and ``<!-- results:decision-table:end -->``;
+and the plots (PNG)
 beside ``RESULTS.md``. ``--check`` renders the pages in memory, without drawing (matplotlib's PNG bytes are not stable
 across runs, so the plots are not checked), and without importing torch or matplotlib. Each kind of table is a module
 of ``benchmarks/reporting/``.
@@ -22,16 +23,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from reporting.common import BENCHMARKS, REPOSITORY, RESULTS, Results  # noqa: E402
-from reporting.pages import README, draw_plots, readme_block, render, with_readme_block  # noqa: E402
+from reporting.pages import TABLE_HOLDERS, draw_plots, render, table_block, with_table_block  # noqa: E402
 
 DIFF_LINES = 40  # of each differing page's unified diff, in --check's report
 
 
-def generated(results: Results, repository: Path = REPOSITORY, readme: Path | None = README) -> dict[Path, str]:
-    """Every generated file under ``repository`` and its text (``readme``: the README whose block is rendered, or None)."""
+def generated(results: Results, repository: Path = REPOSITORY, table_holders: tuple[Path, ...] = TABLE_HOLDERS) -> dict[Path, str]:
+    """Every generated file under ``repository`` and its text, and each of ``table_holders`` with its decision table."""
     pages = {repository / relative: text for relative, text in render(results).items()}
-    if readme is not None:
-        pages[readme] = with_readme_block(readme.read_text(), readme_block(results))
+    block = table_block(results)
+    pages |= {page: with_table_block(page, block) for page in table_holders}
     return pages
 
 
@@ -51,7 +52,7 @@ def main(results: Path = RESULTS, output_dir: Path = BENCHMARKS, full_data_only:
     """Write every generated page and the plots whose results exist; returns ``RESULTS.md``'s path.
 
     With ``output_dir`` other than ``benchmarks/`` (the smoke tests'), ``RESULTS.md``, its docs copy ``results.md``,
-    ``history.md`` and the plots go there, and the README is left alone. ``full_data_only=False`` also counts accuracy
+    ``history.md`` and the plots go there, and the pages holding the decision table are left alone. ``full_data_only=False`` also counts accuracy
     runs on a training subset (the smoke tests').
     """
     loaded, output_dir = Results(results, full_data_only), Path(output_dir)

@@ -292,10 +292,11 @@ def test_report_check_names_each_stale_page_with_a_diff(tmp_path):
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# project\n\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\n\nmore\n")
-    pages = report.generated(Results(RESULTS), repository=tmp_path, readme=readme)
+    pages = report.generated(Results(RESULTS), repository=tmp_path, table_holders=(readme,))
     assert set(pages) == {tmp_path / "benchmarks/RESULTS.md", tmp_path / "docs/benchmarks/results.md", tmp_path / "docs/benchmarks/history.md", readme}
     assert pages[readme].startswith("# project\n\n" + README_MARKERS[0]) and pages[readme].endswith(README_MARKERS[1] + "\n\nmore\n")
-    assert "| Faded MDPD |" in pages[readme] and "old table" not in pages[readme]
+    assert "| Faded MDPD |" in pages[readme] and "old table" not in pages[readme]  # the table alone: the page's own text says the rest
+    assert "One task" not in pages[readme]
     stale = report.differences(pages)  # nothing written yet: every page is missing
     assert sum(line.endswith("is out of date (missing)") for line in stale) == 3  # the README exists, with the old table
     for path, text in pages.items():
@@ -307,8 +308,8 @@ def test_report_check_names_each_stale_page_with_a_diff(tmp_path):
     stale = report.differences(pages)
     assert stale[0] == f"{history} is out of date" and "-# Old runs" in stale and "+# Superseded benchmark runs" in stale
     readme.write_text("# project without markers\n")
-    with pytest.raises(ValueError, match="results:decision-table:start"):
-        report.generated(Results(RESULTS), repository=tmp_path, readme=readme)
+    with pytest.raises(ValueError, match="README.md has no <!-- results:decision-table:start -->"):
+        report.generated(Results(RESULTS), repository=tmp_path, table_holders=(readme,))
 
 
 def test_decision_table_reads_every_figure_from_the_result_files(tmp_path):
@@ -331,10 +332,10 @@ def test_decision_table_reads_every_figure_from_the_result_files(tmp_path):
     (tmp_path / "memory_speed-minilm-cpu.json").write_text(json.dumps({"model": "minilm", "batch": 32, "length": 64, "date": "today", "methods": methods}))
     text = "\n".join(decision_lines(Results(tmp_path)))
     # LoRA at its best rate 3e-3, both seeds; LayerNorm tuning + checkpointing without a timed run; kept: 2.0 / 4 x 5 + 0.5
-    assert "| LoRA + gradient checkpointing | 0.810 / 0.810 | 102.2 | 10.0 | 1.00x | 1.00 |" in text
-    assert "| LayerNorm tuning + gradient checkpointing | 0.780 / 0.790 | 102.0 | — | — | 1.00 |" in text
-    assert "| Kept side network | — / — | 48.0 | 3.0 | 0.30x | 1.00 |" in text
-    assert "| Faded MDPD | 0.780 / 0.790 | 101.6 | 12.0 | 1.20x | 1.00 |" in text
+    assert "| LoRA + gradient checkpointing | 0.810 / 0.810 | 102.2 | 10.0 | 1.00x | 1.00 | a plain transformers model (merged) |" in text
+    assert "| LayerNorm tuning + gradient checkpointing | 0.780 / 0.790 | 102.0 | — | — | 1.00 | a plain transformers model |" in text
+    assert "| Kept side network | — / — | 48.0 | 3.0 | 0.30x | 1.00 | the encoder and a side network per task |" in text
+    assert "| Faded MDPD | 0.780 / 0.790 | 101.6 | 12.0 | 1.20x | 1.00 | a plain transformers model |" in text
 
 
 def local_imports(path: Path, modules: set[str]) -> set[str]:

@@ -25,6 +25,7 @@ class Row:
         method: its key in the memory run (``memory_speed.py``'s method names).
         title: the row's name.
         meaning: what the method is and what it ships.
+        ships: what it deploys.
         accuracy: (result file, method) whose runs at their best rate give validation / test accuracy.
         time: (result file, method) whose runs give the training minutes; a ``.json`` file holds one run per method
             under its name (``adding_a_task.py``'s).
@@ -33,6 +34,7 @@ class Row:
     method: str
     title: str
     meaning: str
+    ships: str
     accuracy: tuple[str, str]
     time: tuple[str, str]
 
@@ -41,19 +43,19 @@ ROWS = (
     Row("mdpd", "Faded MDPD",
         "a ladder side network trains beside the frozen encoder and distils into the encoder's LayerNorms and head; "
         "`merge_and_unload()` drops it and ships the plain transformers model",
-        ("best-rate-full-minilm.jsonl", "mdpd"), ("best-rate-full-minilm.jsonl", "mdpd")),
+        "a plain transformers model", ("best-rate-full-minilm.jsonl", "mdpd"), ("best-rate-full-minilm.jsonl", "mdpd")),
     Row("side_kept", "Kept side network",
         "one side network per task on a frozen encoder that every task shares, trained on the encoder's cached states "
         "(`SideTaskConfig`); it stays at inference, so one encoder pass serves every task",
-        ("side-task-rotten_tomatoes-minilm.jsonl", "side_task"), (ADDING_A_TASK, "side_task")),
+        "the encoder and a side network per task", ("side-task-rotten_tomatoes-minilm.jsonl", "side_task"), (ADDING_A_TASK, "side_task")),
     Row("layernorm_checkpointed", "LayerNorm tuning + gradient checkpointing",
         "PEFT's LayerNorm tuning (every LayerNorm's scale and shift, and the head: what the faded model ships) with "
         "transformers' gradient checkpointing; ships the plain model",
-        ("best-rate-full-minilm.jsonl", "layernorm"), ("two-phase-minilm.jsonl", "layernorm_checkpointed")),
+        "a plain transformers model", ("best-rate-full-minilm.jsonl", "layernorm"), ("two-phase-minilm.jsonl", "layernorm_checkpointed")),
     Row("lora_checkpointed", "LoRA + gradient checkpointing",
         "LoRA r=8 on the attention's query and value with gradient checkpointing, the usual low-memory choice; "
         "merged, it ships the plain model",
-        ("best-rate-full-minilm.jsonl", "lora"), (ADDING_A_TASK, "lora_checkpointed")),
+        "a plain transformers model (merged)", ("best-rate-full-minilm.jsonl", "lora"), (ADDING_A_TASK, "lora_checkpointed")),
 )  # fmt: skip
 REFERENCE = "lora_checkpointed"  # the row the time ratios compare with
 
@@ -116,14 +118,14 @@ def cell(value: float | None, form: str) -> str:
 def table_lines(measured: dict[str, Figures]) -> list[str]:
     reference = measured[REFERENCE].minutes
     lines = [
-        "| method | validation / test accuracy | peak training MiB | training minutes | x LoRA + checkpointing | inference x base model |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | validation / test accuracy | peak training MiB | training minutes | x LoRA + checkpointing | inference x base model | ships as |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in ROWS:
         found = measured[row.method]
         accuracy = f"{cell(found.validation, '.3f')} / {cell(found.test, '.3f')}"
         ratio = f"{found.minutes / reference:.2f}x" if found.minutes is not None and reference else "—"
-        lines.append(f"| {row.title} | {accuracy} | {cell(found.peak_mib, '.1f')} | {cell(found.minutes, '.1f')} | {ratio} | {cell(found.latency_vs_base, '.2f')} |")
+        lines.append(f"| {row.title} | {accuracy} | {cell(found.peak_mib, '.1f')} | {cell(found.minutes, '.1f')} | {ratio} | {cell(found.latency_vs_base, '.2f')} | {row.ships} |")
     return lines
 
 
@@ -202,14 +204,8 @@ def decision_lines(results: Results) -> list[str]:
             *meanings, "", *verdict_lines(results, measured), "", "How each figure was measured:", "", *sources_lines(results, measured), ""]  # fmt: skip
 
 
-def readme_lines(results: Results) -> list[str]:
-    """The README's copy: the table and the verdict, and where the rest is."""
+def table_only(results: Results) -> list[str]:
+    """The table alone: what the README and the docs' benchmarks page hold between their markers (their own text
+    around it gives the conditions and the verdict)."""
     measured = figures(results)
-    if not measured_anything(measured):
-        return ["No benchmark results yet: `benchmarks/RESULTS.md`."]
-    return [
-        *table_lines(measured), "", *verdict_lines(results, measured), "",
-        "Measured on all-MiniLM-L6-v2 with Rotten Tomatoes (whole split, mean over seeds at each method's best rate), on CPU; peak "
-        f"memory from one run at batch 32 x 64 (`{MEMORY_RUN}`); training minutes over all epochs. What each row is and "
-        "how each figure was measured: `benchmarks/RESULTS.md`.",
-    ]  # fmt: skip
+    return table_lines(measured) if measured_anything(measured) else ["No benchmark results yet."]

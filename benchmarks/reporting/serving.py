@@ -29,8 +29,8 @@ def serving_table(file: str, result: dict) -> list[str]:
 
 
 def load(results: Results) -> dict[str, dict]:
-    """Every serving run: file name -> result."""
-    return {file: results.json(file) for file in results.names("serving-*.json")}
+    """Every throughput run (file name -> result); ``serving.py --profile``'s op-group files have no table yet."""
+    return {file: results.json(file) for file in results.names("serving-*.json") if not file.startswith("serving-profile-")}
 
 
 def serving_lines(results: Results) -> list[str]:
