@@ -28,7 +28,7 @@ def resolution_table(results: list[dict]) -> list[str]:
         "`python benchmarks/memory_speed.py --model dinov2-small --image-size N --batch 32` per size (DINOv2's 14-px patches: "
         "56 px is 16 patches + CLS, 112 px 64, 224 px 256). Peak training MiB per method (deterministic), and LoRA's step in "
         "seconds: absolute, from separate processes on a shared 2-core machine, so a rough guide; each size's ratios are "
-        "in its own table above.", "",
+        "in its own table under Memory and speed.", "",
         "| image size | " + " | ".join(name(method) for method in methods) + " | LoRA step, s |",
         "|---|" + "---:|" * (len(methods) + 1),
     ]  # fmt: skip
