@@ -19,6 +19,13 @@ METHOD_NAMES = {
     "side_task_unipt": "side task, UniPT",
     "side_task_distilled": "side task + feature distillation (Eq. 1-7)",
     "side_task_distilled_side_head": "side task + feature distillation, LST head",
+    "side_task_lst_heads": "side task, LST's side head count",
+    **{f"side_task_head_dim_{width}": f"side task, side heads {width} wide" for width in (8, 16, 48)},
+    "side_task_head_dim_16_layers_1_3_5": "side task, side heads 16 wide, side layers 1, 3, 5",
+    "side_task_head_dim_16_r16": "side task, side heads 16 wide, r=16",
+    "side_task_head_dim_16_r16_layers_1_3_5": "side task, side heads 16 wide, r=16, side layers 1, 3, 5",
+    "side_task_first_and_mean": "side task, the first token beside the mean of the others",
+    "side_task_first_and_mean_r4": "side task, the first token beside the mean of the others, r=4",
     "linear_probe": "linear probe (mean-pooled final states)",
     "layernorm": "LayerNorm tuning",
     "lora": "LoRA r=8 (query, value)",
@@ -32,8 +39,9 @@ SIDE_TASK_FILES = {
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
     "fashion-mnist": ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl", "side-task-30-epochs-fashion-mnist-dinov2.jsonl"),
 }
-# Further grids of a task's kept side networks: variants of the default
-MORE_GRIDS = {"rotten_tomatoes": ("side-task-variants-minilm.jsonl",)}
+# Further grids of a task's kept side networks, as file names or patterns: variants of the default
+MORE_GRIDS = {task: (f"side-task-head-width-{task}-*.jsonl",) for task in ("rotten_tomatoes", "trec", "trec_fine")}
+MORE_GRIDS["rotten_tomatoes"] = ("side-task-variants-minilm.jsonl", *MORE_GRIDS["rotten_tomatoes"])
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
@@ -109,8 +117,10 @@ def seed_table(results: Results, task: str, seeds: list[dict], source: str, side
 
 
 def task_lines(results: Results, task: str, runs: tuple[tuple[str, str], ...], more_grids: tuple[str, ...] = ()) -> list[str]:
-    """One task's kept side networks: the grids of ``runs`` ((grid, seeds) file pairs) and ``more_grids``, then each seeds table."""
-    grids = {file: results.rows(file) for file in [*(grid_file for grid_file, _ in runs), *more_grids]}
+    """One task's kept side networks: the grids of ``runs`` ((grid, seeds) file pairs) and of ``more_grids`` (file names
+    or patterns), then each seeds table."""
+    more = [file for pattern in more_grids for file in results.names(pattern)]
+    grids = {file: results.rows(file) for file in [*(grid_file for grid_file, _ in runs), *more]}
     seeds = {(grid_file, seed_file): results.rows(seed_file) for grid_file, seed_file in runs}
     if not any(grids.values()) and not any(seeds.values()):
         return []
