@@ -29,13 +29,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
-import time
 from datetime import date
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -43,6 +40,9 @@ import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+
+from result_files import RESULTS, write_result  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 from mdpd_peft import SideTaskConfig  # noqa: E402
 
@@ -121,12 +121,6 @@ def weight_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
 def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int, settings: dict) -> dict:
     """One N: the three ways timed interleaved, and the serving weights."""
     batch = next(iter(inputs.values())).shape[0]
@@ -139,14 +133,8 @@ def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int, setti
         "mixed_lora": lambda: mixed(**repeated, adapter_names=adapter_names),
         "encoder_pass": lambda: encoder(**inputs),
     }
-    seconds = {way: [] for way in ways}
     with torch.inference_mode():
-        for round_ in range(repeats + 1):  # round 0 warms up
-            for way, function in ways.items():
-                elapsed = timed(function)
-                if round_:
-                    seconds[way].append(elapsed)
-    median = {way: statistics.median(values) for way, values in seconds.items()}
+        median = interleaved_medians(ways, repeats, torch.device("cpu"), warmup=1)
     side_bytes = sum(weight_bytes(task.side) + weight_bytes(task.head) for task in bundle.base_model.kept_tasks.values())  # what serving runs
     row = {
         "tasks": n,
@@ -233,9 +221,7 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
     }
     kind = "serving-profile" if args.profile else "serving"
-    output = Path(args.output or Path(__file__).parent / "results" / f"{kind}-{args.model}-cpu.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    write_result(result, args.output or RESULTS / f"{kind}-{args.model}-cpu.json")
     return result
 
 
