@@ -122,8 +122,7 @@ SIDE_TASKS = {
     "side_task_head_dim_16_layers_1_3_5": {"side_head_dim": 16, "side_layers": [1, 3, 5]},  # half of MiniLM's side blocks
     "side_task_head_dim_16_r16": {"side_head_dim": 16, "reduction_factor": 16},  # half the width
     "side_task_head_dim_16_r16_layers_1_3_5": {"side_head_dim": 16, "reduction_factor": 16, "side_layers": [1, 3, 5]},
-    "side_task_first_and_mean": {"pooling": "first_and_mean"},  # the CLS token beside the mean patch, as DINOv2's classifier
-    "side_task_first_and_mean_r4": {"pooling": "first_and_mean", "reduction_factor": 4},
+    "side_task_r8_first_and_mean": {"pooling": "first_and_mean", "reduction_factor": 8},  # the CLS token beside the mean patch (DINOv2's classifier)
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
     "linear_probe_first_and_mean": {"head_gate_init": -30.0, "pooling": "first_and_mean"},
 }
