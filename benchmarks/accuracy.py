@@ -10,8 +10,11 @@
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
     python benchmarks/accuracy.py --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 --seeds 0 \
         --train-size 3000 --output benchmarks/results/side-task-grid-minilm.jsonl   # kept side networks, on the state cache
-    python benchmarks/accuracy.py --task brown_pos --methods lora layernorm --learning-rates 1e-3 3e-3 1e-2 --seeds 0 \
+    python benchmarks/accuracy.py --task brown_pos --methods lora --epochs 5 --learning-rates 3e-3 1e-2 --seeds 0 \
         --train-size 2000 --output benchmarks/results/lr-grid-token-brown_pos-minilm.jsonl   # part-of-speech tags, per token
+    python benchmarks/accuracy.py --task brown_pos --methods side_task linear_probe lora layernorm --epochs 5 --seeds 1 2 \
+        --train-size 2000 --rates-from benchmarks/results/lr-grid-token-brown_pos-minilm.jsonl \
+        --output benchmarks/results/token-brown_pos-minilm.jsonl   # its seeds, at each method's best grid rate
     python benchmarks/accuracy.py --task fashion-mnist --methods layernorm lora --learning-rates 1e-3 3e-3 1e-2 \
         --seeds 0 1 2   # the image task's baselines: grid and seeds in one file, the default output
     python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 \
