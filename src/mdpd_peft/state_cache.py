@@ -145,22 +145,6 @@ def cache_tuner(model):
     return tuner
 
 
-def check_cacheable(side, encoder, config, what: str) -> None:
-    """Refuse, naming the setting, a side network whose inputs no cache holds: one that re-runs encoder layers on its
-    own states (SHERL, DTL), or any side network of an encoder whose layers change width or token count (Swin).
-    ``what`` names what would train (``"the side network"``, ``"task 'x'"``); ``config`` is its PEFT config."""
-    owner = type(config).__name__
-    if side.rerun_layers:
-        raise invalid(
-            "side_network", config.side_network,
-            f"'ladder' or 'unipt' to train {what} on cached states: it re-runs encoder layers {sorted(side.rerun_layers)} "
-            "on its own states, which no cache holds; train it live (on the dataset)",
-            owner,
-        )  # fmt: skip
-    if not encoder.uniform_width:
-        raise invalid("side_network", config.side_network, "a side network of an encoder whose layers keep one width and token count to cache its states (not Swin); train it live", owner)
-
-
 def mdpd_tuner(model):
     """The MDPD tuner of ``model``: stored side outputs are the teacher of MDPD's fade phase."""
     tuner = cache_tuner(model)
@@ -382,6 +366,11 @@ def read_key(folder: Path) -> StateCacheKey:
     path = folder / MANIFEST if (folder / MANIFEST).exists() else folder / BUILD_KEY
     fields = json.loads(path.read_text())["key"]
     return StateCacheKey(**{**fields, "hidden_state_indices": tuple(fields["hidden_state_indices"])})
+
+
+def stored_states(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """A collated batch's (or an example's) stored states in ``dtype``, (B, N, S, D) (or (n, S, D))."""
+    return batch["hidden_states"].to(dtype)
 
 
 class StateCache(Dataset):
