@@ -9,7 +9,8 @@ the output of layer l), real tokens only, in ``dtype`` (bfloat16 by default). ``
 map-style dataset whose ``collate`` re-pads each batch, and the tuner's ``side_pass_on_cached_states`` trains
 on such a batch with no backbone in the forward: MDPD's side network (``MDPDTrainer(state_cache=...)``) or a kept
 side task (``SideTaskTrainer``). A cache holding more layers than a side network reads serves it too, and
-``StateCache.with_targets`` serves another task's labels on the same inputs.
+``StateCache.with_targets`` serves another task's labels on the same inputs. ``dtype=torch.int8`` stores a quarter
+of float32's bytes (a scale per token and state beside them), dequantized to the training dtype when read.
 
 Size: about (real tokens) x (stored states) x D x (bytes per value) (``build_state_cache`` estimates it before writing
 and refuses what the disk or ``max_bytes`` cannot hold). After the side phase, ``StateCache.store_side_outputs``
@@ -17,13 +18,15 @@ stores the trained side network's eval-mode logits beside the states (one (n, C)
 network's weights and the cache's key: the fade phase's Eq. 3 teacher, read once instead of a side pass per step.
 
 The package: ``key`` (what the states depend on: ``StateCacheKey``; a cache whose key differs from the model's is
-refused with ``StaleStateCacheError``), ``storage`` (the folder's files: shards, key files, side outputs), ``build``
-(``build_state_cache``: resumable, never reads an unfinished build) and ``read`` (``StateCache``).
+refused with ``StaleStateCacheError``), ``storage`` (the folder's files: shards, key files, side outputs, int8 storage), ``size``
+(the size estimate and the refusal), ``build`` (``build_state_cache``: resumable, never reads an unfinished build) and
+``read`` (``StateCache``).
 """
 
-from .build import build_state_cache
+from .build import build_state_cache, estimate_state_cache_size
 from .key import StaleStateCacheError, StateCacheKey, tokenizer_hash, weights_hash
 from .read import StateCache
+from .size import StateCacheTooLargeError
 from .storage import MANIFEST, stored_states, write_json, write_shard
 
 __all__ = [
@@ -31,7 +34,9 @@ __all__ = [
     "StaleStateCacheError",
     "StateCache",
     "StateCacheKey",
+    "StateCacheTooLargeError",
     "build_state_cache",
+    "estimate_state_cache_size",
     "stored_states",
     "tokenizer_hash",
     "weights_hash",

@@ -20,7 +20,7 @@ from peft.utils import ModulesToSaveWrapper
 from ..config import invalid
 from ..forward_pass import TARGET_ARGUMENTS
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # storage dtypes, by key name
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.int8}  # storage dtypes, by key name
 FORMAT_VERSION = 1
 CONFIG_FIELDS_IGNORED = ("use_cache",)  # a decoding switch
 

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset
 
 from .key import StaleStateCacheError, cache_tuner, config_hash, inputs_hash, model_inputs, rows_of, sha256_of, side_network_hash, weights_hash
-from .storage import BUILD_KEY, MANIFEST, SIDE_OUTPUTS, read_key, split_targets, write_tensors
+from .storage import BUILD_KEY, MANIFEST, SAFETENSORS_DTYPES, SCALES, SIDE_OUTPUTS, read_key, split_targets, write_tensors
 
 
 def mdpd_tuner(model):
@@ -27,7 +27,9 @@ class StateCache(Dataset):
     """A finished cache, as a map-style dataset of examples ``{"hidden_states": (n, S, D), <targets>}``.
 
     Shards are memory-mapped (``safe_open``): an example is read from disk when it is indexed. ``collate``
-    re-pads a list of examples into the batch ``MDPDModel.side_pass_on_cached_states`` takes.
+    re-pads a list of examples into the batch ``MDPDModel.side_pass_on_cached_states`` takes. States come as
+    stored (``key.dtype``); an int8 cache's examples and batches carry their scales (``hidden_state_scales``,
+    (n, S)) beside them, and ``storage.stored_states`` dequantizes a batch to the training dtype.
     """
 
     def __init__(self, cache_dir: str | os.PathLike):
@@ -45,6 +47,19 @@ class StateCache(Dataset):
         self._files.clear()  # reopened lazily, also in DataLoader workers
         if int(self._starts[-1]) != manifest["num_examples"]:
             raise StaleStateCacheError(f"{self.folder}: the shards hold {int(self._starts[-1])} examples, the manifest {manifest['num_examples']}.")
+        self._check_storage()
+
+    def _check_storage(self) -> None:
+        """The shards hold states in the key's dtype (and int8 states their scales): never read one dtype as another."""
+        file = self._file(0)
+        stored = file.get_slice("hidden_states").get_dtype()
+        scaled = SCALES in file.keys()
+        if stored != SAFETENSORS_DTYPES.get(self.key.dtype) or scaled != (self.key.dtype == "int8"):
+            raise StaleStateCacheError(
+                f"{self.folder}: its key says dtype={self.key.dtype}, but its shards hold {stored} states "
+                f"{'with' if scaled else 'without'} int8 scales: build the cache again (build_state_cache(..., overwrite=True))."
+            )
+        self._files.clear()
 
     @property
     def hidden_state_indices(self) -> tuple[int, ...]:
@@ -79,6 +94,8 @@ class StateCache(Dataset):
         start, stop = (int(v) for v in self._offsets[shard][row : row + 2])
         file = self._file(shard)
         example = {"hidden_states": file.get_slice("hidden_states")[start:stop]}
+        if self.key.dtype == "int8":
+            example[SCALES] = file.get_slice(SCALES)[start:stop]  # (n, S)
         for name in file.keys():
             kind, _, target = name.partition("_target.")
             if target:
@@ -164,14 +181,16 @@ class StateCache(Dataset):
             return file.get_tensor("logits")
 
     def collate(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding,
-        ``attention_mask`` (B, N), ``hidden_state_indices`` (S,), targets stacked (per-token ones padded with
-        -100, the ignored label)."""
+        """Pad a list of examples to the batch's longest: ``hidden_states`` (B, N, S, D), zeros at padding (an int8
+        cache's ``hidden_state_scales`` (B, N, S) too), ``attention_mask`` (B, N), ``hidden_state_indices`` (S,),
+        targets stacked (per-token ones padded with -100, the ignored label)."""
         lengths = torch.tensor([len(example["hidden_states"]) for example in examples])
         states = torch.nn.utils.rnn.pad_sequence([example["hidden_states"] for example in examples], batch_first=True)
         mask = (torch.arange(states.shape[1])[None, :] < lengths[:, None]).long()
         batch = {"hidden_states": states, "attention_mask": mask, "hidden_state_indices": torch.tensor(self.hidden_state_indices)}
-        for name in sorted(examples[0].keys() - {"hidden_states"}):
+        if SCALES in examples[0]:
+            batch[SCALES] = torch.nn.utils.rnn.pad_sequence([example[SCALES] for example in examples], batch_first=True)
+        for name in sorted(examples[0].keys() - {"hidden_states", SCALES}):
             values = [example[name] for example in examples]
             if values[0].dim() >= 1 and all(len(v) == n for v, n in zip(values, lengths.tolist())):
                 batch[name] = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=-100)
