@@ -168,9 +168,9 @@ def check_room(size: CacheSize, first_missing_shard: int, folder: Path, max_byte
     needed = size.from_shard(first_missing_shard)
     free, margin = free_bytes(folder)
     if needed > free + freed - margin:
-        still = "" if first_missing_shard == 0 else f" (its {size.num_shards - first_missing_shard} shards still to write)"
+        still = "" if first_missing_shard == 0 else f" for its {size.num_shards - first_missing_shard} shards still to write"
         raise StateCacheTooLargeError(
-            f"build_state_cache: the cache in {folder} needs about {readable(needed)} more{still} ({size.describe()}), "
+            f"build_state_cache: the cache in {folder} needs about {readable(needed)}{still} ({size.describe()}), "
             f"but its filesystem has {readable(free + freed)} free, of which {readable(margin)} is kept free (the smaller of "
             f"5% of the disk and 1 GiB). {shrink_advice(size)} Or free space, or choose another cache_dir."
         )
