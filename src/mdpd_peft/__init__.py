@@ -21,10 +21,10 @@ from .side_tasks import (
     push_side_tasks_to_hub,
     save_side_tasks,
 )
-from .state_cache import StateCache, StateCacheKey, StaleStateCacheError, build_state_cache
+from .state_cache import StateCache, StateCacheKey, StateCacheTooLargeError, StaleStateCacheError, build_state_cache
 from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskPipeline", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "StateCacheTooLargeError", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskPipeline", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
 __version__ = "0.1.0"

@@ -48,6 +48,18 @@ def backbone_modules(module: nn.Module):
             yield name.removesuffix(".base_layer").removesuffix("base_layer"), child
 
 
+def head_outputs(model: nn.Module, head_names: list[str] | set[str] | None) -> int | None:
+    """Output size of the task head, or None: the last Linear of the *last* ``modules_to_save`` module found
+    (the head comes after, e.g., BERT's ``pooler`` in module order)."""
+    outputs = None
+    for name, module in model.named_modules():
+        if head_names and name.rsplit(".", 1)[-1] in head_names:
+            linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                outputs = linears[-1].out_features
+    return outputs
+
+
 def is_norm(module: nn.Module) -> bool:
     """LayerNorm-like: torch's LayerNorm or a model's own class named *LayerNorm / *RMSNorm."""
     name = type(module).__name__

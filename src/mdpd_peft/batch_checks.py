@@ -8,6 +8,7 @@ batch fails in a loss the user never chose. The tuner's forward pre-hook runs th
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,16 @@ class BatchLimits:
                 max_tokens = module.num_embeddings - offset
                 break
         return cls(vocab_size, max_tokens)
+
+
+def call_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict:
+    """A forward call's arguments by name, those passed through ``**kwargs`` included (a forward hook sees the call's
+    ``args`` and ``kwargs``); its keyword arguments alone when they do not bind to ``signature``."""
+    try:
+        arguments = signature.bind_partial(*args, **kwargs).arguments
+    except TypeError:
+        return dict(kwargs)
+    return {**arguments.get("kwargs", {}), **{name: value for name, value in arguments.items() if name != "kwargs"}}
 
 
 def check_batch(arguments: dict, limits: BatchLimits, config) -> None:

@@ -1,11 +1,10 @@
 """One MDPD training pass, as data flows: capture the backbone's states -> run the side network -> the losses.
 
-The tuner (``model.py``) owns the hooks that fill a ``ForwardCapture`` during the wrapped model's forward (the states
-through ``capture.BackboneCapture``); this
-module holds what happens to it: the side pass (side network, side task loss, feature distillation, Eq. 1-7)
-and the backbone's terms (Eq. 3's logits distillation and our backbone task loss), with the small helpers that
-read and rewrite layer calls. Training on cached states (``state_cache.py``) enters at ``side_pass`` with
-``BackboneStates`` rebuilt from a collated batch (``cached_backbone_states``).
+The tuner's hooks (``hooks.py``) fill a ``ForwardCapture`` during the wrapped model's forward (the states through
+``capture.BackboneCapture``); this module holds what happens to it: the side pass (side network, side task loss,
+feature distillation, Eq. 1-7) and the backbone's terms (Eq. 3's logits distillation and our backbone task loss),
+with the small helpers that read and rewrite layer calls. Training on cached states enters at ``side_pass`` with
+``BackboneStates`` rebuilt from a collated batch (``cached_passes.py``).
 """
 
 from __future__ import annotations
@@ -105,21 +104,6 @@ def real_tokens(attention_mask: torch.Tensor | None, batch: int, tokens: int, de
     return torch.ones(batch, tokens, dtype=torch.bool, device=device)
 
 
-def cached_backbone_states(batch: dict[str, torch.Tensor], indices: tuple[int, ...], num_layers: int, dtype: torch.dtype) -> BackboneStates:
-    """``BackboneStates`` from a collated ``StateCache`` batch: the stored states in place, every other layer missing.
-
-    The states are converted to ``dtype`` (the side network's) once, here: converted per use, every layer the
-    side network reads and every distilled layer would hold a copy of its own until backward.
-    """
-    stored = dict(zip(indices, batch["hidden_states"].to(dtype).unbind(dim=2)))  # hidden-state index -> (B, N, D)
-
-    def missing(index: int, hidden: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError(f"backbone layer {index} cannot run on cached states")
-
-    layer_outputs = [stored.get(layer + 1) for layer in range(num_layers)]
-    return BackboneStates(stored[0], layer_outputs, batch["attention_mask"].bool(), missing, dtype)
-
-
 # ----------------------------------------------------------------------------------------------- logits
 
 
@@ -174,11 +158,18 @@ def side_pass(
     return SidePass(side_logits, losses, total)
 
 
-def stored_side_pass(logits: torch.Tensor) -> SidePass:
-    """The frozen side network's pass as the fade phase sees it: its stored logits, no loss term of its own.
+def stored_side_pass(stored_logits: torch.Tensor, backbone_logits: torch.Tensor | None) -> SidePass:
+    """The frozen side network's pass as the fade phase sees it: its stored logits (B, C), in the backbone logits'
+    device and dtype, and no loss term of its own.
 
     The side terms (task, Eq. 1-2, 4-7) train only the side network and the distillation modules, which the fade
     phase holds still, so they are not computed; Eq. 3 and the backbone task loss are ``with_backbone_terms``'."""
+    if backbone_logits is None or backbone_logits.dim() == 3 or stored_logits.shape != backbone_logits.shape:
+        raise ValueError(
+            f"{SIDE_LOGITS_ARGUMENT}= must be the side network's sequence-level logits, shaped like the model's "
+            f"(B, C) logits {None if backbone_logits is None else tuple(backbone_logits.shape)}; got {tuple(stored_logits.shape)}."
+        )
+    logits = stored_logits.to(device=backbone_logits.device, dtype=backbone_logits.dtype)
     return SidePass(logits, {}, logits.new_zeros(()))
 
 

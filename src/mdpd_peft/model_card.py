@@ -11,6 +11,7 @@ from .config import MDPDConfig
 from .side_networks import SIDE_NETWORKS
 
 TAGS = ["mdpd", "side-network-distillation"]
+METRIC_PATHS = {"faded": "backbone", "side": "side"}  # evaluation metric prefix -> eval path of the tuner (MDPDTrainer.evaluate)
 HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 

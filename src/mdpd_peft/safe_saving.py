@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -90,3 +91,28 @@ def checkpoint_folders(output_dir: str | os.PathLike) -> list[str]:
     steps = [name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-") for name in os.listdir(output_dir) if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")]
     folders = [os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{step}") for step in sorted(int(s) for s in steps if s.isdigit())]
     return [folder for folder in folders if os.path.isdir(folder)]
+
+
+def checkpoint_to_resume(resume_from_checkpoint, output_dir: str | os.PathLike):
+    """``Trainer.train``'s ``resume_from_checkpoint``, made safe: ``True`` becomes the last *complete* checkpoint in
+    ``output_dir`` (one whose save was cut short is skipped with a warning; none raises), and a named folder that is
+    incomplete is refused, naming what it lacks. Anything else is returned as it is."""
+    if resume_from_checkpoint is True:
+        complete = []
+        for folder in checkpoint_folders(output_dir):
+            reason = incomplete_reason(folder)
+            if reason is None:
+                complete.append(folder)
+            else:
+                warnings.warn(f"Not resuming from {folder}: {reason} (its save was cut short).", stacklevel=3)
+        if not complete:
+            raise ValueError(f"resume_from_checkpoint=True, but {output_dir} holds no complete checkpoint to resume from.")
+        return complete[-1]
+    if resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, bool):
+        reason = incomplete_reason(resume_from_checkpoint) if os.path.isdir(resume_from_checkpoint) else "no such folder"
+        if reason is not None:
+            raise ValueError(
+                f"resume_from_checkpoint={str(resume_from_checkpoint)!r} cannot be resumed from: {reason}. Complete checkpoints in "
+                f"{output_dir}: {[f for f in checkpoint_folders(output_dir) if incomplete_reason(f) is None]}."
+            )
+    return resume_from_checkpoint

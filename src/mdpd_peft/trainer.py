@@ -6,31 +6,24 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections import defaultdict
 
 import torch
-from huggingface_hub import HfApi
 from peft import PeftModel
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_pt_utils import nested_gather
 from transformers.trainer_utils import speed_metrics
 
+from .cached_training import TrainsOnCachedStates
 from .config import invalid, is_real
 from .forward_pass import SIDE_LOGITS_ARGUMENT
-from .cached_training import TrainsOnCachedStates
-from .gathering import gathered_faded_model
+from .hub import ShipsFadedModel
 from .memory import PeakMemory
 from .model import MDPDModel
-from .model_card import faded_model_card
+from .model_card import METRIC_PATHS
 from .phases import FADE_SIDE_OUTPUTS, SIDE_PHASE_DIR, MarkSidePhaseCheckpoints, train_side_then_fade
-from .safe_saving import checkpoint_folders, incomplete_reason, replaced_files, replaced_folder
+from .safe_saving import checkpoint_to_resume, replaced_files
 
-METRIC_PATHS = {"faded": "backbone", "side": "side"}  # metric name -> eval path of the tuner
-SPEED_METRICS = ("_runtime", "_samples_per_second", "_steps_per_second")
-# Adapter files that an earlier checkpoint push (``hub_strategy``) may have left in the repository: with them
-# there, transformers would try to load the repository as a PEFT adapter instead of as the faded model.
-ADAPTER_FILES = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
 
 
 class FirstStepPeakMemory(TrainerCallback):
@@ -91,7 +84,7 @@ def mdpd_tuner(model) -> MDPDModel:
     return model.base_model
 
 
-class MDPDTrainer(Trainer):
+class MDPDTrainer(ShipsFadedModel, Trainer):
     """A ``transformers.Trainer`` for models from ``get_peft_model(model, MDPDConfig(...))``.
 
     - Training optimises the model's combined MDPD loss and logs each term's share of it as ``loss_<term>``
@@ -184,24 +177,7 @@ class MDPDTrainer(Trainer):
         if self.state_cache is not None:
             self.side_phase_trainer = self._side_phase_trainer()
             return train_side_then_fade(self, self.side_phase_trainer, resume_from_checkpoint, **kwargs)
-        if resume_from_checkpoint is True:
-            complete = []
-            for folder in checkpoint_folders(self.args.output_dir):
-                reason = incomplete_reason(folder)
-                if reason is None:
-                    complete.append(folder)
-                else:
-                    warnings.warn(f"Not resuming from {folder}: {reason} (its save was cut short).", stacklevel=2)
-            if not complete:
-                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint to resume from.")
-            resume_from_checkpoint = complete[-1]
-        elif resume_from_checkpoint is not None and not isinstance(resume_from_checkpoint, bool):
-            reason = incomplete_reason(resume_from_checkpoint) if os.path.isdir(resume_from_checkpoint) else "no such folder"
-            if reason is not None:
-                raise ValueError(
-                    f"resume_from_checkpoint={str(resume_from_checkpoint)!r} cannot be resumed from: {reason}. Complete checkpoints in "
-                    f"{self.args.output_dir}: {[f for f in checkpoint_folders(self.args.output_dir) if incomplete_reason(f) is None]}."
-                )
+        resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -322,83 +298,6 @@ class MDPDTrainer(Trainer):
         self._memory_tracker.stop_and_update_metrics(metrics)
         self.last_eval_metrics, self._last_eval_prefix = metrics, metric_key_prefix
         return metrics
-
-    # ---------------------------------------------------------------------------------- faded models
-
-    def save_faded_model(self, output_dir: str | None = None, **card_kwargs) -> str:
-        """Fade a copy of the model and save it, the processor and a model card; training can go on.
-
-        Writes ``config.json``, ``model.safetensors``, the tokenizer or image processor given to the
-        Trainer, and ``README.md`` (see ``model_card``; ``card_kwargs``: ``datasets``, ``tags``,
-        ``model_name``, ``base_model_note``: what a user must know about the base weights). Returns the folder (default ``<output_dir>/faded``). Every process must call it (the
-        weights are gathered first: ``gathered_faded_model``); only the main process writes, and every process
-        returns once the folder is complete. The folder is written beside and then moved into place: a fault
-        while saving leaves the previous faded model as it was.
-        """
-        output_dir = output_dir or os.path.join(self.args.output_dir, "faded")
-        faded = gathered_faded_model(self.deepspeed if self.is_deepspeed_enabled else self.model, self.accelerator)
-        if faded is not None and self.args.should_save:  # the weights were gathered on the main process alone
-            with replaced_folder(output_dir) as staging:
-                faded.save_pretrained(staging)
-                if self.processing_class is not None:
-                    self.processing_class.save_pretrained(staging)
-                self.faded_model_card(type(faded).__name__, **card_kwargs).save(os.path.join(staging, "README.md"))
-        self.accelerator.wait_for_everyone()
-        return output_dir
-
-    def faded_model_card(self, model_class: str, datasets=None, tags=None, model_name=None, base_model_note=None):
-        mdpd = self._mdpd_model()
-        trainable, total = self._peft_model().get_nb_trainable_parameters()
-        prefixes = tuple(f"{self._last_eval_prefix}_{name}_" for name in METRIC_PATHS)
-        metrics = {
-            k: v for k, v in self.last_eval_metrics.items() if k.startswith(prefixes) and not k.endswith(SPEED_METRICS)
-        }
-        metric_names = [k.removeprefix(prefixes[0]) for k in metrics if k.startswith(prefixes[0])]
-        return faded_model_card(
-            mdpd.peft_config[mdpd.active_adapters[0]],
-            model_class,
-            metrics,
-            [name for name in metric_names if name != "loss"],
-            trainable,
-            total,
-            self.step_memory.peak_bytes,
-            self.step_memory.device,
-            datasets=[datasets] if isinstance(datasets, str) else datasets,
-            extra_tags=[tags] if isinstance(tags, str) else tags,
-            model_name=model_name,
-            base_model_note=base_model_note,
-        )
-
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token: str | None = None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **card_kwargs,
-    ):
-        """Push the faded model (``save_faded_model``) to ``args.hub_model_id``, with its model card.
-
-        The repository then holds a plain transformers model; adapter files an earlier checkpoint push
-        left there are deleted in the same commit. ``card_kwargs`` go to the model card.
-        """
-        token = token if token is not None else self.args.hub_token
-        if self.hub_model_id is None:
-            self.init_hf_repo(token=token, private=private)
-        folder = self.save_faded_model(os.path.join(self.args.output_dir, "faded"), **card_kwargs)
-        if not self.is_world_process_zero():
-            return None
-        self._finish_current_push()
-        return HfApi(library_name="mdpd-peft").upload_folder(
-            repo_id=self.hub_model_id,
-            folder_path=folder,
-            commit_message=commit_message,
-            token=token,
-            run_as_future=not blocking,
-            revision=revision if revision is not None else self.args.hub_revision,
-            delete_patterns=ADAPTER_FILES,
-        )
 
 
 class SidePhaseTrainer(TrainsOnCachedStates, MDPDTrainer):

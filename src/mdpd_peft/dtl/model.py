@@ -10,8 +10,8 @@ from torch import nn
 
 from ..architecture import map_encoder
 from ..config import invalid
+from ..fading import checkpoints
 from ..forward_pass import layer_input, layer_output
-from ..model import checkpoints
 from ..shared_state import WrapsNoLayer, place_adapter_module, restore_original_modules
 from ..side_networks.base import require_uniform_width
 from ..side_networks.dtl import CompactSideNetwork, dtl_inject_from

@@ -11,8 +11,8 @@ from peft import PeftModel
 from peft.utils import CONFIG_NAME, PeftType
 from torch import nn
 
+from ..hub import ADAPTER_FILES
 from ..safe_saving import replaced_folder
-from ..trainer import ADAPTER_FILES
 from .model import side_task_model_of
 from .model_card import side_task_card
 

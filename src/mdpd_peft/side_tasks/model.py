@@ -11,15 +11,15 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from ..architecture import EncoderMap, backbone_modules, is_norm, map_encoder
-from ..batch_checks import BatchLimits, check_batch
+from ..batch_checks import BatchLimits, call_arguments, check_batch
+from ..cached_passes import check_cacheable, states_for
 from ..capture import BackboneCapture
-from ..config import invalid
-from ..config import MDPDConfig
+from ..config import MDPDConfig, invalid
 from ..distillation import DualPathDistiller, intermediates_kept
-from ..forward_pass import SidePass, cached_backbone_states
+from ..forward_pass import SidePass
 from ..shared_state import WrapsNoLayer, adapter_names_of, place_adapter_module
 from ..side_networks import SIDE_NETWORKS, BackboneStates, LadderSideNetwork, SideNetwork
-from ..state_cache import check_cacheable, weights_hash
+from ..state_cache import weights_hash
 from ..task_loss import side_task_loss
 from ..token_layout import stage_real_tokens
 from .config import SideTaskConfig
@@ -197,10 +197,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
                 f"labels= train one task, but {len(self._running)} would run ({self._running}): choose it with "
                 "tasks=[name] or model.base_model.set_adapter(name)."
             )
-        try:
-            arguments = self._forward_signature.bind_partial(*args, **kwargs).arguments
-        except TypeError:
-            arguments = kwargs
+        arguments = call_arguments(self._forward_signature, args, kwargs)
         if self._running:
             check_batch({**arguments, "labels": labels}, self._batch_limits, self.peft_config[self._running[0]])
             rerun = frozenset().union(*(self.kept_tasks[name].side.rerun_layers for name in self._running))
@@ -301,9 +298,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         if len(tasks) != 1:
             raise ValueError(f"Training on cached states trains one task, but {len(tasks)} are active ({tasks}): model.base_model.set_adapter(name).")
         name = tasks[0]
-        dtype = next(self.kept_tasks[name].parameters()).dtype
-        indices = tuple(int(i) for i in batch["hidden_state_indices"])
-        states = cached_backbone_states(batch, indices, self.encoder.num_layers, dtype)
+        states, _ = states_for(batch, self.encoder.num_layers, self.kept_tasks[name])
         logits, features = self._task_passes(states, [name])[name]
         if batch.get("labels") is None:
             return SidePass(logits, {}, logits.new_zeros(()))
