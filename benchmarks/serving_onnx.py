@@ -22,14 +22,10 @@ time does not depend on their values. Results go to ``--output`` (JSON).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,12 +33,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime  # noqa: E402
-import peft  # noqa: E402
 import torch  # noqa: E402
-import transformers  # noqa: E402
 from torch import nn  # noqa: E402
 
-from serving import batch_for, encoder_and_classifier_class, merged_models, side_tasks, timed  # noqa: E402
+from serving import argument_parser, batch_for, encoder_and_classifier_class, environment, interleaved_medians, merged_models, side_settings, side_tasks, write_result  # noqa: E402
 
 from mdpd_peft import export_onnx  # noqa: E402
 from mdpd_peft.side_tasks.onnx_export import ONNX_FILE, encoder_input_names, example_inputs, export_graph, input_axes  # noqa: E402
@@ -94,9 +88,9 @@ def export_merged(models: list[nn.Module], input_names: list[str], folder: Path,
     return paths, statistics.median(seconds)
 
 
-def measure_tasks(encoder, merged: list[nn.Module], merged_sessions: list, inputs: dict, n: int, repeats: int, threads: int, folder: Path) -> dict:
+def measure_tasks(encoder, merged: list[nn.Module], merged_sessions: list, inputs: dict, n: int, repeats: int, threads: int, folder: Path, settings: dict) -> dict:
     """One N: the bundle exported, then the four ways (and one output of the bundle's graph) timed interleaved."""
-    bundle = side_tasks(encoder, n)
+    bundle = side_tasks(encoder, n, **settings)
     start = time.perf_counter()
     export_onnx(bundle, folder / f"bundle-{n}")
     export_seconds = time.perf_counter() - start
@@ -113,16 +107,10 @@ def measure_tasks(encoder, merged: list[nn.Module], merged_sessions: list, input
         "torch_merged": lambda: [model(**inputs) for model in merged],
         "ort_merged": lambda: [merged_session.run(None, feeds) for merged_session in merged_sessions],
     }
-    seconds = {way: [] for way in ways}
+    median = interleaved_medians(ways, repeats)
     with torch.inference_mode():
-        for round_ in range(repeats + 1):  # round 0 warms up
-            for way, function in ways.items():
-                elapsed = timed(function)
-                if round_:
-                    seconds[way].append(elapsed)
         bundle_logits = list(bundle(**inputs).task_logits.values())
         merged_logits = [model(**inputs).logits for model in merged]
-    median = {way: statistics.median(values) for way, values in seconds.items()}
     return {
         "tasks": n,
         "seconds": median,
@@ -140,7 +128,7 @@ def measure_tasks(encoder, merged: list[nn.Module], merged_sessions: list, input
     }
 
 
-def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) -> dict:
+def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int, settings: dict) -> dict:
     encoder, make_model = encoder_and_classifier_class(name)
     encoder.eval()
     inputs = batch_for(encoder, batch, length)
@@ -153,7 +141,7 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) 
         paths, merged_export_seconds = export_merged(merged, input_names, folder, encoder)
         merged_sessions = [session(path, threads) for path in paths]
         for n in tasks:
-            row = measure_tasks(encoder, merged, merged_sessions, inputs, n, repeats, threads, folder)
+            row = measure_tasks(encoder, merged, merged_sessions, inputs, n, repeats, threads, folder, settings)
             row["export_seconds_one_merged"] = merged_export_seconds
             rows.append(row)
             print(
@@ -162,27 +150,16 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) 
                 f"ONNX Runtime; one output {row['one_output_vs_all']:.2f}x the time of all",
                 flush=True,
             )
-    return {"model": name, "batch": batch, "length": length, "repeats": repeats, "threads": threads, "optimum": OPTIMUM, "rows": rows}
+    return {"model": name, "batch": batch, "length": length, "repeats": repeats, "settings": settings, "threads": threads, "optimum": OPTIMUM, "rows": rows}
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="minilm", choices=["minilm", "bert-base", "vit-base", "tiny"])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=64, help="tokens per text (text models)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/serving-onnx-<model>-cpu.json")
-    args = parser.parse_args(argv)
-    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats)
-    result["environment"] = {
-        "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "torch_threads": torch.get_num_threads(),
-        "onnxruntime_intra_op_threads": result["threads"], "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+    args = argument_parser(__doc__, [1, 4, 8, 16]).parse_args(argv)
+    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats, side_settings(args))
+    result["environment"] = environment() | {
+        "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "onnxruntime_intra_op_threads": result["threads"], "cpu_count": os.cpu_count(),
     }
-    output = Path(args.output or Path(__file__).parent / "results" / f"serving-onnx-{args.model}-cpu.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    write_result(result, args.output, "serving-onnx")
     return result
 
 
