@@ -72,6 +72,19 @@ def test_text_graph_equals_pytorch_on_a_batch_without_padding(text_export):
     assert_close(ort_logits(folder, inputs), task_logits(model, inputs))
 
 
+@pytest.mark.parametrize("side_network", ["unipt", "sherl", "dtl+"])
+def test_other_side_networks_export_through_their_own_modules(tmp_path, side_network):
+    """Whatever a task's modules compute is traced: UniPT's, and SHERL's and DTL's, which re-run encoder layers."""
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(side_network=side_network, reduction_factor=4, num_labels=3), adapter_name="sequence")
+    model.add_adapter("tokens", SideTaskConfig(side_network=side_network, reduction_factor=4, num_labels=2, problem_type="token_classification"))
+    model.base_model.set_adapter(["sequence", "tokens"])
+    export_onnx(model.eval(), tmp_path / side_network)
+    for batch, length in [(5, 12), (2, 7)]:
+        inputs = text_batch(batch=batch, length=length, pad_from=3)
+        inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        assert_close(ort_logits(tmp_path / side_network, inputs), task_logits(model, inputs))
+
+
 def test_image_graph_equals_pytorch_for_every_task(tmp_path):
     torch.manual_seed(0)
     config = transformers.ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128)
