@@ -69,14 +69,15 @@ def input_axes(input_names: list[str]) -> dict[str, dict[int, str]]:
 
 
 def example_inputs(encoder: nn.Module, input_names: list[str]) -> tuple[torch.Tensor, ...]:
-    """A small batch to trace with; its last row is padded, so that no branch could trace the unpadded case only."""
-    config = encoder.config
+    """A small batch to trace with, where the encoder's weights are; its last row is padded, so that no branch could
+    trace the unpadded case only."""
+    config, weight = encoder.config, next(encoder.parameters())
     if input_names == ["pixel_values"]:
         size = config.image_size if isinstance(config.image_size, (tuple, list)) else (config.image_size, config.image_size)
-        return (torch.zeros(EXAMPLE_BATCH, config.num_channels, *size),)
-    attention_mask = torch.ones(EXAMPLE_BATCH, EXAMPLE_TOKENS, dtype=torch.long)
+        return (torch.zeros(EXAMPLE_BATCH, config.num_channels, *size, dtype=weight.dtype, device=weight.device),)
+    attention_mask = torch.ones(EXAMPLE_BATCH, EXAMPLE_TOKENS, dtype=torch.long, device=weight.device)
     attention_mask[-1, EXAMPLE_TOKENS // 2 :] = 0
-    examples = {"input_ids": torch.ones(EXAMPLE_BATCH, EXAMPLE_TOKENS, dtype=torch.long), "attention_mask": attention_mask}
+    examples = {"input_ids": torch.ones_like(attention_mask), "attention_mask": attention_mask}
     examples["token_type_ids"] = torch.zeros_like(attention_mask)
     return tuple(examples[name] for name in input_names)
 
@@ -186,12 +187,19 @@ def export_onnx(
             "format_version": FORMAT_VERSION,
             "onnx_file": ONNX_FILE,
             "inputs": inputs,
-            "opset": opset,
+            "opset": graph_opset(os.path.join(staging, ONNX_FILE)),
             "tasks": {name: task_entry(tuner.peft_config[name], outputs[name]) for name in names},
         }
         with open(os.path.join(staging, TASKS_FILE), "w", encoding="utf-8") as file:
             json.dump(manifest, file, indent=1)
     return folder
+
+
+def graph_opset(path: str) -> int:
+    """The default-domain opset the graph at ``path`` was written with (needs ``onnx``)."""
+    import onnx
+
+    return next(entry.version for entry in onnx.load(path, load_external_data=False).opset_import if entry.domain in ("", "ai.onnx"))
 
 
 def read_manifest(folder: str) -> dict:
