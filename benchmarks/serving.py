@@ -203,23 +203,37 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int, 
     return {"model": name, "batch": batch, "length": length, "repeats": repeats, "settings": settings, "rows": rows}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def argument_parser(description: str, tasks: list[int]) -> argparse.ArgumentParser:
+    """The options of the serving benchmarks (this one and ``serving_onnx.py``); ``tasks``: the default N's."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm", choices=["minilm", *SHAPES])
-    parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--tasks", type=int, nargs="+", default=tasks)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64, help="tokens per text (text models)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--side-head-dim", default=None, help="the kept ladders' head width; 'none': the backbone's head count (default: SideTaskConfig's)")
-    parser.add_argument("--profile", action="store_true", help="profile the side tasks' part of a pass by op group instead of timing")
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/serving[-profile]-<model>-cpu.json")
-    args = parser.parse_args(argv)
-    settings = {} if args.side_head_dim is None else {"side_head_dim": None if args.side_head_dim == "none" else int(args.side_head_dim)}
-    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats, settings, args.profile)
-    result["environment"] = {
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/<benchmark>-<model>-cpu.json")
+    return parser
+
+
+def side_settings(args: argparse.Namespace) -> dict:
+    """The ``SideTaskConfig`` settings the options ask for (none: its defaults)."""
+    return {} if args.side_head_dim is None else {"side_head_dim": None if args.side_head_dim == "none" else int(args.side_head_dim)}
+
+
+def environment() -> dict:
+    return {
         "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
     }
+
+
+def main(argv=None) -> dict:
+    parser = argument_parser(__doc__, [1, 2, 4, 8, 16])
+    parser.add_argument("--profile", action="store_true", help="profile the side tasks' part of a pass by op group instead of timing (output: serving-profile-<model>-cpu.json)")
+    args = parser.parse_args(argv)
+    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats, side_settings(args), args.profile)
+    result["environment"] = environment()
     kind = "serving-profile" if args.profile else "serving"
     write_result(result, args.output or RESULTS / f"{kind}-{args.model}-cpu.json")
     return result

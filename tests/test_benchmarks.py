@@ -236,6 +236,21 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     assert "linear probe (mean-pooled final states)" in results_md and "### Adding a task" in results_md
 
 
+def test_serving_onnx_times_onnx_runtime_against_pytorch_for_the_bundle_and_the_merged_models(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import serving_onnx
+
+    output = tmp_path / "serving-onnx-tiny-cpu.json"
+    result = serving_onnx.main(["--model", "tiny", "--tasks", "1", "2", "--repeats", "1", "--output", str(output)])
+    assert [row["tasks"] for row in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert set(row["seconds"]) == {"torch_bundle", "ort_bundle", "ort_bundle_one_output", "torch_merged", "ort_merged"}
+        assert all(seconds > 0 for seconds in row["seconds"].values()) and row["ort_vs_torch_bundle"] > 0 and row["ort_vs_torch_merged"] > 0
+        assert row["largest_logit_difference"]["bundle"] < 1e-4 and row["largest_logit_difference"]["merged"] < 1e-4  # the graphs compute what PyTorch does
+    assert result["rows"][1]["graph_bytes"]["bundle"] < result["rows"][1]["graph_bytes"]["merged"]  # one encoder, not two
+    assert json.loads(output.read_text())["environment"]["onnxruntime"] and "optimum" in result
+
+
 @pytest.mark.skipif(not accuracy.DINOV2_PATH.is_dir(), reason=f"no converted DINOv2-small in {accuracy.DINOV2_PATH} (python examples/convert_dinov2.py)")
 @pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(), reason=f"no Fashion-MNIST in {FASHION_MNIST_DIR} (apt-get install dataset-fashion-mnist)")
 def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path, capsys):

@@ -12,11 +12,13 @@ from .layer import MDPDLayer
 from .model import MDPDModel
 from .registration import register
 from .side_tasks import (
+    OnnxSideTaskPipeline,
     SideTaskConfig,
     SideTaskModel,
     SideTaskOutput,
     SideTaskPipeline,
     SideTaskTrainer,
+    export_onnx,
     load_side_tasks,
     push_side_tasks_to_hub,
     save_side_tasks,
@@ -26,5 +28,5 @@ from .trainer import MDPDTrainer
 
 register()
 
-__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "StateCacheTooLargeError", "build_state_cache", "gathered_faded_model", "register", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskPipeline", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
+__all__ = ["DTLConfig", "DTLModel", "MDPDConfig", "MDPDLayer", "MDPDModel", "MDPDTrainer", "StaleStateCacheError", "StateCache", "StateCacheKey", "StateCacheTooLargeError", "build_state_cache", "export_onnx", "gathered_faded_model", "register", "OnnxSideTaskPipeline", "SideTaskConfig", "SideTaskModel", "SideTaskOutput", "SideTaskPipeline", "SideTaskTrainer", "load_side_tasks", "push_side_tasks_to_hub", "save_side_tasks"]
 __version__ = "0.1.0"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .side_networks.base import exporting_graph
+
 IGNORED_LABEL = -100  # the label transformers' losses skip (padding tokens, special tokens)
 
 
@@ -65,7 +67,8 @@ def check_batch(arguments: dict, limits: BatchLimits, config) -> None:
                 f"truncate the batch (tokenizer(..., truncation=True, max_length={limits.max_tokens}))."
             )
     input_ids = arguments.get("input_ids")
-    if limits.vocab_size is not None and isinstance(input_ids, torch.Tensor) and input_ids.numel():
+    # The ids' values cannot be read while a graph is exported (the check would be a branch fixed in the graph).
+    if limits.vocab_size is not None and isinstance(input_ids, torch.Tensor) and input_ids.numel() and not exporting_graph():
         low, high = (int(v) for v in torch.aminmax(input_ids))
         if low < 0 or high >= limits.vocab_size:
             raise ValueError(

@@ -52,6 +52,18 @@ class SideOutput:
     logits: torch.Tensor | None = None  # Y_S: (B, C) or (B, N, C); None without a head or when not asked for
 
 
+def exporting_graph() -> bool:
+    """Whether this forward is being captured as a graph (``torch.export``, ``torch.onnx.export``, ``torch.jit.trace``):
+    a Python branch on a tensor's values would then be fixed in the graph for every later input."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def every_token_real(real: torch.Tensor) -> bool:
+    """Whether no token of the batch is padding (``real``: (B, N) bool), so that attention may drop its key mask for a
+    faster kernel. Never while a graph is exported: the graph keeps the mask, correct for padded and full batches."""
+    return not exporting_graph() and bool(real.all())
+
+
 def masked_mean(tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Global average pooling over real tokens: (B, N, C), (B, N) bool -> (B, C)."""
     weights = real.to(tokens.dtype).unsqueeze(-1)

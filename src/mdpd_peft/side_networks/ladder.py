@@ -26,7 +26,7 @@ from ..architecture import EncoderMap, PruningNotApplicable
 from ..distillation import recomputed
 from ..token_layout import pool_tokens
 from .pruning import prune_into_side_network
-from .base import BackboneStates, SideNetwork, SideOutput, full_value, register_side_network
+from .base import BackboneStates, SideNetwork, SideOutput, every_token_real, full_value, register_side_network
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ class LadderSideNetwork(SideNetwork):
         """Run the ladder: the side state starts as ``Down_0`` of the embeddings, and before side block l takes
         in backbone layer l's output (B, N_l, D_l) through its gate (Swin's stages: fewer tokens, more channels)."""
         real = states.real
-        key_mask = None if bool(real.all()) else real[:, None, None, :]  # (B, 1, 1, N): attend to real keys only
+        key_mask = None if every_token_real(real) else real[:, None, None, :]  # (B, 1, 1, N): attend to real keys only
         side = self.embed_down(states.input_of(0))
         side_states = []
         for gate, down, block, layer in zip(self.gates(), self.downs, self.blocks, self.side_layers):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel
@@ -16,65 +16,38 @@ from .bundle import load_side_tasks, local_bundle
 from .config import SideTaskConfig
 from .model import side_task_model_of
 
+if TYPE_CHECKING:
+    from .onnx_pipeline import OnnxSideTaskPipeline
 
-class SideTaskPipeline:
-    """Predict every task of a side-task model, as transformers' ``pipeline`` does for one.
 
-    ``pipe("a text")`` (with a tokenizer as ``processor``) or ``pipe(image)`` (with an image processor) returns
-    ``{task: prediction}``; a list of inputs returns one such dict per input. Each batch of ``batch_size`` inputs
-    runs the encoder once, in eval mode under ``torch.inference_mode``, and every task reads that pass. Predictions
-    are plain Python values, per problem type:
-
-    - single-label classification: ``{"label": name, "score": softmax probability}``, or with ``top_k=k`` the
-      list of the k most probable;
-    - multi-label classification: the list of ``{"label", "score"}`` whose sigmoid score is >= ``threshold``,
-      best first;
-    - regression: ``{"score": value}``;
-    - token classification (texts only): ``{"token", "label", "score"}`` per real token, special tokens skipped.
+class TaskPipelineBase:
+    """What every side-task pipeline does whatever runs the encoder: inputs checked, processed and batched, and each
+    batch's logits turned into predictions (see ``SideTaskPipeline``). A subclass runs one batch: ``task_logits``.
 
     Args:
-        model: A ``PeftModel`` of side tasks (``load_side_tasks``, ``get_peft_model(encoder, SideTaskConfig(...))``).
-        processor: The tokenizer (texts; truncated to the encoder's maximum positions, padded per batch) or the
-            image processor (images) of the encoder.
-        tasks: The tasks to predict; ``None``: every task of the model, whichever are active.
+        processor: The tokenizer (texts) or image processor (images) of the encoder.
+        tasks: The tasks the pipeline predicts, checked by the subclass.
+        configs: Each task's ``SideTaskConfig`` (its ``problem_type``, ``id2label``, ``per_token`` are read).
         batch_size: Inputs per encoder pass.
-        device: Where to run; ``None`` keeps the model where it is.
+        max_positions: The encoder's position table (``max_position_embeddings``); texts are truncated to it.
     """
 
-    def __init__(self, model: PeftModel, processor, tasks: list[str] | None = None, batch_size: int = 32, device: str | torch.device | None = None):
-        tuner = side_task_model_of(model)
-        self.tasks = tuner.tasks_to_run(tasks if tasks is not None else tuner.tasks)
+    def __init__(self, processor, tasks: list[str], configs: dict[str, SideTaskConfig], batch_size: int, max_positions: int | None):
         if not (isinstance(batch_size, int) and batch_size >= 1):
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1.")
         self.texts = isinstance(processor, PreTrainedTokenizerBase)
-        per_token = [name for name in self.tasks if tuner.peft_config[name].per_token]
+        per_token = [name for name in tasks if configs[name].per_token]
         if per_token and not self.texts:
-            raise ValueError(f"Task(s) {per_token} label tokens: SideTaskPipeline serves token classification on texts (a tokenizer as processor) only.")
-        self.model = model.to(device) if device is not None else model
-        self.model.eval()
+            raise ValueError(f"Task(s) {per_token} label tokens: a side-task pipeline serves token classification on texts (a tokenizer as processor) only.")
         self.processor = processor
-        self.configs: dict[str, SideTaskConfig] = {name: tuner.peft_config[name] for name in self.tasks}
+        self.tasks = tasks
+        self.configs = configs
         self.batch_size = batch_size
-        self.max_length = self.text_length_limit(tuner.model) if self.texts else None
+        self.max_length = min(limit for limit in (processor.model_max_length, max_positions) if limit is not None) if self.texts else None
 
-    @classmethod
-    def from_pretrained(cls, encoder: nn.Module, folder: str | os.PathLike, tasks: list[str] | None = None, **kwargs) -> "SideTaskPipeline":
-        """The pipeline of a bundle (``save_side_tasks``' folder or Hub repository) on ``encoder``, with the processor
-        saved there; ``kwargs`` as for the constructor."""
-        folder = local_bundle(folder)
-        saved = {name: os.path.isfile(os.path.join(folder, name)) for name in (IMAGE_PROCESSOR_NAME, TOKENIZER_CONFIG_FILE)}
-        if not any(saved.values()):
-            raise ValueError(
-                f"{folder} holds no processor ({' or '.join(saved)}): save the bundle with save_side_tasks(..., processor=...), "
-                "or build SideTaskPipeline(load_side_tasks(encoder, folder), processor)."
-            )
-        auto = AutoImageProcessor if saved[IMAGE_PROCESSOR_NAME] else AutoTokenizer
-        return cls(load_side_tasks(encoder, folder, tasks), auto.from_pretrained(folder), **kwargs)
-
-    def text_length_limit(self, encoder: nn.Module) -> int:
-        """The tokenizer's limit, within the encoder's position embeddings."""
-        positions = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
-        return min(limit for limit in (self.processor.model_max_length, positions) if limit is not None)
+    def task_logits(self, encoded: dict[str, torch.Tensor], tasks: list[str]) -> dict[str, torch.Tensor]:
+        """One encoder pass on a processed batch -> the logits of each of ``tasks``: (B, C), or (B, N, C) per token."""
+        raise NotImplementedError
 
     def __call__(self, inputs, top_k: int | None = None, threshold: float = 0.5, *, tasks: list[str] | None = None):
         """``inputs``: a text or image, or a list of them -> a dict of predictions per task, or a list of them.
@@ -104,7 +77,6 @@ class SideTaskPipeline:
             raise ValueError(f"tasks={tasks!r} names unknown task(s) {unknown}: this pipeline predicts the tasks {self.tasks}.")
         return names
 
-    @torch.inference_mode()
     def predict_batch(self, items: list, top_k: int | None, threshold: float, tasks: list[str] | None = None) -> list[dict[str, Any]]:
         """One encoder pass for ``items``, every task of ``tasks`` (default: the pipeline's) read from it."""
         tasks = self.tasks if tasks is None else tasks
@@ -113,10 +85,8 @@ class SideTaskPipeline:
             special = encoded.pop("special_tokens_mask").bool()
         else:
             encoded = self.processor(images=items, return_tensors="pt")
-        device = next(self.model.parameters()).device
-        output = self.model(**{key: value.to(device) for key, value in encoded.items()}, tasks=tasks)
         per_task = {}
-        for name, logits in output.task_logits.items():
+        for name, logits in self.task_logits(dict(encoded), tasks).items():
             config, logits = self.configs[name], logits.float().cpu()
             if config.per_token:
                 real = encoded["attention_mask"].bool() & ~special
@@ -130,6 +100,72 @@ class SideTaskPipeline:
         scores, labels = logits[real].softmax(-1).max(-1)
         tokens = self.processor.convert_ids_to_tokens(ids[real].tolist())
         return [{"token": token, "label": config.id2label[label], "score": score} for token, label, score in zip(tokens, labels.tolist(), scores.tolist())]
+
+
+class SideTaskPipeline(TaskPipelineBase):
+    """Predict every task of a side-task model, as transformers' ``pipeline`` does for one.
+
+    ``pipe("a text")`` (with a tokenizer as ``processor``) or ``pipe(image)`` (with an image processor) returns
+    ``{task: prediction}``; a list of inputs returns one such dict per input. Each batch of ``batch_size`` inputs
+    runs the encoder once, in eval mode under ``torch.inference_mode``, and every task reads that pass. Predictions
+    are plain Python values, per problem type:
+
+    - single-label classification: ``{"label": name, "score": softmax probability}``, or with ``top_k=k`` the
+      list of the k most probable;
+    - multi-label classification: the list of ``{"label", "score"}`` whose sigmoid score is >= ``threshold``,
+      best first;
+    - regression: ``{"score": value}``;
+    - token classification (texts only): ``{"token", "label", "score"}`` per real token, special tokens skipped.
+
+    ``SideTaskPipeline.from_onnx(folder)`` serves a bundle exported with ``export_onnx`` on ONNX Runtime instead,
+    with the same call and the same predictions.
+
+    Args:
+        model: A ``PeftModel`` of side tasks (``load_side_tasks``, ``get_peft_model(encoder, SideTaskConfig(...))``).
+        processor: The tokenizer (texts; truncated to the encoder's maximum positions, padded per batch) or the
+            image processor (images) of the encoder.
+        tasks: The tasks to predict; ``None``: every task of the model, whichever are active.
+        batch_size: Inputs per encoder pass.
+        device: Where to run; ``None`` keeps the model where it is.
+    """
+
+    def __init__(self, model: PeftModel, processor, tasks: list[str] | None = None, batch_size: int = 32, device: str | torch.device | None = None):
+        tuner = side_task_model_of(model)
+        names = tuner.tasks_to_run(tasks if tasks is not None else tuner.tasks)
+        configs: dict[str, SideTaskConfig] = {name: tuner.peft_config[name] for name in names}
+        super().__init__(processor, names, configs, batch_size, getattr(getattr(tuner.model, "config", None), "max_position_embeddings", None))
+        self.model = model.to(device) if device is not None else model
+        self.model.eval()
+
+    @classmethod
+    def from_pretrained(cls, encoder: nn.Module, folder: str | os.PathLike, tasks: list[str] | None = None, **kwargs) -> "SideTaskPipeline":
+        """The pipeline of a bundle (``save_side_tasks``' folder or Hub repository) on ``encoder``, with the processor
+        saved there; ``kwargs`` as for the constructor."""
+        folder = local_bundle(folder)
+        processor = saved_processor(folder, "save the bundle with save_side_tasks(..., processor=...), or build SideTaskPipeline(load_side_tasks(encoder, folder), processor)")
+        return cls(load_side_tasks(encoder, folder, tasks), processor, **kwargs)
+
+    @classmethod
+    def from_onnx(cls, folder: str | os.PathLike, tasks: list[str] | None = None, **kwargs) -> "OnnxSideTaskPipeline":
+        """The pipeline of a folder written by ``export_onnx``, run on ONNX Runtime: an ``OnnxSideTaskPipeline`` (same
+        call, same predictions; needs ``onnxruntime``); ``kwargs`` as for its constructor."""
+        from .onnx_pipeline import OnnxSideTaskPipeline
+
+        return OnnxSideTaskPipeline(folder, tasks, **kwargs)
+
+    @torch.inference_mode()
+    def task_logits(self, encoded: dict[str, torch.Tensor], tasks: list[str]) -> dict[str, torch.Tensor]:
+        device = next(self.model.parameters()).device
+        return self.model(**{key: value.to(device) for key, value in encoded.items()}, tasks=tasks).task_logits
+
+
+def saved_processor(folder: str, remedy: str):
+    """The tokenizer or image processor saved in ``folder``; a ValueError saying ``remedy`` where none is."""
+    saved = {name: os.path.isfile(os.path.join(folder, name)) for name in (IMAGE_PROCESSOR_NAME, TOKENIZER_CONFIG_FILE)}
+    if not any(saved.values()):
+        raise ValueError(f"{folder} holds no processor ({' or '.join(saved)}): {remedy}.")
+    auto = AutoImageProcessor if saved[IMAGE_PROCESSOR_NAME] else AutoTokenizer
+    return auto.from_pretrained(folder)
 
 
 def sequence_prediction(config: SideTaskConfig, logits: torch.Tensor, top_k: int | None, threshold: float):

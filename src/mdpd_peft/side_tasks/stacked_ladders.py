@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..side_networks import BackboneStates
+from ..side_networks.base import every_token_real
 from ..side_networks.ladder import LadderSideNetwork, SideBlock
 
 
@@ -59,7 +60,7 @@ def shared_input_linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tens
 
 def layer_norm(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
     weight, bias, eps = norm
-    return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=eps), weight)
+    return torch.addcmul(bias, F.layer_norm(x, weight.shape[-1:], eps=eps), weight)  # the weight's width: static in a traced graph
 
 
 class StackedBlock:
@@ -106,7 +107,7 @@ class StackedLadders:
         dtype = self.embed_down[0].dtype
         batch, tokens = states.real.shape
         real = states.real
-        key_mask = None if bool(real.all()) else real[:, None, None, :].repeat(self.gates.shape[1], 1, 1, 1)  # (N x B, 1, 1, T)
+        key_mask = None if every_token_real(real) else real[:, None, None, :].repeat(self.gates.shape[1], 1, 1, 1)  # (N x B, 1, 1, T)
         side = shared_input_linear(states.embeddings.to(dtype).reshape(batch * tokens, -1), self.embed_down)  # (N, B x T, D_S)
         for gate, down, block, layer in zip(self.gates, self.downs, self.blocks, self.side_layers):
             state = states.layer_outputs[layer].to(dtype).reshape(batch * tokens, -1)  # (B x T, D_l)
