@@ -314,6 +314,7 @@ def test_pipeline_predicts_each_item_with_its_own_options_from_one_pass(tokenize
     assert len(passes) == 1
     assert_same_predictions(each, [pipe(items, **option)[i] for i, option in enumerate(options)])
     assert pipe.truncated(items) == [3] and pipe.truncated(TEXTS) == []
+    assert pipe.predict_each([], []) == []
     with pytest.raises(ValueError, match=r"options: expected one dict of options per item \(4\), got 1"):
         pipe.predict_each(items, options[:1])
     with pytest.raises(ValueError, match=r"top_k=0"):

@@ -105,6 +105,8 @@ class SideTaskPipeline:
         """
         if len(options) != len(items):
             raise ValueError(f"options: expected one dict of options per item ({len(items)}), got {len(options)}.")
+        if not items:
+            return []
         tasks_each = [self.tasks_of_call(option.get("tasks")) for option in options]
         for option in options:
             check_top_k(option.get("top_k"))
