@@ -38,8 +38,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 ROOT = Path(__file__).parents[1]
 # The text app: small limits, so that 8 concurrent requests overload it (2 run, 2 queue; the proxy counts a request
 # as queued until a replica takes it, so 2 requests sent together need a queue of 2); a batch of 4 inputs fills at
-# once, and an input waits up to half a second for others (two requests sent together share a pass).
-TEXT_SETTINGS = ServerSettings(max_batch_size=4, batch_wait_timeout_s=0.5, max_inputs=4, max_ongoing_requests=2, max_queued_requests=2, num_cpus=0)
+# once, and an input waits up to a second for others (two requests sent together share a pass).
+TEXT_SETTINGS = ServerSettings(max_batch_size=4, batch_wait_timeout_s=1.0, max_inputs=4, max_ongoing_requests=2, max_queued_requests=2, num_cpus=0)
 IMAGE_SETTINGS = ServerSettings(max_batch_size=4, batch_wait_timeout_s=0.01, num_cpus=0)
 ANIMALS = {0: "cat", 1: "dog", 2: "bird"}
 
