@@ -303,6 +303,24 @@ def test_pipeline_call_predicts_the_tasks_it_names_from_one_pass(tokenizer):
         pipe(TEXTS, tasks=["stars"])
 
 
+def test_pipeline_predicts_each_item_with_its_own_options_from_one_pass(tokenizer):
+    model = tasks_model(["sentiment", "topic", "stars", "ner"], tiny_encoder(vocab_size=len(tokenizer)))
+    pipe = SideTaskPipeline(model, tokenizer)
+    items = TEXTS + ["word " * 100]
+    options = [{"tasks": ["sentiment"], "top_k": 2}, {"tasks": ["topic"], "threshold": 0.1}, {}, {"tasks": "stars", "threshold": 0.9}]
+    passes = []
+    model.base_model.model.embeddings.register_forward_hook(lambda *args: passes.append(1))
+    each = pipe.predict_each(items, options)
+    assert len(passes) == 1
+    assert_same_predictions(each, [pipe(items, **option)[i] for i, option in enumerate(options)])
+    assert pipe.truncated(items) == [3] and pipe.truncated(TEXTS) == []
+    assert pipe.predict_each([], []) == []
+    with pytest.raises(ValueError, match=r"options: expected one dict of options per item \(4\), got 1"):
+        pipe.predict_each(items, options[:1])
+    with pytest.raises(ValueError, match=r"top_k=0"):
+        pipe.predict_each(items[:1], [{"top_k": 0}])
+
+
 def test_pipeline_truncates_to_the_encoders_positions(tokenizer):
     model = tasks_model(["ner"], tiny_encoder(vocab_size=len(tokenizer)))
     (result,) = SideTaskPipeline(model, tokenizer)(["word " * 200])
