@@ -279,7 +279,9 @@ REPORT_METHODS = {
     "setfit": "SetFit, defaults",
     "setfit_paper": "SetFit, the paper's settings",
     "side_task": "kept side network (defaults)",
-    "side_task_issue": "kept side network, gate 0, 20 epochs at 3e-3",
+    "side_task_issue": "kept side network, random classifier, gate 0, 20 epochs at 3e-3 (before)",
+    "side_task_probe_init_100_steps": "kept side network, probe init, gate -4, 100 steps at 3e-3",
+    "side_task_probe_init_100_steps_1e-3": "kept side network, probe init, gate -4, 100 steps at 1e-3",
     "embedding_probe": "frozen embedding + logistic regression",
     "lora": "LoRA r=8 (q, v), best rate",
 }

@@ -43,11 +43,13 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             what a linear probe sees. ``"side"`` (LST): the side network's final state alone.
         head_gate_init: Initial logit of that gate, per channel: ``0.0`` starts at an even mix; a negative value
             starts near the encoder's representation (``-4``: g = 0.018), i.e. near a linear probe.
-        head_init: How ``SideTaskTrainer`` starts the head's classifier. ``"probe"`` (default): before the first step it
-            fits the classifier to an L2-regularised logistic regression on what the classifier reads for the training
-            set (with the gate shut, the encoder's pooled representation: the linear probe, with scikit-learn's
-            ``LogisticRegression()`` penalty on unit-norm features), one forward pass over the training set; single-label
-            classification only. ``"random"``: ``nn.Linear``'s random init.
+        head_init: How ``SideTaskTrainer`` starts the head's classifier. ``"random"`` (default): ``nn.Linear``'s random
+            init. ``"probe"``: before the first step the trainer fits the classifier to an L2-regularised logistic
+            regression on what it reads for the training set (with the gate shut, ``head_gate_init=-4``, the encoder's
+            pooled representation: the linear probe, at scikit-learn's ``LogisticRegression()`` penalty on unit-norm
+            features, SetFit's head), one forward pass over the training set, so training starts from the probe
+            (LP-FT, Kumar et al. 2022). Single-label classification only. Meant for few labels per class
+            (``benchmarks/few_shot.py`` measures it).
         pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders) or
             ``"first"`` (the CLS token, as ViT/DINOv2 classifiers). Token classification does not pool.
         label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
@@ -66,7 +68,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     problem_type: str = field(default="single_label_classification", metadata={"help": f"One of {PROBLEM_TYPES}."})
     head_input: str = field(default="gated", metadata={"help": f"What the head reads: one of {HEAD_INPUTS}."})
     head_gate_init: float = field(default=0.0, metadata={"help": "Initial logit of the head's per-channel gate (gated head)."})
-    head_init: str = field(default="probe", metadata={"help": f"How SideTaskTrainer starts the head's classifier: one of {HEAD_INITS}."})
+    head_init: str = field(default="random", metadata={"help": f"How SideTaskTrainer starts the head's classifier: one of {HEAD_INITS}."})
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
     feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
