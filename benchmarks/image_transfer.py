@@ -19,7 +19,6 @@ seed) run appends one JSON line to ``--output``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 import transformers
 from methods import METHODS, SIDE_NETWORK_METHODS, optimizer_for, trainable_parameters
+from result_files import append_row
 from tqdm.auto import tqdm
 
 
@@ -143,15 +143,11 @@ def main(argv=None) -> list[dict]:
     transformers.logging.set_verbosity_error()
     backbone = pretrained_backbone(args.pretrain_epochs)
     data = split(*digits(range(5, 10)))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     results = []
     runs = [(m, lr, s) for m in args.methods for lr in args.learning_rates for s in args.seeds]
     for method, learning_rate, seed in tqdm(runs, desc="image transfer"):
         row = run(method, learning_rate, seed, backbone, data, args.epochs)
-        print(json.dumps(row))
-        with output.open("a") as file:
-            file.write(json.dumps(row) + "\n")
+        append_row(args.output, row)
         results.append(row)
     return results
 

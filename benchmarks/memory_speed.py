@@ -30,12 +30,9 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
-import statistics
 import sys
-import time
 from datetime import date
 from pathlib import Path
 
@@ -47,6 +44,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from example_data import DINOV2_DIR  # noqa: E402
 from methods import METHODS, SIDE_NETWORK_METHODS, deployed, optimizer_for, steps_per_cycle, trainable_parameters  # noqa: E402
+from result_files import RESULTS, write_result  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft.memory import PeakMemory  # noqa: E402
@@ -107,30 +106,6 @@ def train_step(model, optimizer, batch) -> None:
     model(**batch).loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device: torch.device) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    function()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
-def interleaved_medians(functions: dict, rounds: int, device: torch.device, warmup: int = 2) -> dict[str, float]:
-    """Median time of each function, running them round-robin so drift on a shared machine hits all alike."""
-    times = {name: [] for name in functions}
-    for round_index in tqdm(range(warmup + rounds), desc="timing", leave=False):
-        for name, function in functions.items():
-            elapsed = timed(function, device)
-            if round_index >= warmup:
-                times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_memory(model_name: str, method: str, batch: dict, device: torch.device) -> tuple[int, int]:
@@ -273,13 +248,8 @@ def main(argv=None) -> dict:
             )
 
     size = f"-{args.length}px" if args.model in IMAGE_SIZES and args.image_size else ""
-    save_result(result, args.output or Path(__file__).parent / "results" / f"{suite}-{args.model}{size}-{device.type}.json")
+    write_result(result, args.output or RESULTS / f"{suite}-{args.model}{size}-{device.type}.json")
     return result
-
-
-def save_result(result: dict, path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ method ships for inference. All methods train the task head; what else they trai
 - ``mdpd_block_local``: MDPD whose layers' LayerNorms each learn from a probe of their own output
   (``fading="block_local"``), so no backward crosses more than one layer.
 
-``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network`` (issue 6), each
+``SIDE_NETWORK_METHODS`` are the other side networks of ``MDPDConfig.side_network``, each
 kept (``side_kept_<network>``, like ``side_kept``) and faded (``mdpd_<network>``, MDPD's defaults
 otherwise), and ``dtl`` / ``dtl+``: DTL's compact side network as its own PEFT method, kept at inference.
 Every builder works on text classifiers and on ViT image classifiers (``--model vit-base``).
@@ -159,7 +159,7 @@ ABLATIONS: dict[str, Callable[[nn.Module], nn.Module]] = {
     # B -> S only: no logits distillation; the backbone learns from its own task loss.
     "mdpd_features_only": partial(_mdpd, logits_loss_weight=0.0),
     # No distillation at all: the side network trains beside the backbone but teaches it nothing, so the faded
-    # model is LayerNorm tuning; its gap to "mdpd" is what the distillation does (issue 16's ablation).
+    # model is LayerNorm tuning; its gap to "mdpd" is what the distillation does (the ablation).
     "mdpd_no_distillation": partial(_mdpd, shallow_loss_weight=0.0, deep_loss_weight=0.0, logits_loss_weight=0.0),
     "mdpd_mask_0.25": partial(_mdpd, mask_ratio=0.25),
     "mdpd_mask_0.75": partial(_mdpd, mask_ratio=0.75),

@@ -19,19 +19,20 @@ Throughput is inputs served to all N tasks per second; the ratios are against th
 encoder pass alone and the side tasks' part of a pass, and the serving weights' bytes (one encoder + N side tasks
 against N models). Weights are random except MiniLM's: time does not depend on their values. Results go to
 ``--output`` (JSON) for ``report.py``.
+
+``--profile`` instead profiles where the side tasks' part of a pass goes: ``torch.profiler``'s self CPU time per
+operator, summed into op groups (``OP_GROUPS``), for the bundle's pass less the encoder's own, averaged over
+``--repeats`` passes. ``--side-head-dim`` sets the kept ladders' head width (``none``: the backbone's head count).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
-import time
 from datetime import date
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -39,6 +40,9 @@ import peft  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+
+from result_files import RESULTS, write_result  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 from mdpd_peft import SideTaskConfig  # noqa: E402
 
@@ -75,6 +79,17 @@ def batch_for(encoder, batch: int, length: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
+# Where the side tasks' time goes, by operator (torch.profiler's names, matched as substrings; the first group matching wins)
+OP_GROUPS = {
+    "attention": ("scaled_dot_product", "_softmax"),
+    "matrix products": ("addmm", "baddbmm", "aten::mm", "aten::bmm"),
+    "activation (GELU)": ("gelu",),
+    "LayerNorm": ("layer_norm",),
+    "copies": ("copy_", "clone", "repeat"),
+    "elementwise": ("lerp", "addcmul", "aten::add", "aten::mul", "aten::sub", "where", "sigmoid", "masked_fill"),
+}
+
+
 def side_tasks(encoder, n: int, **settings):
     model = get_peft_model(copy.deepcopy(encoder), SideTaskConfig(num_labels=2, **settings), adapter_name="task0")
     for i in range(1, n):
@@ -106,16 +121,10 @@ def weight_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def timed(function) -> float:
-    start = time.perf_counter()
-    function()
-    return time.perf_counter() - start
-
-
-def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int) -> dict:
+def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int, settings: dict) -> dict:
     """One N: the three ways timed interleaved, and the serving weights."""
     batch = next(iter(inputs.values())).shape[0]
-    bundle, merged, mixed = side_tasks(encoder, n), merged_models(make_model, n), mixed_lora(make_model, n)
+    bundle, merged, mixed = side_tasks(encoder, n, **settings), merged_models(make_model, n), mixed_lora(make_model, n)
     repeated = {key: value.repeat(n, *([1] * (value.dim() - 1))) for key, value in inputs.items()}
     adapter_names = [f"task{i}" for i in range(n) for _ in range(batch)]
     ways = {
@@ -124,14 +133,8 @@ def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int) -> di
         "mixed_lora": lambda: mixed(**repeated, adapter_names=adapter_names),
         "encoder_pass": lambda: encoder(**inputs),
     }
-    seconds = {way: [] for way in ways}
     with torch.inference_mode():
-        for round_ in range(repeats + 1):  # round 0 warms up
-            for way, function in ways.items():
-                elapsed = timed(function)
-                if round_:
-                    seconds[way].append(elapsed)
-    median = {way: statistics.median(values) for way, values in seconds.items()}
+        median = interleaved_medians(ways, repeats, torch.device("cpu"), warmup=1)
     side_bytes = sum(weight_bytes(task.side) + weight_bytes(task.head) for task in bundle.base_model.kept_tasks.values())  # what serving runs
     row = {
         "tasks": n,
@@ -146,13 +149,50 @@ def measure_tasks(encoder, make_model, inputs: dict, n: int, repeats: int) -> di
     return row
 
 
-def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) -> dict:
+def op_group_milliseconds(function) -> dict[str, float]:
+    """Self CPU milliseconds per op group (``OP_GROUPS``, the rest as "other") of one call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        function()
+    groups = dict.fromkeys([*OP_GROUPS, "other"], 0.0)
+    for event in profiler.key_averages():
+        group = next((group for group, names in OP_GROUPS.items() if any(name in event.key for name in names)), "other")
+        groups[group] += event.self_cpu_time_total / 1e3
+    return groups
+
+
+def profile_tasks(encoder, inputs: dict, n: int, repeats: int, settings: dict) -> dict:
+    """Where the N side tasks' part of a pass goes: the bundle's op groups less the encoder pass's own, each the median
+    of ``repeats`` passes profiled alternately (after one unprofiled warm-up pass of each)."""
+    bundle = side_tasks(encoder, n, **settings)
+    ways = {"encoder": lambda: encoder(**inputs), "bundle": lambda: bundle(**inputs)}
+    passes = {way: [] for way in ways}
+    with torch.inference_mode():
+        for function in ways.values():
+            function()
+        for _ in range(repeats):
+            for way, function in ways.items():
+                passes[way].append(op_group_milliseconds(function))
+    median = {way: {group: statistics.median(p[group] for p in runs) for group in runs[0]} for way, runs in passes.items()}
+    side_ms = {group: median["bundle"][group] - median["encoder"][group] for group in median["bundle"]}
+    encoder_total = sum(median["encoder"].values())
+    print(f"N={n:>2}: side tasks {sum(side_ms.values()) / encoder_total:.3f} of an encoder pass ({encoder_total:.0f} ms): "
+          + ", ".join(f"{group} {ms:.1f} ms" for group, ms in side_ms.items()), flush=True)  # fmt: skip
+    return {"tasks": n, "encoder_ms": encoder_total, "side_ms": side_ms, "side_share_of_a_pass": sum(side_ms.values()) / encoder_total}
+
+
+def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int, settings: dict | None = None, profile: bool = False) -> dict:
     encoder, make_model = encoder_and_classifier_class(name)
     encoder.eval()
     inputs = batch_for(encoder, batch, length)
+    settings = settings or {}
+    if profile:
+        rows = [profile_tasks(encoder, inputs, n, repeats, settings) for n in tasks]
+        return {"model": name, "batch": batch, "length": length, "repeats": repeats, "settings": settings, "profile": True, "rows": rows}
     rows = []
     for n in tasks:
-        row = measure_tasks(encoder, make_model, inputs, n, repeats)
+        row = measure_tasks(encoder, make_model, inputs, n, repeats, settings)
         rows.append(row)
         print(
             f"N={n:>2}: side tasks {row['side_tasks_vs_merged']:.2f}x the merged models' throughput, "
@@ -160,7 +200,7 @@ def measure(name: str, tasks: list[int], batch: int, length: int, repeats: int) 
             f"encoder pass; weights {row['weights_vs_one_model']:.2f}x one model",
             flush=True,
         )
-    return {"model": name, "batch": batch, "length": length, "repeats": repeats, "rows": rows}
+    return {"model": name, "batch": batch, "length": length, "repeats": repeats, "settings": settings, "rows": rows}
 
 
 def main(argv=None) -> dict:
@@ -170,16 +210,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64, help="tokens per text (text models)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", default=None, help="default: benchmarks/results/serving-<model>-cpu.json")
+    parser.add_argument("--side-head-dim", default=None, help="the kept ladders' head width; 'none': the backbone's head count (default: SideTaskConfig's)")
+    parser.add_argument("--profile", action="store_true", help="profile the side tasks' part of a pass by op group instead of timing")
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/serving[-profile]-<model>-cpu.json")
     args = parser.parse_args(argv)
-    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats)
+    settings = {} if args.side_head_dim is None else {"side_head_dim": None if args.side_head_dim == "none" else int(args.side_head_dim)}
+    result = measure(args.model, args.tasks, args.batch, args.length, args.repeats, settings, args.profile)
     result["environment"] = {
         "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
         "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
     }
-    output = Path(args.output or Path(__file__).parent / "results" / f"serving-{args.model}-cpu.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    kind = "serving-profile" if args.profile else "serving"
+    write_result(result, args.output or RESULTS / f"{kind}-{args.model}-cpu.json")
     return result
 
 

@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import transformers  # noqa: E402
 from peft import get_peft_model  # noqa: E402
+from result_files import RESULTS, write_result  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from mdpd_peft import MDPDConfig, StateCache, build_state_cache  # noqa: E402
 from mdpd_peft.memory import PeakMemory  # noqa: E402
 from mdpd_peft.state_cache import MANIFEST, write_json, write_shard  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 MIB = 2**20
 
@@ -359,8 +359,7 @@ def main(argv=None) -> dict:
     if args.memory:
         results["memory"] = memory("tiny" if args.smoke else "bert-base")
     output = args.output or RESULTS / f"state_cache-{'-'.join(results)}-{args.model}.json"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
+    write_result(results, output)
     print(json.dumps({part: result for part, result in results.items() if part not in ("timings", "variants")}, indent=1)[:4000])
     return results
 

@@ -1,4 +1,4 @@
-"""Can a trained side network teach the faded model's trainables more than the labels do? (issue 16, section 2)
+"""Can a trained side network teach the faded model's trainables more than the labels do?
 
     python benchmarks/teacher_distillation.py --teacher side_kept --student layernorm --student-rate 1e-2 \
         --alphas 0 0.5 0.9 --temperatures 2 --train-size 3000 --seed 0
@@ -36,6 +36,7 @@ from accuracy import BUILDERS, NUM_LABELS, best_epoch, encoded_task, protocol_tr
 from example_data import ROTTEN_TOMATOES
 from methods import task_settings, trainable_parameters
 from peft import get_peft_model
+from result_files import append_row
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, set_seed
 from transformers.utils import logging as hf_logging
 
@@ -171,8 +172,6 @@ def main(argv=None) -> list[dict]:
     logits, teacher = train_teacher(args.teacher, args.teacher_rate, args.teacher_epochs, args.seed, args.task, data, tokenizer, model_path)
     print(json.dumps(teacher))
     data["train"] = data["train"].add_column("teacher_logits", logits.tolist())
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for temperature in args.temperatures:
         for alpha in args.alphas:
@@ -180,9 +179,7 @@ def main(argv=None) -> list[dict]:
                 continue  # no teacher: the temperature does not matter
             row = {**teacher, **train_student(args.student, args.student_rate, args.epochs, alpha, temperature, args.seed, args.task, data, tokenizer, model_path),
                    "task": args.task, "seed": args.seed, "train_size": len(data["train"])}  # fmt: skip
-            print(json.dumps(row))
-            with output.open("a") as file:
-                file.write(json.dumps(row) + "\n")
+            append_row(args.output, row)
             rows.append(row)
     print(f"{(time.perf_counter() - started) / 60:.1f} minutes")
     return rows

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import serving  # noqa: E402
 import teacher_distillation  # noqa: E402
 from example_data import DINOV2_CAVEAT, FASHION_MNIST_DIR  # noqa: E402  (accuracy put examples/ on the path)
 from methods import METHODS  # noqa: E402
+from reporting.common import best_learning_rate, fading_columns  # noqa: E402
 
 
 def test_memory_speed_suite_measures_every_method(tmp_path):
@@ -103,10 +105,11 @@ def test_accuracy_suite_and_report(tmp_path):
 
     results_md = report.main(tmp_path, tmp_path, full_data_only=False).read_text()
     assert "Learning-rate grid" in results_md and (tmp_path / "accuracy_vs_time.png").stat().st_size > 0
-    assert "faded test accuracy >= LoRA - 0.5 points" in results_md
-    assert "MDPD, faded (defaults)" in results_md and "linear probe" in results_md
-    assert "retention >= 0.9" in results_md and "MDPD, logits path only" in results_md
-    assert "**Historical** (`results/accuracy-minilm.jsonl`)" in results_md  # the fixed-rate runs, marked as such
+    assert "faded test accuracy >= LoRA - 0.5 points" in results_md and "retention >= 0.9" in results_md
+    assert "MDPD, faded (defaults)" in results_md and "## Which method to use" in results_md
+    history = (tmp_path / "history.md").read_text()  # the fixed-rate runs and the ablation: superseded, on the history page
+    assert "From `results/accuracy-minilm.jsonl`." in history and "linear probe" in history and "MDPD, logits path only" in history
+    assert "MDPD, logits path only" not in results_md
     assert (tmp_path / "accuracy_vs_memory.png").stat().st_size > 0
     json.loads((tmp_path / "memory_speed-minilm-cpu.json").read_text())
 
@@ -139,21 +142,21 @@ def test_best_learning_rate_compares_rates_on_the_seeds_they_share():
 
     # a seed-0 grid, then seeds 1-2 at its best rate 1e-2: their lower scores must not hand the choice to 3e-3
     grid = [run(3e-3, 0, 0.81), run(1e-2, 0, 0.815), run(1e-2, 1, 0.80), run(1e-2, 2, 0.80)]
-    chosen, rates = report.best_learning_rate({"bitfit": grid})
+    chosen, rates = best_learning_rate({"bitfit": grid})
     assert rates == {"bitfit": 1e-2} and [row["seed"] for row in chosen["bitfit"]] == [0, 1, 2]
     # a tie on the shared seed goes to the better mean over each rate's own seeds
-    _, rates = report.best_learning_rate({"layernorm": [run(3e-2, 0, 0.80), run(1e-1, 0, 0.80), run(1e-1, 1, 0.81)]})
+    _, rates = best_learning_rate({"layernorm": [run(3e-2, 0, 0.80), run(1e-1, 0, 0.80), run(1e-1, 1, 0.81)]})
     assert rates == {"layernorm": 1e-1}
     # no seed in common: each rate's own mean
-    _, rates = report.best_learning_rate({"lora": [run(1e-3, 0, 0.7), run(3e-3, 1, 0.8), run(3e-3, 2, 0.76)]})
+    _, rates = best_learning_rate({"lora": [run(1e-3, 0, 0.7), run(3e-3, 1, 0.8), run(3e-3, 2, 0.76)]})
     assert rates == {"lora": 3e-3}
 
 
 def test_retention_is_averaged_over_the_runs_whose_side_network_beats_the_probe():
     rows = [{"test": 0.82, "side_test": 0.80}, {"test": 0.81, "side_test": 0.79}, {"test": 0.78, "side_test": 0.70}]
-    side, retained = report.fading_columns(rows, probe_test=0.75).split(" | ")
+    side, retained = fading_columns(rows, probe_test=0.75).split(" | ")
     assert side.startswith("0.763 ± ") and retained.endswith("(2 of 3 seeds)") and retained.startswith("1.")
-    assert report.fading_columns(rows[2:], probe_test=0.75) == "0.700 | undefined (0 of 1 seeds)"
+    assert fading_columns(rows[2:], probe_test=0.75) == "0.700 | undefined (0 of 1 seeds)"
 
 
 def test_side_networks_are_measured_on_text_and_vision(tmp_path):
@@ -181,7 +184,7 @@ def test_image_transfer_suite_and_report(tmp_path):
     assert all(0 <= row["test"] <= 1 for row in rows) and 0 <= rows[2]["side_test"] <= 1
     assert rows[1]["trainable_parameters"] == 6 * 2 * 64 * 2 + 64 * 5 + 5  # the maps and the head
     report.main(results=tmp_path, output_dir=tmp_path)
-    assert "Image transfer" in (tmp_path / "RESULTS.md").read_text()
+    assert "Image transfer" in (tmp_path / "history.md").read_text()  # replaced by the DINOv2-small benchmark
 
 
 def test_state_cache_suite_measures_bytes_storage_and_side_training_and_report(tmp_path):
@@ -214,6 +217,10 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     served = serving.main(["--model", "tiny", "--tasks", "1", "2", "--repeats", "1", "--output", str(tmp_path / "serving-tiny-cpu.json")])
     assert [row["tasks"] for row in served["rows"]] == [1, 2] and all(row["side_tasks_vs_merged"] > 0 for row in served["rows"])
     assert served["rows"][1]["weights_bytes"]["side_tasks"] < served["rows"][1]["weights_bytes"]["merged_models"]
+    profiled = serving.main(["--model", "tiny", "--tasks", "2", "--repeats", "1", "--profile", "--side-head-dim", "none", "--output", str(tmp_path / "profile.json")])
+    (row,) = profiled["rows"]
+    assert profiled["settings"] == {"side_head_dim": None} and set(row["side_ms"]) == {*serving.OP_GROUPS, "other"}
+    assert row["side_ms"]["attention"] > 0 and row["side_share_of_a_pass"] == pytest.approx(sum(row["side_ms"].values()) / row["encoder_ms"])
     tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--epochs", "1"]
     grid = accuracy.main(["--methods", "side_task", "linear_probe", "--learning-rates", "1e-2", "--cached-eval", *tiny, "--output", str(tmp_path / "side-task-grid-minilm.jsonl")])
     assert [row["method"] for row in grid] == ["side_task", "linear_probe"] and all(0 <= row["test"] <= 1 for row in grid)
@@ -278,3 +285,118 @@ def test_few_shot_suite_runs_our_methods_and_setfit_and_reports(tmp_path, monkey
     assert len(output.read_text().splitlines()) == 3
     markdown = few_shot.report(tmp_path, tmp_path / "few_shot.png")
     assert "### SMS spam" in markdown and "| 2 | kept side network" in markdown and (tmp_path / "few_shot.png").stat().st_size > 0
+
+
+REPOSITORY = Path(__file__).parents[1]
+
+
+def test_report_check_passes_on_the_repository_without_torch_or_matplotlib():
+    """The committed pages are what the committed results render to, and checking them needs neither torch nor matplotlib."""
+    check = (
+        "import runpy, sys\n"
+        "sys.argv = ['benchmarks/report.py', '--check']\n"
+        "try:\n    runpy.run_path('benchmarks/report.py', run_name='__main__')\nexcept SystemExit as stop:\n    code = stop.code\n"
+        "heavy = sorted(name for name in sys.modules if name.split('.')[0] in ('torch', 'matplotlib', 'transformers'))\n"
+        "assert not heavy, heavy\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPOSITORY, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "up to date" in result.stdout
+
+
+def test_report_check_names_each_stale_page_with_a_diff(tmp_path):
+    from reporting.common import RESULTS, Results
+    from reporting.pages import README_MARKERS
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# project\n\n{README_MARKERS[0]}\nold table\n{README_MARKERS[1]}\n\nmore\n")
+    pages = report.generated(Results(RESULTS), repository=tmp_path, table_holders=(readme,))
+    assert set(pages) == {tmp_path / "benchmarks/RESULTS.md", tmp_path / "docs/benchmarks/results.md", tmp_path / "docs/benchmarks/history.md", readme}
+    assert pages[readme].startswith("# project\n\n" + README_MARKERS[0]) and pages[readme].endswith(README_MARKERS[1] + "\n\nmore\n")
+    assert "| Faded MDPD |" in pages[readme] and "old table" not in pages[readme]  # the table alone: the page's own text says the rest
+    assert "One task" not in pages[readme]
+    stale = report.differences(pages)  # nothing written yet: every page is missing
+    assert sum(line.endswith("is out of date (missing)") for line in stale) == 3  # the README exists, with the old table
+    for path, text in pages.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert report.differences(pages) == []
+    history = tmp_path / "docs/benchmarks/history.md"
+    history.write_text(history.read_text().replace("Superseded benchmark runs", "Old runs"))
+    stale = report.differences(pages)
+    assert stale[0] == f"{history} is out of date" and "-# Old runs" in stale and "+# Superseded benchmark runs" in stale
+    readme.write_text("# project without markers\n")
+    with pytest.raises(ValueError, match="README.md has no <!-- results:decision-table:start -->"):
+        report.generated(Results(RESULTS), repository=tmp_path, table_holders=(readme,))
+
+
+def test_decision_table_reads_every_figure_from_the_result_files(tmp_path):
+    """Accuracy at the best rate (mean over its seeds), memory from the one MiniLM run, minutes scaled to all epochs."""
+    from reporting.common import Results
+    from reporting.decision import decision_lines
+
+    def run(method, rate, seed, validation, test, minutes, epoch=2.0, **more):
+        return {"method": method, "learning_rate": rate, "seed": seed, "validation": validation, "test": test,
+                "train_minutes_to_epoch": minutes, "epoch": epoch, "train_size": 10246, **more}  # fmt: skip
+
+    best = [run("lora", 3e-3, 0, 0.80, 0.82, 6.0), run("lora", 3e-3, 1, 0.82, 0.80, 6.0), run("lora", 1e-2, 0, 0.70, 0.70, 6.0),
+            run("layernorm", 1e-2, 0, 0.78, 0.79, 5.0), run("mdpd", 1e-2, 0, 0.78, 0.79, 12.0)]  # fmt: skip
+    (tmp_path / "best-rate-full-minilm.jsonl").write_text("".join(json.dumps(row) + "\n" for row in best))
+    kept = run("side_task", 1e-3, 0, 0.81, 0.815, 2.0, epoch=4.0, epochs=5, cache_build_minutes=0.5)
+    lora_checkpointed = run("lora_checkpointed", 3e-3, 0, 0.8, 0.82, 10.0)
+    (tmp_path / "adding_a_task-rotten_tomatoes-minilm.json").write_text(json.dumps({"side_task": kept, "lora_checkpointed": lora_checkpointed}))
+    peaks = {"mdpd": 101.6, "side_kept": 48.0, "layernorm_checkpointed": 102.0, "lora_checkpointed": 102.2}
+    methods = {method: {"peak_mib": peak, "latency_vs_base": 1.0} for method, peak in peaks.items()}
+    (tmp_path / "memory_speed-minilm-cpu.json").write_text(json.dumps({"model": "minilm", "batch": 32, "length": 64, "date": "today", "methods": methods}))
+    text = "\n".join(decision_lines(Results(tmp_path)))
+    # LoRA at its best rate 3e-3, both seeds; LayerNorm tuning + checkpointing without a timed run; kept: 2.0 / 4 x 5 + 0.5
+    assert "| LoRA + gradient checkpointing | 0.810 / 0.810 | 102.2 | 10.0 | 1.00x | 1.00 | a plain transformers model (merged) |" in text
+    assert "| LayerNorm tuning + gradient checkpointing | 0.780 / 0.790 | 102.0 | — | — | 1.00 | a plain transformers model |" in text
+    assert "| Kept side network | — / — | 48.0 | 3.0 | 0.30x | 1.00 | the encoder and a side network per task |" in text
+    assert "| Faded MDPD | 0.780 / 0.790 | 101.6 | 12.0 | 1.20x | 1.00 | a plain transformers model |" in text
+
+
+def local_imports(path: Path, modules: set[str]) -> set[str]:
+    """The modules of ``modules`` (benchmarks/ scripts and ``reporting.*``) that ``path`` imports."""
+    import ast
+
+    package = "reporting." if path.parent.name == "reporting" else ""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = (package + node.module if node.module else package.rstrip(".")) if node.level else node.module
+            found |= {base, *(f"{base}.{alias.name}" for alias in node.names)}
+    return found & modules
+
+
+def test_benchmark_modules_import_no_cycle():
+    """No module of benchmarks/ (scripts and the reporting package) imports one that imports it back, however indirectly."""
+    benchmarks = REPOSITORY / "benchmarks"
+    paths = {path.stem: path for path in benchmarks.glob("*.py")}
+    paths |= {f"reporting.{path.stem}": path for path in (benchmarks / "reporting").glob("*.py") if path.stem != "__init__"}
+    graph = {module: local_imports(path, set(paths)) - {module} for module, path in paths.items()}
+    assert graph["report"] >= {"reporting.common", "reporting.pages"} and "reporting.common" in graph["accuracy"]  # the check sees imports
+
+    def cycle_from(module, trail):
+        if module in trail:
+            return trail[trail.index(module) :] + [module]
+        return next((found for imported in graph[module] if (found := cycle_from(imported, [*trail, module]))), None)
+
+    cycles = [cycle for module in graph if (cycle := cycle_from(module, []))]
+    assert not cycles, " -> ".join(cycles[0])
+
+
+def test_results_pages_name_no_tickets_and_docs_pages_link_nothing_outside_docs():
+    docs = REPOSITORY / "docs"
+    generated_docs = [docs / "benchmarks" / "results.md", docs / "benchmarks" / "history.md"]
+    for page in [*(REPOSITORY / "benchmarks" / name for name in ("RESULTS.md", "analysis.md", "analysis_history.md")), *generated_docs]:
+        text = page.read_text()
+        internal = re.findall(r"\b(?:issue|stop) \d+|\bBRIEF\b|\bsession\b", text, flags=re.IGNORECASE)
+        assert not internal, (page.name, internal)
+        if page in generated_docs:
+            assert "![" not in text, page.name  # the docs site links no image
+            for target in re.findall(r"\]\((?!https?:)([^)#]+)", text):  # nor any file outside docs/
+                assert (page.parent / target).resolve().is_relative_to(docs.resolve()), (page.name, target)

@@ -24,6 +24,8 @@ from conftest import tiny_text_model
         ({"fading_layers": 1, "target_modules": ["LayerNorm"]}, "fading_layers", "None when target_modules is given"),
         ({"fading_interval": 0}, "fading_interval", "integer >= 1"),
         ({"fading_interval": 2, "fading": "head_only"}, "fading_interval", 'with fading="head_only"'),
+        ({"side_head_dim": 0}, "side_head_dim", "None or an integer >= 1"),
+        ({"side_head_dim": 4.0}, "side_head_dim", "None or an integer >= 1"),
         ({"side_layers": []}, "side_layers", "non-empty list"),
         ({"side_layers": [4]}, "side_layers", "[0, 3] (the model has 4 layers)"),
         ({"side_layers": [-1]}, "side_layers", "[0, 3]"),

@@ -40,3 +40,21 @@ def test_minilm_trains_with_pruned_side_network_and_fades_to_itself(minilm_path)
         faded = peft_model.merge_and_unload().eval()
         assert type(faded) is BertForSequenceClassification
         torch.testing.assert_close(faded(**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_kept_ladder_on_minilm_keeps_whole_pretrained_heads_cut_to_16_wide(minilm_path):
+    """SideTaskConfig's 16-wide heads: 3 heads at r = 8 (1 of 24 at the default r = 16), each pruned from one of the
+    backbone's 12 heads (32 wide)."""
+    from transformers import AutoModel
+
+    from mdpd_peft import SideTaskConfig
+
+    encoder = AutoModel.from_pretrained(minilm_path)
+    model = get_peft_model(encoder, SideTaskConfig(num_labels=2, reduction_factor=8))
+    block = model.base_model.kept_tasks["default"].side.blocks[0]
+    assert (block.num_heads, block.query.out_features) == (3, 48)
+    backbone_query = encoder.encoder.layer[0].attention.self.query.weight  # (384, 384): 12 heads of 32 rows
+    # a side row is a backbone row restricted to the kept residual channels: all its values appear in that row
+    kept_rows = [next(r for r in range(384) if torch.isin(row, backbone_query[r]).all()) for row in block.query.weight]
+    for head in range(3):  # each side head's 16 rows come from one backbone head
+        assert len({row // 32 for row in kept_rows[head * 16 : (head + 1) * 16]}) == 1

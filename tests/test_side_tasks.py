@@ -1,6 +1,8 @@
 """Kept side-network tasks: one encoder pass feeds every task, tasks are independent, every problem type trains,
 training on cached states equals training live, and bad input fails early."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -322,3 +324,44 @@ def test_served_outputs_follow_a_fused_optimizers_steps():
     own = model(**batch).logits.detach()  # autograd on: the task's own modules, its current weights
     assert not torch.allclose(served_after, served)
     torch.testing.assert_close(served_after, own, rtol=1e-5, atol=1e-5)
+
+
+def test_kept_ladders_have_heads_of_their_own_width_and_older_saved_tasks_keep_theirs(tmp_path):
+    """SideTaskConfig's ladders default to 16-wide heads (the backbone's count, LST's, with side_head_dim=None); a task
+    saved before side_head_dim existed loads with the heads it was trained with."""
+    encoder = tiny_encoder()  # 4 heads; the side width at r = 4 is 16
+    model = get_peft_model(encoder, SideTaskConfig(num_labels=2, reduction_factor=4), adapter_name="wide")
+    model.add_adapter("lst", SideTaskConfig(num_labels=2, reduction_factor=4, side_head_dim=None))
+    model.add_adapter("narrow", SideTaskConfig(num_labels=2, reduction_factor=4, side_head_dim=8))
+    heads = {name: task.side.blocks[0].num_heads for name, task in model.base_model.kept_tasks.items()}
+    assert heads == {"wide": 1, "lst": 4, "narrow": 2}
+
+    model.base_model.set_adapter(["lst"])
+    batch = inputs(text_batch())
+    with torch.no_grad():
+        expected = model(**batch).logits
+    model.save_pretrained(tmp_path, selected_adapters=["lst"])
+    config_file = tmp_path / "lst" / "adapter_config.json"
+    saved = json.loads(config_file.read_text())
+    assert saved.pop("side_head_dim") is None
+    config_file.write_text(json.dumps(saved))  # as saved before the setting existed
+    loaded = PeftModel.from_pretrained(tiny_encoder(), tmp_path / "lst", adapter_name="lst").eval()
+    assert loaded.peft_config["lst"].side_head_dim is None and loaded.base_model.kept_tasks["lst"].side.blocks[0].num_heads == 4
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, expected)
+
+
+def test_first_and_mean_pooling_reads_the_first_token_beside_the_mean_of_the_others():
+    """pooling="first_and_mean" (DINOv2's classifier): with the gate shut, the head is a probe of [CLS, mean(others)]."""
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="first_and_mean", head_gate_init=-30.0))
+    head = model.base_model.kept_tasks["default"].head
+    assert head.gate_logits.shape == (128,) and head.classifier.in_features == 128  # two parts of the encoder's 64
+    batch = inputs(text_batch())
+    with torch.no_grad():
+        output = model(**batch)
+    logits, hidden = output.logits, output.last_hidden_state  # (B, C), the encoder's (B, N, 64)
+    real = batch["attention_mask"].bool()
+    others = (hidden[:, 1:] * real[:, 1:, None]).sum(1) / real[:, 1:].sum(1, keepdim=True)
+    torch.testing.assert_close(logits, head.classifier(torch.cat([hidden[:, 0], others], dim=-1)), rtol=1e-5, atol=1e-5)
+    token_task = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="first_and_mean", problem_type="token_classification"))
+    assert token_task.base_model.kept_tasks["default"].head.classifier.in_features == 64  # token classification does not pool

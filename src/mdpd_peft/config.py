@@ -185,12 +185,12 @@ class MDPDConfig(SideNetworkSettings, PeftConfig):
             trained with the task loss; the backward runs inside the forward, right after each layer,
             and the layer's output goes on detached, so no backward crosses more than one layer and
             nothing is stored or recomputed (the head learns from the final output). Sequence-level tasks,
-            one process, no fp16 loss scaling or gradient checkpointing. Measured (docs/fading.md):
+            one process, no fp16 loss scaling or gradient checkpointing. Measured (docs/research/fading.md):
             0.93x LoRA's step time at 0.22x its memory, but faded test 0.736 on MiniLM (0.816 default).
             ``merge_and_unload()`` returns a plain model in every case. Default
             ``"checkpointed"``: measured at BERT-base, batch 16 x 128 (CPU tensor bytes), peak training
             memory 0.19x LoRA's (LoRA with gradient checkpointing: 0.18x) against 1.14x for ``"backprop"``,
-            for 1.57x LoRA's step time against 1.09x (docs/fading.md); the gradients are those of ``"backprop"``.
+            for 1.57x LoRA's step time against 1.09x (docs/research/fading.md); the gradients are those of ``"backprop"``.
         fading_layers: k: with ``target_modules=None``, train the LayerNorms of only the last k encoder
             layers (and any norm after the layers, such as a pre-norm model's final LayerNorm) instead of
             every LayerNorm. Fading's backward then stops k layers deep: the layers before run without
@@ -202,7 +202,7 @@ class MDPDConfig(SideNetworkSettings, PeftConfig):
             distillation and the head (from the backbone's pooled features) learn as usual. The step
             time then falls from the full cost toward ``"head_only"``'s, on average; peak memory stays
             the learning pass's. Ours, not the paper's. Counted in forward passes (micro-batches under
-            gradient accumulation) since the model was built or loaded. Measured (docs/fading.md):
+            gradient accumulation) since the model was built or loaded. Measured (docs/research/fading.md):
             BERT-base 16 x 128, step time 1.01x / 0.86x LoRA's for n = 2 / 3 (1.47x every pass);
             all-MiniLM-L6-v2 + Rotten Tomatoes, faded test 0.807 / 0.788 (every pass 0.816, 3 seeds).
             Integer >= 1; 1 (default) lets them learn on every pass.

@@ -1,8 +1,8 @@
 """The ladder side network (Ladder Side-Tuning, LST) that runs beside the frozen encoder.
 
-A reduced-width copy of the backbone's block structure: width ``D_S = D_B / r``, the same number of
-heads with head dimension divided by r, FFN width ``D_ff / r``, the same activation and LayerNorm
-placement. Before side block l the side state is mixed with a down-projection of backbone layer l's
+A reduced-width copy of the backbone's block structure: width ``D_S = D_B / r``, FFN width ``D_ff / r``, the same
+activation and LayerNorm placement, and (LST) the same number of heads with head dimension divided by r, or heads
+of ``side_head_dim`` channels (``SideTaskConfig``'s default: 16). Before side block l the side state is mixed with a down-projection of backbone layer l's
 output through a learned gate (LST): ``s <- g_l * s + (1 - g_l) * Down_l(b_l)``, ``g_l = sigmoid(alpha_l / T)``.
 The first side state is ``Down_0`` of the embeddings (the input of backbone layer 0). Backbone states
 arrive detached: no gradient of the side path crosses a backbone weight. Where a backbone stage merges

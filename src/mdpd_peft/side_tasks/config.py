@@ -17,8 +17,14 @@ add_str_enum_member(PeftType, "SIDE_TASK")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
 HEAD_INPUTS = ("gated", "side")
 HEAD_INITS = ("probe", "random")
-POOLINGS = ("mean", "first")
+POOLINGS = ("mean", "first", "first_and_mean")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
+# Kept side networks are served, many at a time: their defaults are chosen from accuracy and serving cost together
+# (benchmarks/RESULTS.md, "Kept side networks"). Half LST's width (r = 16) and heads at least 16 wide (LST's r = 8
+# ladder on MiniLM has 12 heads of 4, whose softmax costs as much as the encoder's own) cost about a third of LST's
+# ladder per task served, at the same accuracy on three text tasks.
+KEPT_REDUCTION_FACTOR = 16
+KEPT_SIDE_HEAD_DIM = 16
 
 
 @dataclass
@@ -50,14 +56,20 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             features, SetFit's head), one forward pass over the training set, so training starts from the probe
             (LP-FT, Kumar et al. 2022). Single-label classification only. Meant for few labels per class
             (``benchmarks/few_shot.py`` measures it).
-        pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders) or
-            ``"first"`` (the CLS token, as ViT/DINOv2 classifiers). Token classification does not pool.
+        pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders),
+            ``"first"`` (the CLS token, as ViT classifiers) or ``"first_and_mean"`` (the CLS token beside the mean of
+            the other tokens, as DINOv2's classifier reads them: twice as wide). Token classification does not pool.
         label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
         feature_distillation: Train the side network also on MDPD's backbone -> side path (mdpd-paper.txt Eq. 1-7,
             with ``MDPDConfig``'s defaults: imitation of the shallow layers' states through a rank-16 aligner,
             masked generation of the deep layers' at lambda = 0.5, weights 4e-5 and 6e-5): the encoder's own states
             teach the side network's, a regulariser of a network trained on few labels. Its modules train and save
             with the task; serving does not run them.
+        reduction_factor: As in ``SideNetworkSettings``, but 16 by default here (LST's and MDPD's 8 gives a ladder
+            twice as wide, about three times the serving cost, at no measured accuracy gain).
+        side_head_dim: As in ``SideNetworkSettings``, but 16 by default here (LST's ``None`` keeps the backbone's head
+            count, 4-wide heads at r = 8, which cost several times their FLOPs when served). Tasks saved before this
+            setting existed load with ``None``, the heads they were trained with.
         encoder_fingerprint: Filled in when the task is attached and saved with it: the encoder's layer count,
             widths and a hash of its weights. Attaching the task to another encoder then fails before anything
             changes. Leave it ``None``.
@@ -72,6 +84,8 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
     feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
+    reduction_factor: int = field(default=KEPT_REDUCTION_FACTOR, metadata={"help": "Side width = hidden size / reduction_factor."})
+    side_head_dim: Optional[int] = field(default=KEPT_SIDE_HEAD_DIM, metadata={"help": "Ladder: width of each side attention head; None = the backbone's head count."})
     target_modules: Optional[Union[list[str], str]] = field(
         default=DUMMY_TARGET_MODULES, metadata={"help": "Fixed: a side task wraps no module of the encoder."}
     )
@@ -90,6 +104,13 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
         self.check_values()
         if self.id2label is None:
             self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+
+    @classmethod
+    def check_kwargs(cls, **kwargs):
+        """A saved task's settings: one saved before ``side_head_dim`` existed was trained with LST's head count."""
+        kwargs = super().check_kwargs(**kwargs)
+        kwargs.setdefault("side_head_dim", None)
+        return kwargs
 
     @property
     def label2id(self) -> dict[str, int]:

@@ -136,7 +136,7 @@ class SideTaskModel(WrapsNoLayer, BaseTuner):
         if any(not 0 <= i < encoder.num_layers for i in side_layers):
             raise invalid("side_layers", config.side_layers, f"indices in [0, {encoder.num_layers - 1}] (the encoder has {encoder.num_layers} layers)", "SideTaskConfig")
         side = SIDE_NETWORKS[config.side_network].from_config(encoder, config, side_layers, None)
-        head = TaskHead(side.final_width, encoder.hidden_size, config.num_labels, config.head_input, config.head_gate_init, config.pooling)
+        head = TaskHead(side.final_width, encoder.hidden_size, config.num_labels, config.head_input, config.head_gate_init, config.pooling, config.per_token)
         distiller = None
         if config.feature_distillation:  # MDPD's backbone -> side path with the paper's settings (see SideTaskConfig)
             distilled = side.distilled_layers

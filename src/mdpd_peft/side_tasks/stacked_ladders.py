@@ -3,10 +3,10 @@
 A ladder at r = 8 costs a few percent of the encoder's FLOPs, but run one task after another its many small
 matrix products and elementwise steps cost far more than their FLOPs on a CPU. Ladders of one shape (the same
 layers read, width, heads, FFN width, activation and norm placement) read the same encoder states, so the N
-tasks' steps can run as one: each ``Linear`` becomes one batched product over a (N, in, out) stack of the tasks'
-weights, each LayerNorm one normalisation with per-task scale and shift, and the attention one call over N x B
-sequences. Each task's slice is computed by the same kernel on the same shapes whatever N is, so a task's
-outputs do not depend on which other tasks run with it (tested bit for bit).
+tasks' steps can run as one: the down-projections of an encoder state, which every task reads, become one matrix
+product with the tasks' weights side by side; each other ``Linear`` one batched product over a (N, in, out) stack
+of the tasks' weights; each LayerNorm one normalisation with per-task scale and shift; and the attention one call
+over N x B sequences. A task's outputs do not depend on which other tasks run with it (tested bit for bit).
 
 Used only where nothing trains (inference mode or no autograd): training runs each task's own ``LadderSideNetwork``.
 """
@@ -40,10 +40,21 @@ def stacked_norm(norms: list[nn.LayerNorm]) -> tuple[torch.Tensor, torch.Tensor,
     return torch.stack([norm.weight for norm in norms]).unsqueeze(1), torch.stack([norm.bias for norm in norms]).unsqueeze(1), norms[0].eps
 
 
+def shared_input_weights(linears: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """N ``nn.Linear``s that read the same input as one: an (in, N x out) weight, an (N x out,) bias, and N."""
+    return torch.cat([linear.weight.t() for linear in linears], dim=1), torch.cat([linear.bias for linear in linears]), len(linears)
+
+
 def linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """(N, T, in) or (1, T, in) -> (N, T, out), task i through its own weights."""
+    """(N, T, in) -> (N, T, out), task i through its own weights."""
     weight, bias = weights
-    return torch.baddbmm(bias, x.expand(weight.shape[0], -1, -1), weight)
+    return torch.baddbmm(bias, x, weight)
+
+
+def shared_input_linear(x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor, int]) -> torch.Tensor:
+    """(T, in), read by every task -> (N, T, out): one matrix product for all N tasks (their outputs as a view)."""
+    weight, bias, tasks = weights
+    return torch.addmm(bias, x, weight).view(x.shape[0], tasks, -1).transpose(0, 1)
 
 
 def layer_norm(x: torch.Tensor, norm: tuple[torch.Tensor, torch.Tensor, float]) -> torch.Tensor:
@@ -84,8 +95,8 @@ class StackedLadders:
 
     def __init__(self, ladders: list[LadderSideNetwork]):
         self.side_layers = ladders[0].side_layers
-        self.embed_down = stacked([ladder.embed_down for ladder in ladders])
-        self.downs = [stacked([ladder.downs[i] for ladder in ladders]) for i in range(len(self.side_layers))]
+        self.embed_down = shared_input_weights([ladder.embed_down for ladder in ladders])
+        self.downs = [shared_input_weights([ladder.downs[i] for ladder in ladders]) for i in range(len(self.side_layers))]
         self.gates = torch.stack([ladder.gates() for ladder in ladders]).t()[:, :, None, None]  # (L, N, 1, 1)
         self.blocks = [StackedBlock([ladder.blocks[i] for ladder in ladders]) for i in range(len(self.side_layers))]
         self.final_norm = stacked_norm([ladder.final_norm for ladder in ladders])
@@ -96,8 +107,8 @@ class StackedLadders:
         batch, tokens = states.real.shape
         real = states.real
         key_mask = None if bool(real.all()) else real[:, None, None, :].repeat(self.gates.shape[1], 1, 1, 1)  # (N x B, 1, 1, T)
-        side = linear(states.embeddings.to(dtype).reshape(1, batch * tokens, -1), self.embed_down)  # (N, B x T, D_S)
+        side = shared_input_linear(states.embeddings.to(dtype).reshape(batch * tokens, -1), self.embed_down)  # (N, B x T, D_S)
         for gate, down, block, layer in zip(self.gates, self.downs, self.blocks, self.side_layers):
-            state = states.layer_outputs[layer].to(dtype).reshape(1, batch * tokens, -1)  # (1, B x T, D_l)
-            side = block(torch.lerp(linear(state, down), side, gate), batch, key_mask)  # gate * side + (1 - gate) * Down(b)
+            state = states.layer_outputs[layer].to(dtype).reshape(batch * tokens, -1)  # (B x T, D_l)
+            side = block(torch.lerp(shared_input_linear(state, down), side, gate), batch, key_mask)  # gate * side + (1 - gate) * Down(b)
         return layer_norm(side, self.final_norm).view(-1, batch, tokens, side.shape[-1])
