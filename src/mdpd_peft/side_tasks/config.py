@@ -16,6 +16,7 @@ add_str_enum_member(PeftType, "SIDE_TASK")
 
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
 HEAD_INPUTS = ("gated", "side")
+HEAD_INITS = ("probe", "random")
 POOLINGS = ("mean", "first", "first_and_mean")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
 # Kept side networks are served, many at a time: their defaults are chosen from accuracy and serving cost together
@@ -48,6 +49,13 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             what a linear probe sees. ``"side"`` (LST): the side network's final state alone.
         head_gate_init: Initial logit of that gate, per channel: ``0.0`` starts at an even mix; a negative value
             starts near the encoder's representation (``-4``: g = 0.018), i.e. near a linear probe.
+        head_init: How ``SideTaskTrainer`` starts the head's classifier. ``"random"`` (default): ``nn.Linear``'s random
+            init. ``"probe"``: before the first step the trainer fits the classifier to an L2-regularised logistic
+            regression on what it reads for the training set (with the gate shut, ``head_gate_init=-4``, the encoder's
+            pooled representation: the linear probe, at scikit-learn's ``LogisticRegression()`` penalty on unit-norm
+            features, SetFit's head), one forward pass over the training set, so training starts from the probe
+            (LP-FT, Kumar et al. 2022). Single-label classification only. Meant for few labels per class
+            (``benchmarks/few_shot.py`` measures it).
         pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders),
             ``"first"`` (the CLS token, as ViT classifiers) or ``"first_and_mean"`` (the CLS token beside the mean of
             the other tokens, as DINOv2's classifier reads them: twice as wide). Token classification does not pool.
@@ -72,6 +80,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
     problem_type: str = field(default="single_label_classification", metadata={"help": f"One of {PROBLEM_TYPES}."})
     head_input: str = field(default="gated", metadata={"help": f"What the head reads: one of {HEAD_INPUTS}."})
     head_gate_init: float = field(default=0.0, metadata={"help": "Initial logit of the head's per-channel gate (gated head)."})
+    head_init: str = field(default="random", metadata={"help": f"How SideTaskTrainer starts the head's classifier: one of {HEAD_INITS}."})
     pooling: str = field(default="mean", metadata={"help": f"Token pooling of sequence-level heads: one of {POOLINGS}."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label smoothing of the cross-entropy, in [0, 1)."})
     feature_distillation: bool = field(default=False, metadata={"help": "Also train on MDPD's feature distillation (Eq. 1-7)."})
@@ -115,7 +124,7 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
         """Checks the settings that do not depend on the encoder."""
         self.check_side_network_values()
         owner = type(self).__name__
-        for name, allowed in (("problem_type", PROBLEM_TYPES), ("head_input", HEAD_INPUTS), ("pooling", POOLINGS)):
+        for name, allowed in (("problem_type", PROBLEM_TYPES), ("head_input", HEAD_INPUTS), ("head_init", HEAD_INITS), ("pooling", POOLINGS)):
             if getattr(self, name) not in allowed:
                 raise invalid(name, getattr(self, name), f"one of {allowed}", owner)
         if not (is_integer(self.num_labels) and self.num_labels >= 1):

@@ -7,6 +7,9 @@ from torch import nn
 
 from ..side_networks.base import masked_mean
 
+# The probe's L2 penalty: scikit-learn's LogisticRegression() default (C = 1) on unit-norm features, SetFit's head
+PROBE_INVERSE_REGULARISATION = 1.0
+
 
 class TaskHead(nn.Module):
     """Logits of one task from the side network's final state ``s`` and the encoder's final representation ``b``.
@@ -46,3 +49,26 @@ class TaskHead(nn.Module):
         gate = torch.sigmoid(self.gate_logits)  # (parts x D_B,)
         up = self.up(side_state.unflatten(-1, (self.parts, -1))).flatten(-2)  # each pooled part through Up
         return self.classifier(gate * up + (1.0 - gate) * encoder_state.to(side_state.dtype))
+
+    @torch.no_grad()
+    def fit_classifier_as_probe(self, features: torch.Tensor, labels: torch.Tensor, max_iterations: int = 500) -> None:
+        """Set the classifier to an L2-regularised logistic regression of ``labels`` on ``features`` (N, D): what the
+        classifier reads for N training examples. The penalty is scikit-learn's ``LogisticRegression()`` (C = 1) on
+        unit-norm features (sentence-transformers' normalised embedding, SetFit's head), rescaled to the features'
+        mean squared norm: on the encoder's pooled representation this is that probe, without the normalisation."""
+        features, labels = features.float(), labels.long()
+        weight = torch.zeros(self.classifier.out_features, features.shape[1], requires_grad=True)
+        bias = torch.zeros(self.classifier.out_features, requires_grad=True)
+        penalty = features.pow(2).sum(-1).mean() / (PROBE_INVERSE_REGULARISATION * len(labels))
+        optimizer = torch.optim.LBFGS([weight, bias], max_iter=max_iterations, tolerance_grad=1e-9, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def objective():
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(features @ weight.T + bias, labels) + 0.5 * penalty * weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimizer.step(objective)
+        self.classifier.weight.copy_(weight.detach())
+        self.classifier.bias.copy_(bias.detach())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from transformers import Trainer
 
 from ..cached_training import TrainsOnCachedStates
@@ -50,6 +51,39 @@ class SideTaskTrainer(TrainsOnCachedStates, Trainer):
         self.live_collator = self.data_collator  # the user's, or the Trainer's default for the processing class
         if self.cache is not None:
             self.data_collator = self.cache.collate
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        """Train the task; a fresh run of a task whose config says ``head_init="probe"`` first fits its head's classifier
+        as the probe (``fit_head_as_probe``)."""
+        tuner = side_task_model_of(self.model)
+        if resume_from_checkpoint is None and tuner.peft_config[self.task].head_init == "probe":
+            self.fit_head_as_probe()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    @torch.no_grad()
+    def fit_head_as_probe(self) -> None:
+        """Fit the task head's classifier, before any step, to a logistic regression on what it reads for the training
+        set (``TaskHead.fit_classifier_as_probe``): with the gate shut that is the encoder's pooled representation, so
+        training starts from the linear probe instead of a random classifier (LP-FT, Kumar et al. 2022). One pass
+        over the training set, forward only (the cache's states, or the encoder live). Single-label sequence
+        classification only; other problem types keep the random classifier."""
+        tuner = side_task_model_of(self.model)
+        config, head = tuner.peft_config[self.task], tuner.kept_tasks[self.task].head
+        if config.problem_type != "single_label_classification":
+            logger.info("SideTaskTrainer: head_init='probe' fits single-label classifiers only; task %r (%s) starts random.", self.task, config.problem_type)
+            return
+        features, labels = [], []
+        handle = head.classifier.register_forward_pre_hook(lambda module, args: features.append(args[0].detach().float().cpu()))
+        training = self.model.training
+        self.model.eval()  # no dropout: the classifier is fitted to what it reads at inference
+        try:
+            for batch in self.get_train_dataloader():
+                labels.append(batch["labels"].cpu())
+                self.compute_loss(self.model, self._prepare_inputs(batch))
+        finally:
+            handle.remove()
+            self.model.train(training)
+        head.fit_classifier_as_probe(torch.cat(features), torch.cat(labels))
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The trained task's logits are the predictions (not every task's, nor the encoder's states)."""
