@@ -1,10 +1,10 @@
 """Few labels per task: kept side networks against SetFit, the frozen embedding's probe and LoRA (all-MiniLM-L6-v2).
 
-    flock /tmp/cpu.lock python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 3 4 \
+    python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 3 4 \
         --methods embedding_probe side_task setfit setfit_paper
-    flock /tmp/cpu.lock python benchmarks/few_shot.py --tasks trec --k all --draws 0 --methods side_task embedding_probe setfit
-    flock /tmp/cpu.lock python benchmarks/few_shot.py --tasks trec --k 8 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3
-    python benchmarks/few_shot.py --report          # the Markdown tables (stdout) and benchmarks/few_shot.png
+    python benchmarks/few_shot.py --tasks trec --k all --draws 0 --methods side_task embedding_probe setfit
+    python benchmarks/few_shot.py --tasks trec --k 8 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3
+    python benchmarks/report.py     # the tables in RESULTS.md and benchmarks/few_shot.png (reporting/few_shot.py)
 
 Protocol. The body is the packaged all-MiniLM-L6-v2, the splits are ``accuracy.py``'s (``example_data.fixed_split``:
 80 / 10 / 10), sentences cut at 64 tokens for every method. A run trains on ``k`` examples per class drawn from the
@@ -39,19 +39,15 @@ Methods (``METHODS``):
   takes, per (task, k), the rate with the best mean validation accuracy over draws.
 
 Rows (one per run) go to ``results/few-shot-<task>-minilm.jsonl``: task, k, draw, method, settings, validation, test,
-minutes. ``--report`` prints per (task, k, method) accuracy mean +- std over draws, training minutes, and what serving
-N tasks costs (``results/serving-minilm-cpu.json``), and draws ``few_shot.png``.
+minutes; ``report.py`` renders them per (task, k, method), mean +- std over draws, beside what serving N tasks costs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,8 +63,7 @@ from example_data import ROTTEN_TOMATOES, TREC, encode_text_classification, fixe
 from methods import METHODS as BASELINES, trainable_parameters  # noqa: E402
 from mdpd_job import accuracy  # noqa: E402
 from peft import get_peft_model  # noqa: E402
-from reporting.common import mean_std  # noqa: E402
-from reporting.plots import pyplot  # noqa: E402
+from result_files import RESULTS, append_row  # noqa: E402
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
@@ -78,7 +73,6 @@ SMS_SPAM = "sms_spam"
 TASKS = (ROTTEN_TOMATOES, TREC, SMS_SPAM)
 TASK_NAMES = {ROTTEN_TOMATOES: "Rotten Tomatoes (2 classes)", TREC: "TREC coarse (6 classes)", SMS_SPAM: "SMS spam (2 classes, 13% spam)"}
 MAX_LENGTH = 64
-RESULTS = Path(__file__).parent / "results"
 WORK = Path("/tmp/mdpd-few-shot")
 # SetFit's cap: oversampling's pairs grow as n^2 (TREC at 64 per class: 122,880 pairs, 7,680 steps of 16; a whole split
 # ~10^8); no SetFit run here takes more than this many steps (the paper's 20 iterations at TREC's 64 per class: 960).
@@ -293,119 +287,7 @@ def measurements(args, task: Task):
                            "train_size": len(rows), **result, "minutes": (time.perf_counter() - started) / 60, "threads": torch.get_num_threads()}  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------------ the report
-
-REPORT_METHODS = {
-    "setfit": "SetFit, defaults",
-    "setfit_paper": "SetFit, the paper's settings",
-    "side_task": "kept side network (defaults)",
-    "side_task_issue": "kept side network, random classifier, gate 0, 20 epochs at 3e-3 (before)",
-    "side_task_probe_init_100_steps": "kept side network, probe init, gate -4, 100 steps at 3e-3",
-    "side_task_probe_init_100_steps_1e-3": "kept side network, probe init, gate -4, 100 steps at 1e-3",
-    "embedding_probe": "frozen embedding + logistic regression",
-    "lora": "LoRA r=8 (q, v), best rate",
-}
-
-
-def read_rows(results: Path = RESULTS) -> list[dict]:
-    rows = []
-    for path in [results / f"few-shot-{task}-minilm.jsonl" for task in TASKS]:
-        if path.exists():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return rows
-
-
-def k_order(groups: dict) -> list[str]:
-    """Examples per class as measured, the whole split last."""
-    ks = {key[1] for key in groups}
-    return sorted((k for k in ks if k != "all"), key=int) + (["all"] if "all" in ks else [])
-
-
-def mean_std_or_dash(values: list) -> str:
-    values = [value for value in values if value is not None]
-    return mean_std(values) if values else "—"
-
-
-def grouped(rows: list[dict]) -> dict:
-    """(task, k, method) -> the runs to report; LoRA's at the rate with the best mean validation accuracy."""
-    groups = defaultdict(list)
-    for row in rows:
-        key = (row["task"], str(row["k"]), row["method"])
-        groups[key].append(row)
-    for key, runs in groups.items():
-        if key[2] == "lora":
-            by_rate = defaultdict(list)
-            for run in runs:
-                by_rate[run["settings"]["learning_rate"]].append(run)
-            groups[key] = max(by_rate.values(), key=lambda same: statistics.mean(run["validation"] for run in same))
-    return groups
-
-
-def serving_lines(results: Path) -> list[str]:
-    """Serving N tasks in units of one encoder pass, measured (``serving.py``; MiniLM, batch 32 x 64 tokens, CPU)."""
-    path = results / "serving-minilm-cpu.json"
-    if not path.exists():
-        return []
-    measured = json.loads(path.read_text())
-    lines = ["", "Serving N tasks, in encoder passes (`serving-minilm-cpu.json`: MiniLM, batch 32 x 64 tokens, CPU, measured):", "",
-             "| tasks N | SetFit: N tuned bodies | kept side networks: 1 pass + N side networks | probe: 1 pass + N linear heads |", "|---|---|---|---|"]  # fmt: skip
-    for row in measured["rows"]:
-        passes = row["seconds"]["merged_models"] / row["seconds"]["encoder_pass"]
-        side = row["seconds"]["side_tasks"] / row["seconds"]["encoder_pass"]
-        lines.append(f"| {row['tasks']} | {passes:.2f} | {side:.2f} (side share {row['side_share_of_a_pass']:.2f}) | ~1.00 |")
-    return lines
-
-
-def report(results: Path = RESULTS, plot: Path = Path(__file__).parent / "few_shot.png") -> str:
-    groups = grouped(read_rows(results))
-    lines = ["## Few labels per task (all-MiniLM-L6-v2)", ""]
-    tasks = [task for task in TASKS if any(key[0] == task for key in groups)]
-    for task in tasks:
-        lines += [f"### {TASK_NAMES[task]}", "", "| examples per class | method | draws | validation | test | train min | cache min |", "|---|---|---|---|---|---|---|"]
-        for k in k_order(groups):
-            for method in REPORT_METHODS:
-                runs = groups.get((task, k, method))
-                if not runs:
-                    continue
-                minutes = statistics.mean(run["train_minutes"] for run in runs)
-                cache = [run["cache_build_minutes"] for run in runs if run.get("cache_build_minutes") is not None]
-                rate = f" ({runs[0]['settings']['learning_rate']:g})" if method == "lora" else ""
-                capped = f" (capped at {runs[0]['steps']} steps)" if method.startswith("setfit") and runs[0]["steps"] == runs[0]["settings"]["max_steps"] else ""
-                lines.append(f"| {k} | {REPORT_METHODS[method]}{rate}{capped} | {len(runs)} | {mean_std_or_dash([r['validation'] for r in runs])} | "
-                             f"{mean_std([r['test'] for r in runs])} | {minutes:.2f} | {f'{statistics.mean(cache):.3f}' if cache else ''} |")  # fmt: skip
-        lines.append("")
-    lines += serving_lines(results)
-    draw_plot(groups, tasks, plot)
-    return "\n".join(lines) + "\n"
-
-
-def draw_plot(groups: dict, tasks: list[str], path: Path) -> None:
-    """Test accuracy against examples per class, a panel per task, a line per method with its std band."""
-    plt = pyplot()
-    figure, axes = plt.subplots(1, max(len(tasks), 1), figsize=(5 * max(len(tasks), 1), 4), squeeze=False)
-    ks = k_order(groups)
-    for axis, task in zip(axes[0], tasks):
-        for method, label in REPORT_METHODS.items():
-            points = [(i, [r["test"] for r in groups[(task, k, method)]]) for i, k in enumerate(ks) if groups.get((task, k, method))]
-            if not points:
-                continue
-            x = [i for i, _ in points]
-            mean = np.array([statistics.mean(s) for _, s in points])
-            std = np.array([statistics.stdev(s) if len(s) > 1 else 0.0 for _, s in points])
-            (line,) = axis.plot(x, mean, marker="o", label=label)
-            axis.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        axis.set_xticks(range(len(ks)), [k if k != "all" else "whole split" for k in ks])
-        axis.set_xlabel("training examples per class")
-        axis.set_ylabel("test accuracy")
-        axis.set_title(TASK_NAMES[task], fontsize=10)
-        axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
-def main(argv=None) -> list[dict] | str:
+def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=[TREC], help="run one after the other (one lock, one process)")
     parser.add_argument("--k", nargs="+", default=["8", "16", "64"], help="examples per class; 'all' for the whole training split")
@@ -415,22 +297,14 @@ def main(argv=None) -> list[dict] | str:
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only: the first N validation and test examples")
     parser.add_argument("--output", default=None, help="'{task}' is replaced by the task's name; default: results/few-shot-{task}-minilm.jsonl")
     parser.add_argument("--work-dir", type=Path, default=WORK, help="state caches and checkpoints (default: %(default)s)")
-    parser.add_argument("--report", action="store_true", help="print the Markdown tables and draw few_shot.png from the result files")
     args = parser.parse_args(argv)
-    if args.report:
-        text = report()
-        print(text)
-        return text
     args.k = [None if k == "all" else int(k) for k in args.k]
     hf_logging.set_verbosity_error()
     rows = []
     for name in args.tasks:
         output = Path((args.output or str(RESULTS / "few-shot-{task}-minilm.jsonl")).format(task=name))
-        output.parent.mkdir(parents=True, exist_ok=True)
         for row in measurements(args, Task(name, args.eval_size, args.work_dir)):
-            print(json.dumps(row), flush=True)
-            with output.open("a") as file:  # appended as soon as measured: an interrupted sweep keeps its runs
-                file.write(json.dumps(row) + "\n")
+            append_row(output, row)
             rows.append(row)
     return rows
 

@@ -8,7 +8,7 @@
 For each N in ``--tasks`` the same batch is served to N tasks three ways, in one process, interleaved round by round
 (warm-up first, then the median of ``--repeats`` rounds), in eval mode under ``torch.inference_mode``:
 
-- **side tasks**: one ``SideTaskModel`` with N tasks (``SideTaskConfig()`` defaults: the ladder at r = 8 and the
+- **side tasks**: one ``SideTaskModel`` with N tasks (``SideTaskConfig()`` defaults: the ladder at r = 16 with 16-wide heads and the
   gated head), all active: one encoder pass, then N side networks and heads;
 - **merged models**: N fine-tuned models run one after another, each LoRA r = 8 on query/value merged into its own
   copy of the model (what ``merge_and_unload`` ships: a plain model);
@@ -22,7 +22,9 @@ against N models). Weights are random except MiniLM's: time does not depend on t
 
 ``--profile`` instead profiles where the side tasks' part of a pass goes: ``torch.profiler``'s self CPU time per
 operator, summed into op groups (``OP_GROUPS``), for the bundle's pass less the encoder's own, averaged over
-``--repeats`` passes. ``--side-head-dim`` sets the kept ladders' head width (``none``: the backbone's head count).
+``--repeats`` passes. ``--side-head-dim`` sets the kept ladders' head width (``none``: the backbone's head count) and
+``--reduction-factor`` their r, to measure other settings than ``SideTaskConfig``'s defaults (``--output`` then names
+the file).
 """
 
 from __future__ import annotations
@@ -212,13 +214,15 @@ def argument_parser(description: str, tasks: list[int]) -> argparse.ArgumentPars
     parser.add_argument("--length", type=int, default=64, help="tokens per text (text models)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--side-head-dim", default=None, help="the kept ladders' head width; 'none': the backbone's head count (default: SideTaskConfig's)")
+    parser.add_argument("--reduction-factor", type=int, default=None, help="the kept ladders' r (default: SideTaskConfig's)")
     parser.add_argument("--output", default=None, help="default: benchmarks/results/<benchmark>-<model>-cpu.json")
     return parser
 
 
 def side_settings(args: argparse.Namespace) -> dict:
     """The ``SideTaskConfig`` settings the options ask for (none: its defaults)."""
-    return {} if args.side_head_dim is None else {"side_head_dim": None if args.side_head_dim == "none" else int(args.side_head_dim)}
+    settings = {} if args.side_head_dim is None else {"side_head_dim": None if args.side_head_dim == "none" else int(args.side_head_dim)}
+    return settings | ({"reduction_factor": args.reduction_factor} if args.reduction_factor is not None else {})
 
 
 def environment() -> dict:

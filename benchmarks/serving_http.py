@@ -7,7 +7,7 @@ For each N, two Ray Serve applications are deployed one after the other on one l
 HTTP on 127.0.0.1, with the same request sequence:
 
 - **side tasks**: ``mdpd_peft.serving``'s deployment of a bundle of N tasks (``SideTaskConfig(num_labels=2)``
-  defaults: the ladder at r = 8 and the gated head, random weights; saved with ``save_side_tasks`` and loaded
+  defaults: the ladder at r = 16 with 16-wide heads and the gated head, random weights; saved with ``save_side_tasks`` and loaded
   back from disk as ``mdpd-peft serve`` does): one encoder pass per batch;
 - **merged models**: the very same deployment (FastAPI ingress, ``@serve.batch``, limits, replica resources), its
   pipeline replaced by ``MergedModelsPipeline``: N ``AutoModelForSequenceClassification`` copies, each LoRA r = 8

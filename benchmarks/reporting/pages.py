@@ -12,6 +12,11 @@ from .accuracy import GRIDS, grids, learning_rate_grid_lines
 from .common import BENCHMARKS, CHECKPOINTED_NOTE, REPOSITORY, Results, best_learning_rate
 from .decision import decision_lines, table_only
 from .distillation import distillation_lines
+from .few_shot import METHODS as FEW_SHOT_METHODS
+from .few_shot import PLOT as FEW_SHOT_PLOT
+from .few_shot import TASKS as FEW_SHOT_TASKS
+from .few_shot import few_shot_lines, k_order
+from .few_shot import load as few_shot_runs
 from .history import history_lines, superseded_files
 from .image import IMAGE_BENCHMARK, IMAGE_PLOT, IMAGE_TITLE, best_rate_runs, image_benchmark_lines, plotted_memory
 from .memory import memory_lines, memory_speed_results
@@ -113,6 +118,7 @@ def results_page(results: Results, for_docs: bool = False) -> str:
     lines += accuracy_section(results, memory_speed)
     lines += image_section(results, memory_speed)
     lines += kept_section(results)
+    lines += few_shot_lines(results)
     lines += memory_lines(results, skip=superseded_files())
     lines += state_cache_lines(results)
     if ANALYSIS.exists():
@@ -178,3 +184,7 @@ def draw_plots(results: Results, folder: Path) -> None:
     runs = serving_runs(results)
     if runs:
         plots.serving(runs, folder / SERVING_PLOT)
+    few_shot = few_shot_runs(results)
+    if few_shot:
+        tasks = {task: title for task, title in FEW_SHOT_TASKS.items() if any(key[0] == task for key in few_shot)}
+        plots.few_shot(few_shot, tasks, FEW_SHOT_METHODS, k_order(few_shot), folder / FEW_SHOT_PLOT)

@@ -98,3 +98,26 @@ def serving(runs: dict[str, dict], path: Path) -> None:
     axes.set_title("Kept side tasks: one encoder pass for N tasks")
     axes.legend(fontsize=8)
     save(figure, path)
+
+
+def few_shot(groups: dict, tasks: dict[str, str], methods: dict[str, str], ks: list[str], path: Path) -> None:
+    """Test accuracy against examples per class, a panel per task, a line per method with its std band."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for axis, (task, title) in zip(axes[0], tasks.items()):
+        for method, label in methods.items():
+            points = [(i, [run["test"] for run in groups[(task, k, method)]]) for i, k in enumerate(ks) if groups.get((task, k, method))]
+            if not points:
+                continue
+            x = [i for i, _ in points]
+            mean = [statistics.mean(tests) for _, tests in points]
+            std = [statistics.stdev(tests) if len(tests) > 1 else 0.0 for _, tests in points]
+            (line,) = axis.plot(x, mean, marker="o", label=textwrap.shorten(label, 48))
+            axis.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=line.get_color(), alpha=0.15)
+        axis.set_xticks(range(len(ks)), [k if k != "all" else "whole split" for k in ks])
+        axis.set_xlabel("training examples per class")
+        axis.set_ylabel("test accuracy")
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, loc="lower right")
+    save(figure, path)

@@ -9,9 +9,12 @@ import statistics
 from .common import Results, best_learning_rate, by_method, mean_std
 
 TASK_NAMES = {"rotten_tomatoes": "Rotten Tomatoes (2 classes)", "trec": "TREC coarse (6 classes)", "trec_fine": "TREC fine (50 classes)",
-              "fashion-mnist": "Fashion-MNIST on DINOv2-small (10 classes)"}  # fmt: skip
+              "fashion-mnist": "Fashion-MNIST on DINOv2-small (10 classes)", "brown_pos": "Brown Corpus part of speech (tokens, 12 tags)"}  # fmt: skip
 METHOD_NAMES = {
-    "side_task": "side task kept (ladder r=8, gated head)",
+    "side_task": "side task kept (ladder r=16, 16-wide heads, gated head)",
+    "side_task_r8_lst": "side task, the earlier default (ladder r=8, LST's head count)",
+    "side_task_r8_first_and_mean": "side task, r=8, the first token beside the mean of the others",
+    "linear_probe_first_and_mean": "linear probe, the first token beside the mean of the others",
     "side_task_gate_at_encoder": "side task, gate starting at the encoder",
     "side_task_side_head": "side task, LST head (side state alone)",
     "side_task_r4": "side task, ladder r=4",
@@ -38,10 +41,13 @@ SIDE_TASK_FILES = {
     "trec": ("side-task-grid-trec-minilm.jsonl", "side-task-trec-minilm.jsonl"),
     "trec_fine": ("side-task-grid-trec-fine-minilm.jsonl", "side-task-trec-fine-minilm.jsonl"),
     "fashion-mnist": ("side-task-grid-30-epochs-fashion-mnist-dinov2.jsonl", "side-task-30-epochs-fashion-mnist-dinov2.jsonl"),
+    "brown_pos": ("lr-grid-token-brown_pos-minilm.jsonl", "token-brown_pos-minilm.jsonl"),  # every method's grid and seeds
 }
 # Further grids of a task's kept side networks, as file names or patterns: variants of the default
 MORE_GRIDS = {task: (f"side-task-head-width-{task}-*.jsonl",) for task in ("rotten_tomatoes", "trec", "trec_fine")}
 MORE_GRIDS["rotten_tomatoes"] = ("side-task-variants-minilm.jsonl", *MORE_GRIDS["rotten_tomatoes"])
+MORE_GRIDS["fashion-mnist"] = ("side-task-head-width-fashion-mnist-dinov2.jsonl", "side-task-first-and-mean-fashion-mnist-dinov2.jsonl")
+MORE_GRIDS["brown_pos"] = ("lr-grid-token-brown_pos-2-epochs-minilm.jsonl",)
 # Where the baselines' runs are: (grid file, best-rate file whose runs at the grid's best rate are the seeds)
 BASELINE_FILES = {
     "rotten_tomatoes": ("lr-grid-minilm.jsonl", "best-rate-full-minilm.jsonl"),
@@ -50,6 +56,7 @@ BASELINE_FILES = {
     # (lr-grid-trec-fine-minilm.jsonl), so they train 5 epochs, as the kept side networks do
     "trec_fine": ("lr-grid-trec-fine-5-epochs-minilm.jsonl", "lr-grid-trec-fine-5-epochs-minilm.jsonl"),
     "fashion-mnist": ("accuracy-fashion-mnist-dinov2.jsonl", "accuracy-fashion-mnist-dinov2.jsonl"),
+    "brown_pos": ("lr-grid-token-brown_pos-minilm.jsonl", "token-brown_pos-minilm.jsonl"),
 }
 
 
@@ -100,7 +107,7 @@ def seed_table(results: Results, task: str, seeds: list[dict], source: str, side
     grouped = {**by_method(seeds, task), **baseline_runs(results, task, seeds[0]["train_size"])}
     build = [r["cache_build_minutes"] for r in seeds if r.get("cache_build_minutes")]
     lines = [
-        f"Whole split ({seeds[0]['train_size']:,} training examples; `results/{source}`): the kept side networks at the best rate of "
+        f"Seeds ({seeds[0]['train_size']:,} training examples; `results/{source}`): the kept side networks at the best rate of "
         f"their grid (`results/{side_grid}`), LoRA and LayerNorm tuning at their own grids' best rates "
         f"(`results/{BASELINE_FILES[task][1]}`); mean ± std over seeds. Minutes of training to the reported "
         f"epoch, one run at a time on this 2-core machine" + (f"; the state cache's build took {statistics.mean(build):.1f} min, once for the task." if build else "."), "",
