@@ -20,8 +20,9 @@ Methods (``METHODS``):
 - ``setfit``: ``SetFitModel.from_pretrained`` on the body, ``setfit.TrainingArguments`` at its defaults (pairs by
   ``sampling_strategy="oversampling"``: every pair of the draw at least once, batch 16, one epoch, body rate 2e-5,
   scikit-learn's ``LogisticRegression`` head). Oversampling draws O(n^2) pairs (TREC at 64 per class: 7,680 steps;
-  a whole split: ~10^8 pairs), so every SetFit run is capped at ``SETFIT_MAX_STEPS`` steps (``max_steps``, which binds only
-  where the pairs would take more; the row's ``steps`` says how many ran).
+  a whole split: ~10^8 pairs), so a SetFit run whose pairs would take more than ``SETFIT_MAX_STEPS`` steps is capped
+  there (``max_steps`` is set then only: it replaces the epochs wherever it is set; the row's ``steps`` and ``capped``
+  say what ran).
 - ``setfit_paper``: the settings SetFit's paper ran (Tunstall et al. 2022, arXiv 2209.11055; its script
   ``scripts/setfit/run_fewshot.py`` in huggingface/setfit, "the default settings used in the paper" by that folder's
   README): ``CosineSimilarityLoss`` on 20 pair-generation rounds (``--num_epochs 20`` there, ``num_iterations=20``
@@ -45,9 +46,11 @@ minutes; ``report.py`` renders them per (task, k, method), mean +- std over draw
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -194,6 +197,20 @@ def run_embedding_probe(task: Task, rows: Dataset, seed: int, settings: dict) ->
     return {**scores, "train_minutes": train_minutes}
 
 
+def setfit_steps(labels: list[int], args) -> int:
+    """The optimizer steps SetFit's body training takes on examples of ``labels`` under ``args``, counted as setfit's
+    ``ContrastiveDataset`` draws its pairs (every pair with replacement; without enumerating a whole split's)."""
+    n = len(labels)
+    if args.num_iterations:
+        pairs = 2 * args.num_iterations * n
+    else:
+        positive = sum(c * (c + 1) // 2 for c in Counter(labels).values())  # same label, a sentence with itself included
+        negative = n * (n + 1) // 2 - positive
+        sizes = {"unique": (positive, negative), "oversampling": (max(positive, negative),) * 2, "undersampling": (min(positive, negative),) * 2}
+        pairs = sum(sizes[args.sampling_strategy])
+    return math.ceil(pairs / args.embedding_batch_size) * args.embedding_num_epochs
+
+
 def run_setfit(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
     from setfit import SetFitModel, Trainer as SetFitTrainer, TrainingArguments as SetFitArguments
 
@@ -201,13 +218,18 @@ def run_setfit(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
     model = SetFitModel.from_pretrained(task.model_path)
     model.model_body.max_seq_length = MAX_LENGTH
     args = SetFitArguments(output_dir=str(task.work / "setfit"), seed=seed, max_length=MAX_LENGTH, show_progress_bar=False, report_to="none", **settings)
+    # max_steps replaces the epochs wherever it is set (it would also stretch a short run): set only where it cuts
+    capped = "max_steps" not in settings and setfit_steps(rows["label"], args) > SETFIT_MAX_STEPS
+    if capped:
+        args = SetFitArguments(output_dir=str(task.work / "setfit"), seed=seed, max_length=MAX_LENGTH, show_progress_bar=False, report_to="none",
+                               max_steps=SETFIT_MAX_STEPS, **settings)  # fmt: skip
     trainer = SetFitTrainer(model=model, args=args, train_dataset=rows.select_columns(["text", "label"]))
     started = time.perf_counter()
     trainer.train()
     train_minutes = (time.perf_counter() - started) / 60
     # SetFit chooses nothing on validation: only the test split is encoded by its tuned body (a pass per run)
     test = accuracy_of(model.predict(task.data["test"]["text"], batch_size=64), task.data["test"]["label"])
-    return {"validation": None, "test": test, "train_minutes": train_minutes, "steps": trainer.st_trainer.state.global_step}
+    return {"validation": None, "test": test, "train_minutes": train_minutes, "steps": trainer.st_trainer.state.global_step, "capped": capped}
 
 
 def run_side_task(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
@@ -264,10 +286,8 @@ METHODS = {
 
 
 def method_settings(method: str, k: int | None, learning_rate: float | None) -> dict:
-    """What a run is told beyond the method's own entry: SetFit's whole-split cap, LoRA's rate."""
+    """What a run is told beyond the method's own entry: LoRA's rate."""
     settings = dict(METHODS[method][1])
-    if method.startswith("setfit"):
-        settings.setdefault("max_steps", SETFIT_MAX_STEPS)  # only binds where the draw's pairs would take more steps
     if method == "lora":
         settings["learning_rate"] = learning_rate
     return settings

@@ -73,7 +73,7 @@ def task_table(groups: dict, task: str, methods: list[str], title=method_title) 
                 continue
             cache = [run["cache_build_minutes"] for run in runs if run.get("cache_build_minutes") is not None]
             rate = f" ({runs[0]['settings']['learning_rate']:g})" if method == "lora" else ""
-            capped = f" (capped at {runs[0]['steps']} steps)" if method.startswith("setfit") and runs[0]["steps"] == runs[0]["settings"].get("max_steps") else ""
+            capped = f" (capped at {runs[0]['steps']} steps)" if any(run.get("capped") for run in runs) else ""
             lines.append(f"| {k} | {title(method)}{rate}{capped} | {len(runs)} | {accuracy_cells(runs)} | "
                          f"{statistics.mean(run['train_minutes'] for run in runs):.2f} | {f'{statistics.mean(cache):.3f}' if cache else ''} |")  # fmt: skip
     return [*lines, ""]
