@@ -54,7 +54,7 @@ import transformers  # noqa: E402
 from example_data import corpus_path  # noqa: E402
 from mdpd_peft import SideTaskConfig, save_side_tasks  # noqa: E402
 from mdpd_peft.serving.settings import ServerSettings  # noqa: E402
-from mdpd_peft.side_tasks.pipeline import TaskPipelineBase  # noqa: E402
+from mdpd_peft.side_tasks.pipeline_base import TaskPipelineBase  # noqa: E402
 from serving import encoder_and_classifier_class, merged_models, side_tasks  # noqa: E402  (benchmarks/serving.py)
 
 SERVERS = ("side_tasks", "merged_models")

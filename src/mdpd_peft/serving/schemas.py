@@ -6,7 +6,7 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..side_tasks.pipeline import DEFAULT_THRESHOLD
+from ..side_tasks.pipeline_base import DEFAULT_THRESHOLD
 
 
 class ClassifyRequest(BaseModel):

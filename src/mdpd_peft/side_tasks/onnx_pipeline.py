@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 from .bundle import local_bundle
 from .onnx_export import read_manifest, saved_task_config
-from .pipeline import TaskPipelineBase, saved_processor
+from .pipeline_base import TaskPipelineBase, saved_processor
 
 
 class OnnxSideTaskPipeline(TaskPipelineBase):
