@@ -34,6 +34,7 @@ from mdpd_peft.serving.settings import ServerSettings  # noqa: E402
 from test_side_task_bundle import TASKS, TEXTS, assert_same_predictions, tasks_model, tiny_encoder  # noqa: E402
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")  # as mdpd-peft serve sets it: two instances start at once here
 ROOT = Path(__file__).parents[1]
 # The text app: small limits, so that 8 concurrent requests overload it (2 run, 2 queue; the proxy counts a request
 # as queued until a replica takes it, so 2 requests sent together need a queue of 2); a batch of 4 inputs fills at

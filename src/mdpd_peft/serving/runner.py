@@ -11,6 +11,8 @@ from typing import Callable
 
 from .settings import ServerSettings
 
+PROXY_READY_TIMEOUT_S = 60  # seconds a local instance's HTTP proxy may take to start (see run_until_signalled)
+
 
 def run_until_signalled(
     app,
@@ -28,10 +30,13 @@ def run_until_signalled(
     replica is placed even on a smaller machine) and goes down on exit, with Serve, its proxy and every worker.
     With ``address`` the process joins that cluster: on exit it deletes its own application and disconnects,
     leaving the cluster and its other applications running (Serve's HTTP options apply only if Serve is not
-    running there yet). Ray's usage statistics stay off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise.
+    running there yet). Ray's usage statistics stay off unless ``RAY_USAGE_STATS_ENABLED`` says otherwise, and a
+    local instance gives its HTTP proxy ``PROXY_READY_TIMEOUT_S`` to start (Ray's 5 s, which a busy small machine
+    can miss, after which Serve kills and restarts the proxy) unless ``RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S`` is set.
     ``on_ready`` gets the URL once the application answers.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", str(PROXY_READY_TIMEOUT_S))  # read by the local instance's processes
     import ray
     from ray import serve
 
