@@ -12,9 +12,10 @@ PLOT = "serving.png"
 def serving_table(file: str, result: dict) -> list[str]:
     """One model's run: throughput per number of tasks and the ratios against the LoRA ways."""
     shape = f"batch {result['batch']}" + (f" x {result['length']} tokens" if result["model"] != "vit-base" else " images at 224 px")
+    settings = f", {settings_text(result['settings'])}" if result.get("settings") else ""
     lines = [
-        f"### {result['model']}, {shape}", "",
-        f"`python benchmarks/serving.py --model {result['model']}` (`results/{file}`; {result['environment']['threads']} threads, median of "
+        f"### {result['model']}, {shape}{settings}", "",
+        f"`python benchmarks/serving.py --model {result['model']}` (`results/{file}`; {result['environment']['date']}, {result['environment']['threads']} threads, median of "
         f"{result['repeats']} rounds, the three ways interleaved). Inputs served to all N tasks per second; ratios against N merged "
         "LoRA models run one after another.", "",
         "| N tasks | side tasks, inputs/s | N merged models | mixed LoRA batch | side tasks / merged | side tasks / mixed LoRA | side networks' cost, x an encoder pass | serving weights, x one model |",
@@ -55,7 +56,7 @@ def profile_table(file: str, result: dict) -> list[str]:
     rows = result["rows"]
     groups = list(rows[0]["side_ms"])
     lines = [
-        f"#### Profile, {result['model']}, batch {result['batch']} x {result['length']} tokens, {settings_text(result.get('settings', {}))}", "",
+        f"### Profile, {result['model']}, batch {result['batch']} x {result['length']} tokens, {settings_text(result.get('settings', {}))}", "",
         f"`python benchmarks/serving.py --profile` (`results/{file}`; {result['environment']['threads']} threads): torch.profiler's self CPU "
         f"time per operator, summed by op group, for the bundle's pass less the encoder's own; median of {result['repeats']} passes.", "",
         "| op group | " + " | ".join(f"N = {row['tasks']}, ms" for row in rows) + " |",
