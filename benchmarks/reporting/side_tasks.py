@@ -44,7 +44,7 @@ SIDE_TASK_FILES = {
     "brown_pos": ("lr-grid-token-brown_pos-minilm.jsonl", "token-brown_pos-minilm.jsonl"),  # every method's grid and seeds
 }
 # Further grids of a task's kept side networks, as file names or patterns: variants of the default
-MORE_GRIDS = {task: (f"side-task-head-width-{task}-*.jsonl",) for task in ("rotten_tomatoes", "trec", "trec_fine")}
+MORE_GRIDS = {task: (f"side-task-head-width-{task}-*.jsonl", f"side-task-int8-{task}-*.jsonl") for task in ("rotten_tomatoes", "trec", "trec_fine")}
 MORE_GRIDS["rotten_tomatoes"] = ("side-task-variants-minilm.jsonl", *MORE_GRIDS["rotten_tomatoes"])
 MORE_GRIDS["fashion-mnist"] = ("side-task-head-width-fashion-mnist-dinov2.jsonl", "side-task-first-and-mean-fashion-mnist-dinov2.jsonl")
 MORE_GRIDS["brown_pos"] = ("lr-grid-token-brown_pos-2-epochs-minilm.jsonl",)
@@ -67,7 +67,8 @@ def method_name(method: str, task: str) -> str:
 def row_name(method: str, task: str, rows: list[dict]) -> str:
     """The method's name, and how its runs were evaluated where that was not through the encoder (``--cached-eval``)."""
     cached = any(row.get("evaluation") == "cached" for row in rows)
-    return method_name(method, task) + (", evaluated on cached states" if cached else "")
+    dtype = next((row["cache_dtype"] for row in rows if row.get("cache_dtype")), None)
+    return method_name(method, task) + (f", trained on a state cache in {dtype}" if dtype else "") + (", evaluated on cached states" if cached else "")
 
 
 def grid_tables(task: str, grid_file: str, grid: list[dict]) -> list[str]:
