@@ -220,7 +220,8 @@ def test_kept_side_tasks_serving_and_accuracy_are_measured_and_reported(tmp_path
     profiled = serving.main(["--model", "tiny", "--tasks", "2", "--repeats", "1", "--profile", "--side-head-dim", "none", "--output", str(tmp_path / "profile.json")])
     (row,) = profiled["rows"]
     assert profiled["settings"] == {"side_head_dim": None} and set(row["side_ms"]) == {*serving.OP_GROUPS, "other"}
-    assert row["side_ms"]["attention"] > 0 and row["side_share_of_a_pass"] == pytest.approx(sum(row["side_ms"].values()) / row["encoder_ms"])
+    # a difference of two timed passes: its sign is noise at this size, so only its arithmetic is checked
+    assert row["encoder_ms"] > 0 and row["side_share_of_a_pass"] == pytest.approx(sum(row["side_ms"].values()) / row["encoder_ms"])
     tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--epochs", "1"]
     grid = accuracy.main(["--methods", "side_task", "linear_probe", "--learning-rates", "1e-2", "--cached-eval", *tiny, "--output", str(tmp_path / "side-task-grid-minilm.jsonl")])
     assert [row["method"] for row in grid] == ["side_task", "linear_probe"] and all(0 <= row["test"] <= 1 for row in grid)
