@@ -194,3 +194,25 @@ def test_trainer_rejects_a_model_without_an_mdpd_adapter(tmp_path):
 
     with pytest.raises(TypeError, match=r"get_peft_model\(model, MDPDConfig"):
         MDPDTrainer(model=tiny_text_model(), args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+
+
+def test_teacher_logits_fade_the_backbone_against_a_given_teacher_without_the_side_network(tmp_path):
+    """``MDPDTrainer(teacher_logits=...)``: the fade phase alone, Eq. 3's teacher the given logits (a row per training
+    example); the side network and distillation modules stay as they were, the LayerNorm copies and head learn."""
+    data = token_dataset(rows=16)
+    teacher = torch.randn(len(data), 3, generator=torch.Generator().manual_seed(0))
+    args = TrainingArguments(str(tmp_path), max_steps=4, per_device_train_batch_size=4, learning_rate=1e-2, logging_steps=2, report_to=[], use_cpu=True, disable_tqdm=True, seed=0)
+    trainer = MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=teacher)
+    side = {id(p) for p in trainer._mdpd_model().side_parameters()}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and not any(id(after[n]) in side for n in moved)  # only the faded parameters learned
+    assert all(p.requires_grad for p in trainer._mdpd_model().side_parameters())  # frozen for the run only
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all({k for k in entry if k.startswith("loss_")} == {"loss_logits", "loss_backbone_task"} for entry in logged)
+    with pytest.raises(ValueError, match="one per train_dataset example"):
+        MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=teacher[:-1])
+    with pytest.raises(ValueError, match="teacher_logits"):
+        MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=[[0.0, 1.0, 0.0]] * len(data))

@@ -114,14 +114,15 @@ def stored_side_logits(cache, model) -> torch.Tensor:
 
 
 @contextmanager
-def fade_data(trainer):
+def fade_data(trainer, teacher_logits: torch.Tensor | None = None):
     """``fade_side_outputs="stored"``: the trainer's train dataset and collator carry the stored side logits for
-    the block; ``"live"``: left as they are."""
-    if trainer.fade_side_outputs == "live":
+    the block; ``"live"``: left as they are. ``teacher_logits`` (n, C): these instead of the side network's."""
+    if teacher_logits is None and trainer.fade_side_outputs == "live":
         yield
         return
     dataset, collator = trainer.train_dataset, trainer.data_collator
-    trainer.train_dataset = WithStoredSideLogits(dataset, stored_side_logits(trainer.state_cache, trainer.model))
+    logits = teacher_logits if teacher_logits is not None else stored_side_logits(trainer.state_cache, trainer.model)
+    trainer.train_dataset = WithStoredSideLogits(dataset, logits)
     trainer.data_collator = SideLogitsCollator(collator)
     try:
         yield

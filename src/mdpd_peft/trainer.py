@@ -21,7 +21,7 @@ from .hub import ShipsFadedModel
 from .memory import PeakMemory
 from .model import MDPDModel
 from .model_card import METRIC_PATHS
-from .phases import FADE_SIDE_OUTPUTS, SIDE_PHASE_DIR, MarkSidePhaseCheckpoints, train_side_then_fade
+from .phases import FADE_SIDE_OUTPUTS, SIDE_PHASE_DIR, MarkSidePhaseCheckpoints, fade_data, frozen, train_side_then_fade
 from .safe_saving import checkpoint_to_resume, replaced_files
 
 
@@ -107,6 +107,10 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
       side phase only); see ``phases``. ``fade_side_outputs="stored"`` (default; sequence-level tasks) fades
       against the side network's logits stored once per example, without running it; ``"live"`` runs the full
       MDPD pass. ``fade_loss(outputs, inputs) -> loss`` replaces the loss of passes through the backbone.
+    - ``teacher_logits`` (n, C), one row per ``train_dataset`` example: ``train()`` is the fade phase alone, Eq. 3's
+      teacher these logits instead of the side network's (e.g. a trained kept side task's on the same examples,
+      ``SideTaskTrainer.predict(cache).predictions``); the side network stays frozen and unused, so evaluation's
+      side path is untrained. Not with a ``state_cache``; sequence-level tasks only.
     - ``side_learning_rate``: the side network and its distillation modules learn at this rate, the faded parameters
       (the backbone's LayerNorm copies and head) at ``args.learning_rate``; both follow the same schedule. The paper
       trains all at one rate; the two want different ones (on DINOv2 / Fashion-MNIST, LayerNorm tuning's best grid
@@ -128,6 +132,7 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
         fade_loss=None,
         fade_side_outputs: str = "stored",
         side_learning_rate: float | None = None,
+        teacher_logits: torch.Tensor | None = None,
         **kwargs,
     ) -> None:
         if model is not None:
@@ -138,13 +143,18 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
             raise invalid("side_learning_rate", side_learning_rate, "a positive float, or None (args.learning_rate for every parameter)", "MDPDTrainer")
         if side_learning_rate is not None and kwargs.get("optimizers", (None, None))[0] is not None:
             raise ValueError("MDPDTrainer: side_learning_rate sets the rates of the optimizer it creates; pass it or an optimizer, not both.")
+        if teacher_logits is not None and state_cache is not None:
+            raise ValueError("MDPDTrainer: teacher_logits replace the side phase that a state_cache trains; pass one of them.")
         super().__init__(model, args, *other_args, **kwargs)
         self.state_cache, self.side_phase_args, self.fade_loss = state_cache, side_phase_args, fade_loss
+        self.teacher_logits = teacher_logits
         self.side_learning_rate = side_learning_rate
         self.fade_side_outputs = fade_side_outputs
         self.user_callbacks = kwargs.get("callbacks")
         self.side_phase_trainer: MDPDTrainer | None = None  # set by train() with a state_cache
         mdpd = self._mdpd_model()  # a model from model_init
+        if teacher_logits is not None:
+            check_teacher_logits(teacher_logits, self.train_dataset, mdpd)
         if state_cache is not None and fade_side_outputs == "stored" and mdpd._per_token_task():
             task_type = mdpd.peft_config[mdpd.active_adapters[0]].task_type
             raise invalid("fade_side_outputs", fade_side_outputs, f"'live' for task_type={task_type!r}: stored side outputs are sequence-level logits", "MDPDTrainer")
@@ -178,6 +188,9 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
             self.side_phase_trainer = self._side_phase_trainer()
             return train_side_then_fade(self, self.side_phase_trainer, resume_from_checkpoint, **kwargs)
         resume_from_checkpoint = checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
+        if self.teacher_logits is not None:  # the fade phase alone, against the given teacher
+            with frozen(self._mdpd_model().side_parameters()), fade_data(self, self.teacher_logits):
+                return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
@@ -314,3 +327,13 @@ class SidePhaseTrainer(TrainsOnCachedStates, MDPDTrainer):
         side_pass = self._mdpd_model().side_pass_on_cached_states(batch)
         self._record_loss_terms(model)
         return side_pass
+
+
+def check_teacher_logits(logits, train_dataset, mdpd: MDPDModel) -> None:
+    """``MDPDTrainer(teacher_logits=...)``: a (n, C) tensor, a row per training example, for a sequence-level task."""
+    if not (isinstance(logits, torch.Tensor) and logits.dim() == 2 and logits.is_floating_point()):
+        raise invalid("teacher_logits", type(logits).__name__, "a float tensor (examples, classes), or None", "MDPDTrainer")
+    if train_dataset is None or len(logits) != len(train_dataset):
+        raise ValueError(f"MDPDTrainer: teacher_logits has {len(logits)} rows; expected one per train_dataset example ({None if train_dataset is None else len(train_dataset)}).")
+    if mdpd._per_token_task():
+        raise ValueError("MDPDTrainer: teacher_logits are sequence-level logits; a token-level task fades against its side network (no teacher_logits).")
