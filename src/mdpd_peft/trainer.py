@@ -109,7 +109,7 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
       MDPD pass. ``fade_loss(outputs, inputs) -> loss`` replaces the loss of passes through the backbone.
     - ``teacher_logits`` (n, C), one row per ``train_dataset`` example: ``train()`` is the fade phase alone, Eq. 3's
       teacher these logits instead of the side network's (e.g. a trained kept side task's on the same examples,
-      ``SideTaskTrainer.predict(cache).predictions``); the side network stays frozen and unused, so evaluation's
+      ``torch.as_tensor(side_task_trainer.predict(cache).predictions)``); the side network stays frozen and unused, so evaluation's
       side path is untrained. Not with a ``state_cache``; sequence-level tasks only.
     - ``side_learning_rate``: the side network and its distillation modules learn at this rate, the faded parameters
       (the backbone's LayerNorm copies and head) at ``args.learning_rate``; both follow the same schedule. The paper
