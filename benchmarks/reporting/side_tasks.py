@@ -9,7 +9,7 @@ import statistics
 from .common import Results, best_learning_rate, by_method, mean_std
 
 TASK_NAMES = {"rotten_tomatoes": "Rotten Tomatoes (2 classes)", "trec": "TREC coarse (6 classes)", "trec_fine": "TREC fine (50 classes)",
-              "fashion-mnist": "Fashion-MNIST on DINOv2-small (10 classes)", "brown_pos": "Brown Corpus part of speech (tokens, 12 tags)"}  # fmt: skip
+              "fashion-mnist": "Fashion-MNIST on DINOv2-small (10 classes)", "brown_pos": "Brown Corpus part of speech (a tag per word, Brown's tagset)"}  # fmt: skip
 METHOD_NAMES = {
     "side_task": "side task kept (ladder r=16, 16-wide heads, gated head)",
     "side_task_r8_lst": "side task, the earlier default (ladder r=8, LST's head count)",
