@@ -216,3 +216,5 @@ def test_teacher_logits_fade_the_backbone_against_a_given_teacher_without_the_si
         MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=teacher[:-1])
     with pytest.raises(ValueError, match="teacher_logits"):
         MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=[[0.0, 1.0, 0.0]] * len(data))
+    with pytest.raises(ValueError, match="num_labels=3"):
+        MDPDTrainer(model=tiny_mdpd_model(), args=args, train_dataset=data, teacher_logits=teacher[:, :2])

@@ -337,3 +337,6 @@ def check_teacher_logits(logits, train_dataset, mdpd: MDPDModel) -> None:
         raise ValueError(f"MDPDTrainer: teacher_logits has {len(logits)} rows; expected one per train_dataset example ({None if train_dataset is None else len(train_dataset)}).")
     if mdpd._per_token_task():
         raise ValueError("MDPDTrainer: teacher_logits are sequence-level logits; a token-level task fades against its side network (no teacher_logits).")
+    classes = getattr(getattr(mdpd.model, "config", None), "num_labels", None)
+    if classes is not None and logits.shape[1] != classes:
+        raise ValueError(f"MDPDTrainer: teacher_logits has {logits.shape[1]} columns; the model's head has num_labels={classes}.")
