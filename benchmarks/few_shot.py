@@ -46,6 +46,7 @@ minutes; ``report.py`` renders them per (task, k, method), mean +- std over draw
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -221,8 +222,7 @@ def run_setfit(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
     # max_steps replaces the epochs wherever it is set (it would also stretch a short run): set only where it cuts
     capped = "max_steps" not in settings and setfit_steps(rows["label"], args) > SETFIT_MAX_STEPS
     if capped:
-        args = SetFitArguments(output_dir=str(task.work / "setfit"), seed=seed, max_length=MAX_LENGTH, show_progress_bar=False, report_to="none",
-                               max_steps=SETFIT_MAX_STEPS, **settings)  # fmt: skip
+        args = dataclasses.replace(args, max_steps=SETFIT_MAX_STEPS)
     trainer = SetFitTrainer(model=model, args=args, train_dataset=rows.select_columns(["text", "label"]))
     started = time.perf_counter()
     trainer.train()

@@ -32,14 +32,12 @@ import csv
 import functools
 import json
 import os
-import platform
 import socket
 import statistics
 import sys
 import tempfile
 import time
 from collections import Counter
-from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -55,7 +53,8 @@ from example_data import corpus_path  # noqa: E402
 from mdpd_peft import SideTaskConfig, save_side_tasks  # noqa: E402
 from mdpd_peft.serving.settings import ServerSettings  # noqa: E402
 from mdpd_peft.side_tasks.pipeline_base import TaskPipelineBase  # noqa: E402
-from serving import encoder_and_classifier_class, merged_models, side_tasks  # noqa: E402  (benchmarks/serving.py)
+from result_files import RESULTS, write_result  # noqa: E402
+from serving import encoder_and_classifier_class, environment, merged_models, side_tasks  # noqa: E402  (benchmarks/serving.py)
 
 SERVERS = ("side_tasks", "merged_models")
 
@@ -220,14 +219,9 @@ def main(argv=None) -> dict:
         "settings": {key: getattr(settings, key) for key in settings.__dataclass_fields__},
         "request": "1-4 Rotten Tomatoes sentences of 10-60 words, every task",
         "rows": rows,
-        "environment": {
-            "date": date.today().isoformat(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "ray": ray.__version__, "cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-        },
+        "environment": environment() | {"ray": ray.__version__, "cpus": os.cpu_count()},
     }
-    output = Path(args.output or Path(__file__).parent / "results" / f"serving-http-{args.model}-cpu.json")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=1))
+    write_result(result, args.output or RESULTS / f"serving-http-{args.model}-cpu.json")
     return result
 
 

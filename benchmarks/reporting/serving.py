@@ -47,8 +47,15 @@ def settings_text(settings: dict) -> str:
     """The kept ladders' settings a run measured, where not ``SideTaskConfig``'s defaults."""
     if not settings:
         return "the kept defaults"
-    parts = {"reduction_factor": lambda v: f"r = {v}", "side_head_dim": lambda v: "the backbone's head count" if v is None else f"{v}-wide heads"}
-    return ", ".join(parts.get(key, lambda v, key=key: f"{key}={v}")(value) for key, value in settings.items())
+    parts = []
+    for key, value in settings.items():
+        if key == "reduction_factor":
+            parts.append(f"r = {value}")
+        elif key == "side_head_dim":
+            parts.append("the backbone's head count" if value is None else f"{value}-wide heads")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def profile_table(file: str, result: dict) -> list[str]:
