@@ -252,7 +252,7 @@ def best_epoch(log_history: list[dict], method: str) -> dict[str, float]:
         "validation": best[f"eval_validation{infix}_accuracy"],
         "test": best[f"eval_test{infix}_accuracy"],
     }
-    if method in FADED:
+    if method in FADED and "eval_validation_side_accuracy" in best:  # MDPDTrainer(teacher_logits=...) evaluates the faded path alone
         result.update(side_validation=best["eval_validation_side_accuracy"], side_test=best["eval_test_side_accuracy"])
     return result
 
@@ -336,9 +336,10 @@ def side_task_cache_dir(task: Task, split: str = "train") -> Path:
     return Path("/tmp/mdpd-accuracy") / name
 
 
-def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int, cached_eval: bool = False) -> dict:
+def train_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int, cached_eval: bool = False):
     """A kept side network (or the probe of its head) trained on the state cache of the training split; evaluated live,
-    or with ``cached_eval`` on caches of the validation and test splits (no encoder pass per epoch)."""
+    or with ``cached_eval`` on caches of the validation and test splits (no encoder pass per epoch). Returns its
+    trainer, the trainer's clock, the training split's cache and the cache's build minutes (``None``: reused)."""
     set_seed(seed)
     config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **{**task.side_settings, **SIDE_TASKS[method]})
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
@@ -356,11 +357,18 @@ def run_side_task(method: str, learning_rate: float, seed: int, task: Task, outp
         evaluation = {split: build_state_cache(model, rows, side_task_cache_dir(task, split), **task.cache_arguments, overwrite=True) for split, rows in evaluation.items()}
     trainer, clock = protocol_trainer(SideTaskTrainer, model, {"train": cache, **evaluation}, task.collator, output_dir, learning_rate, seed, epochs=epochs, metric=task.metric)
     trainer.train()
+    return trainer, clock, cache, build_minutes if built else None
+
+
+def run_side_task(method: str, learning_rate: float, seed: int, task: Task, output_dir: str, epochs: int, cached_eval: bool = False) -> dict:
+    """``train_side_task``'s run as a result row."""
+    started = time.perf_counter()
+    trainer, clock, _, build_minutes = train_side_task(method, learning_rate, seed, task, output_dir, epochs, cached_eval)
     result = best_epoch(trainer.state.log_history, method)
     train_minutes = sum(clock.seconds[: round(result["epoch"])]) / 60
     return {"method": method, "task": task.name, "learning_rate": learning_rate, "seed": seed, "epochs": epochs,
-            "trainable_parameters": trainable_parameters(model), **result, "train_size": len(data["train"]), **task.row, **task.cache_row,
-            "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes if built else None,
+            "trainable_parameters": trainable_parameters(trainer.model), **result, "train_size": len(task.data["train"]), **task.row, **task.cache_row,
+            "train_minutes_to_epoch": train_minutes, "cache_build_minutes": build_minutes,
             **({"evaluation": "cached"} if cached_eval else {}), "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
 
 

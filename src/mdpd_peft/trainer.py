@@ -109,8 +109,8 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
       MDPD pass. ``fade_loss(outputs, inputs) -> loss`` replaces the loss of passes through the backbone.
     - ``teacher_logits`` (n, C), one row per ``train_dataset`` example: ``train()`` is the fade phase alone, Eq. 3's
       teacher these logits instead of the side network's (e.g. a trained kept side task's on the same examples,
-      ``torch.as_tensor(side_task_trainer.predict(cache).predictions)``); the side network stays frozen and unused, so evaluation's
-      side path is untrained. Not with a ``state_cache``; sequence-level tasks only.
+      ``torch.as_tensor(side_task_trainer.predict(cache).predictions)``); the side network stays frozen and unused, so
+      ``evaluate()`` runs the faded path alone. Not with a ``state_cache``; sequence-level tasks only.
     - ``side_learning_rate``: the side network and its distillation modules learn at this rate, the faded parameters
       (the backbone's LayerNorm copies and head) at ``args.learning_rate``; both follow the same schedule. The paper
       trains all at one rate; the two want different ones (on DINOv2 / Fashion-MNIST, LayerNorm tuning's best grid
@@ -277,7 +277,8 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
     # ------------------------------------------------------------------------------------- evaluation
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Evaluate the faded (backbone) path and the side path on the same data; one log, one ``on_evaluate``."""
+        """Evaluate the faded (backbone) path and the side path on the same data; one log, one ``on_evaluate``. With
+        ``teacher_logits`` the side network is not part of the run: the faded path alone."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, dict):  # Trainer.evaluate calls back here once per named dataset
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -287,10 +288,11 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
         mdpd = self._mdpd_model()
         config = mdpd.peft_config[mdpd.active_adapters[0]]
         previous_path = config.eval_path
+        paths = {"faded": METRIC_PATHS["faded"]} if self.teacher_logits is not None else METRIC_PATHS
         metrics: dict[str, float] = {}
         start_time = time.time()
         try:
-            for name, path in METRIC_PATHS.items():
+            for name, path in paths.items():
                 mdpd.set_eval_path(path)
                 output = self.evaluation_loop(
                     dataloader,
@@ -303,8 +305,8 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
         finally:
             mdpd.set_eval_path(previous_path)
         batch_size = self.args.eval_batch_size * self.args.world_size
-        steps = len(METRIC_PATHS) * math.ceil(output.num_samples / batch_size)
-        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(METRIC_PATHS) * output.num_samples, num_steps=steps))
+        steps = len(paths) * math.ceil(output.num_samples / batch_size)
+        metrics.update(speed_metrics(metric_key_prefix, start_time, num_samples=len(paths) * output.num_samples, num_steps=steps))
 
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)

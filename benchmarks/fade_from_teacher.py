@@ -1,0 +1,122 @@
+"""Fading from a teacher that is ahead: a trained kept side task's logits as the teacher of MDPD's fade phase.
+
+    python benchmarks/fade_from_teacher.py --task rotten_tomatoes --seeds 0 1 2
+    python benchmarks/fade_from_teacher.py --task trec --seeds 0 1 2
+
+Per seed, in one process:
+
+1. the teacher: a kept side task (``--teacher``, an ``accuracy.py`` ``SIDE_TASKS`` entry; default the ladder at r = 8
+   with the backbone's heads, the kept side network with the best whole-split Rotten Tomatoes accuracy) trains on the
+   training split's state cache for ``--teacher-epochs`` at its best rate in ``--teacher-rates-from``, evaluated on
+   caches of the validation and test splits; its logits on every training example are then computed once, from the
+   cache (``SideTaskTrainer.predict``);
+2. the students: MDPD's faded trainables (``methods.METHODS["mdpd"]``: a copy of every LayerNorm and the head,
+   ``fading="checkpointed"``) trained by ``MDPDTrainer(teacher_logits=...)``, the fade phase alone: the task loss on the
+   backbone's logits plus Eq. 3 (the squared error to the teacher's logits, summed over classes, mean over the
+   batch) weighted by each of ``--logits-weights`` (the paper's is 1e-4; 0 is the same fade with no teacher), for
+   ``--epochs`` at LayerNorm tuning's best rate in ``--student-rates-from`` (the same trainables). A student reports
+   the test accuracy of its epoch with the best validation accuracy, as ``accuracy.py``'s runs do.
+
+One JSON line per student in ``--output``, each with its teacher's accuracy (validation, test, and on the training
+examples it teaches: how much it knows beyond the labels) and training minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from accuracy import TASKS, best_epoch, protocol_trainer, train_side_task
+from example_data import ROTTEN_TOMATOES, TREC
+from methods import METHODS, trainable_parameters
+from reporting.common import accuracy_rows, best_learning_rate
+from result_files import append_row
+from transformers import set_seed
+from transformers.utils import logging as hf_logging
+
+from mdpd_peft import MDPDTrainer
+
+RESULTS = Path(__file__).parent / "results"
+# Per task: the kept side networks' grid (the teacher's rate) and the methods' grid (LayerNorm tuning's rate).
+RATE_GRIDS = {
+    ROTTEN_TOMATOES: (RESULTS / "side-task-grid-minilm.jsonl", RESULTS / "lr-grid-minilm.jsonl"),
+    TREC: (RESULTS / "side-task-grid-trec-minilm.jsonl", RESULTS / "lr-grid-trec-minilm.jsonl"),
+}
+
+
+def best_rate(grid: Path, method: str) -> float:
+    _, rates = best_learning_rate(accuracy_rows(grid, full_data_only=False))
+    if method not in rates:
+        raise SystemExit(f"{grid} has no grid runs of {method}.")
+    return rates[method]
+
+
+def train_teacher(method: str, learning_rate: float, seed: int, task, epochs: int) -> tuple[torch.Tensor, dict]:
+    """The teacher's logits on every training example (n, C), and its row fields."""
+    trainer, clock, cache, _ = train_side_task(method, learning_rate, seed, task, f"/tmp/mdpd-teacher/{method}-{seed}", epochs, cached_eval=True)
+    result = best_epoch(trainer.state.log_history, method)
+    logits = torch.as_tensor(trainer.predict(cache).predictions)
+    labels = torch.as_tensor(task.data["train"]["labels"])
+    return logits, {
+        "teacher": method,
+        "teacher_rate": learning_rate,
+        "teacher_epochs": epochs,
+        "teacher_validation": result["validation"],
+        "teacher_test": result["test"],
+        "teacher_train_accuracy": float((logits.argmax(-1) == labels).float().mean()),
+        "teacher_train_minutes": sum(clock.seconds) / 60,
+    }
+
+
+def train_student(logits_weight: float, teacher_logits: torch.Tensor, learning_rate: float, seed: int, task, epochs: int) -> dict:
+    set_seed(seed)
+    model = METHODS["mdpd"](task.classifier_model(), logits_loss_weight=logits_weight)
+    trainer, clock = protocol_trainer(MDPDTrainer, model, task.data, task.collator, f"/tmp/mdpd-student/{seed}", learning_rate, seed,
+                                      epochs=epochs, metric=task.metric, teacher_logits=teacher_logits)  # fmt: skip
+    trainer.train()
+    result = best_epoch(trainer.state.log_history, "mdpd")
+    return {
+        "method": "mdpd_from_teacher" if logits_weight else "mdpd_from_teacher_weight_0",
+        "logits_loss_weight": logits_weight,
+        "learning_rate": learning_rate,
+        "epochs": epochs,
+        "trainable_parameters": trainable_parameters(model) - sum(p.numel() for p in trainer._mdpd_model().side_parameters()),  # the faded ones
+        **result,
+        "train_minutes_to_epoch": sum(clock.seconds[: round(result["epoch"])]) / 60,
+    }
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=list(RATE_GRIDS), default=ROTTEN_TOMATOES)
+    parser.add_argument("--teacher", default="side_task_r8_lst", help="an accuracy.py SIDE_TASKS entry")
+    parser.add_argument("--teacher-epochs", type=int, default=5, help="the kept side networks' epochs in accuracy.py's runs")
+    parser.add_argument("--epochs", type=int, default=2, help="the students' (the protocol's)")
+    parser.add_argument("--logits-weights", nargs="+", type=float, default=[0.0, 1e-4, 1e-2, 1.0])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--train-size", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--output", default=None, help="default: results/fade-from-teacher-<task>-minilm.jsonl")
+    args = parser.parse_args(argv)
+    hf_logging.set_verbosity_error()
+    task = TASKS[args.task](args.task, args)
+    teacher_grid, student_grid = RATE_GRIDS[args.task]
+    teacher_rate, student_rate = best_rate(teacher_grid, args.teacher), best_rate(student_grid, "layernorm")
+    output = Path(args.output or RESULTS / f"fade-from-teacher-{args.task}-minilm.jsonl")
+    rows = []
+    for seed in args.seeds:
+        logits, teacher = train_teacher(args.teacher, teacher_rate, seed, task, args.teacher_epochs)
+        for weight in args.logits_weights:
+            started = time.perf_counter()
+            student = train_student(weight, logits, student_rate, seed, task, args.epochs)
+            row = {**student, "task": task.name, "seed": seed, "train_size": len(task.data["train"]), **teacher,
+                   "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
+            append_row(output, row)
+            rows.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
