@@ -1,22 +1,23 @@
 """Fading from a teacher that is ahead: a trained kept side task's logits as the teacher of MDPD's fade phase.
 
-    python benchmarks/fade_from_teacher.py --task rotten_tomatoes --seeds 0 1 2
-    python benchmarks/fade_from_teacher.py --task trec --seeds 0 1 2
+    python benchmarks/fade_from_teacher.py --task trec --seeds 0 --logits-weights 0 1e-4 1e-2 0.1 1   # the weight grid
+    python benchmarks/fade_from_teacher.py --task trec --seeds 1 2 --logits-weights 0 1e-2              # its best, more seeds
 
-Per seed, in one process:
+Per seed:
 
 1. the teacher: a kept side task (``--teacher``, an ``accuracy.py`` ``SIDE_TASKS`` entry; default the ladder at r = 8
    with the backbone's heads, the kept side network with the best whole-split Rotten Tomatoes accuracy) trains on the
-   training split's state cache for ``--teacher-epochs`` at its best rate in ``--teacher-rates-from``, evaluated on
-   caches of the validation and test splits; its logits on every training example are then computed once, from the
-   cache (``SideTaskTrainer.predict``);
+   training split's state cache for ``--teacher-epochs`` at its best rate in the task's kept side network grid
+   (``RATE_GRIDS``), evaluated on caches of the validation and test splits; its logits on every training example are
+   then computed once, from the cache (``SideTaskTrainer.predict``), and saved for later runs of the same teacher;
 2. the students: MDPD's faded trainables (``methods.METHODS["mdpd"]``: a copy of every LayerNorm and the head,
    ``fading="checkpointed"``) trained by ``MDPDTrainer(teacher_logits=...)``, the fade phase alone: the task loss on the
    backbone's logits plus Eq. 3 (the squared error to the teacher's logits, summed over classes, mean over the
    batch) weighted by each of ``--logits-weights`` (the paper's is 1e-4; 0 is the same fade with no teacher), for
-   ``--epochs`` at LayerNorm tuning's best rate in ``--student-rates-from`` (the same trainables). A student reports
+   ``--epochs`` at LayerNorm tuning's best rate in the task's methods grid (the same trainables). A student reports
    the test accuracy of its epoch with the best validation accuracy, as ``accuracy.py``'s runs do.
 
+The weight is chosen as a learning rate is: a grid on seed 0, then more seeds at its best validation weight.
 One JSON line per student in ``--output``, each with its teacher's accuracy (validation, test, and on the training
 examples it teaches: how much it knows beyond the labels) and training minutes.
 """
@@ -39,6 +40,7 @@ from transformers.utils import logging as hf_logging
 from mdpd_peft import MDPDTrainer
 
 RESULTS = Path(__file__).parent / "results"
+TEACHERS = Path("/tmp/mdpd-teacher/logits")  # each teacher's logits on the training split, saved by ``teacher``
 # Per task: the kept side networks' grid (the teacher's rate) and the methods' grid (LayerNorm tuning's rate).
 RATE_GRIDS = {
     ROTTEN_TOMATOES: (RESULTS / "side-task-grid-minilm.jsonl", RESULTS / "lr-grid-minilm.jsonl"),
@@ -51,6 +53,19 @@ def best_rate(grid: Path, method: str) -> float:
     if method not in rates:
         raise SystemExit(f"{grid} has no grid runs of {method}.")
     return rates[method]
+
+
+def teacher(method: str, learning_rate: float, seed: int, task, epochs: int) -> tuple[torch.Tensor, dict]:
+    """``train_teacher``'s logits and row fields, saved in ``TEACHERS`` and read from there by a later run of the same
+    teacher (a grid over weights on one seed, then more seeds: the teacher trains once per seed)."""
+    path = TEACHERS / f"{task.name}-{len(task.data['train'])}-{method}-{learning_rate:g}-{epochs}-{seed}.pt"
+    if path.exists():
+        saved = torch.load(path)
+        return saved["logits"], saved["row"]
+    logits, row = train_teacher(method, learning_rate, seed, task, epochs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"logits": logits, "row": row}, path)
+    return logits, row
 
 
 def train_teacher(method: str, learning_rate: float, seed: int, task, epochs: int) -> tuple[torch.Tensor, dict]:
@@ -107,11 +122,11 @@ def main(argv=None) -> list[dict]:
     output = Path(args.output or RESULTS / f"fade-from-teacher-{args.task}-minilm.jsonl")
     rows = []
     for seed in args.seeds:
-        logits, teacher = train_teacher(args.teacher, teacher_rate, seed, task, args.teacher_epochs)
+        logits, teacher_row = teacher(args.teacher, teacher_rate, seed, task, args.teacher_epochs)
         for weight in args.logits_weights:
             started = time.perf_counter()
             student = train_student(weight, logits, student_rate, seed, task, args.epochs)
-            row = {**student, "task": task.name, "seed": seed, "train_size": len(task.data["train"]), **teacher,
+            row = {**student, "task": task.name, "seed": seed, "train_size": len(task.data["train"]), **teacher_row,
                    "minutes": (time.perf_counter() - started) / 60}  # fmt: skip
             append_row(output, row)
             rows.append(row)

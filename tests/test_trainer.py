@@ -212,6 +212,7 @@ def test_teacher_logits_fade_the_backbone_against_a_given_teacher_without_the_si
     assert all(p.requires_grad for p in trainer._mdpd_model().side_parameters())  # frozen for the run only
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and all({k for k in entry if k.startswith("loss_")} == {"loss_logits", "loss_backbone_task"} for entry in logged)
+    assert not any(k.startswith("gate_") for entry in logged for k in entry)  # nor are its gates logged
     evaluated = trainer.evaluate(data)
     assert "eval_faded_loss" in evaluated and not any(k.startswith("eval_side_") for k in evaluated)  # the side network is not part of the run
     with pytest.raises(ValueError, match="one per train_dataset example"):

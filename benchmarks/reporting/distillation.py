@@ -3,7 +3,11 @@ teach LayerNorm tuning more than the labels do?"""
 
 from __future__ import annotations
 
-from .common import Results
+import statistics
+from collections import defaultdict
+
+from .common import Results, mean_std
+from .side_tasks import baseline_runs
 
 DISTILLATION = "teacher_distillation-minilm.jsonl"
 TEACHERS = {
@@ -40,3 +44,46 @@ def distillation_lines(results: Results) -> list[str]:
             f"| {row['alpha']:g} | {temperature} | {row['validation']:.3f} | {row['test']:.3f} |"
         )
     return [*lines, ""]
+
+
+FADE_FROM_TEACHER = {"rotten_tomatoes": "Rotten Tomatoes", "trec": "TREC"}  # task -> title; file fade-from-teacher-<task>-minilm.jsonl
+
+
+def fade_from_teacher_lines(results: Results) -> list[str]:
+    """MDPD's fade phase taught by a trained kept side task (``fade_from_teacher.py``), per task and Eq. 3 weight, beside
+    LayerNorm tuning at its best rate and the share of the teacher's lead over the untaught fade that each weight keeps."""
+    tables = []
+    for task, title in FADE_FROM_TEACHER.items():
+        rows = results.rows(f"fade-from-teacher-{task}-minilm.jsonl")
+        if not rows:
+            continue
+        by_weight = defaultdict(list)
+        for row in rows:
+            by_weight[row["logits_loss_weight"]].append(row)
+        untaught = statistics.mean(r["test"] for r in by_weight.get(0.0, [])) if 0.0 in by_weight else None
+        teacher_test = statistics.mean(r["teacher_test"] for r in rows)
+        layernorm = baseline_runs(results, task, rows[0]["train_size"]).get("layernorm", [])
+        if layernorm:
+            tables.append(f"| {title} | LayerNorm tuning (best rate, no teacher) | {mean_std([r['validation'] for r in layernorm])} | {mean_std([r['test'] for r in layernorm])} | — |")
+        for weight, runs in sorted(by_weight.items()):
+            test = statistics.mean(r["test"] for r in runs)
+            lead = "—" if untaught is None or weight == 0.0 or teacher_test == untaught else f"{(test - untaught) / (teacher_test - untaught):+.2f}"
+            label = "0 (no teacher)" if weight == 0.0 else f"{weight:g}"
+            tables.append(f"| {title} | MDPD fade, Eq. 3 weight {label} | {mean_std([r['validation'] for r in runs])} | {mean_std([r['test'] for r in runs])} | {lead} |")
+        tables.append(f"| {title} | teacher: {rows[0]['teacher']} (kept, {rows[0]['teacher_epochs']} epochs at {rows[0]['teacher_rate']:g}; "
+                      f"{statistics.mean(r['teacher_train_accuracy'] for r in rows):.3f} on the training examples it teaches) | "
+                      f"{mean_std(sorted({r['seed']: r['teacher_validation'] for r in rows}.values()))} | "
+                      f"{mean_std(sorted({r['seed']: r['teacher_test'] for r in rows}.values()))} | — |")  # fmt: skip
+    if not tables:
+        return []
+    return [
+        "### Fading from a teacher that is ahead: a kept side task teaching MDPD's fade phase", "",
+        "`python benchmarks/fade_from_teacher.py` (`results/fade-from-teacher-<task>-minilm.jsonl`): per seed, a kept side task trains on the "
+        "state cache, its logits on the training examples are computed once, and MDPD's fade phase (`MDPDTrainer(teacher_logits=...)`: "
+        "the LayerNorm copies and the head, the task loss plus Eq. 3 at the weight given; 0 is the same fade with no teacher) "
+        "trains 2 epochs at LayerNorm tuning's best grid rate. Whole training splits; mean ± std over seeds; test at the best "
+        "validation epoch. *Lead kept*: (student − the fade with no teacher) / (teacher − the fade with no teacher), on mean test accuracy.", "",
+        "| task | model | validation | test | lead kept |",
+        "|---|---|---:|---:|---:|",
+        *tables, "",
+    ]  # fmt: skip

@@ -11,7 +11,7 @@ from . import plots
 from .accuracy import GRIDS, grids, learning_rate_grid_lines
 from .common import BENCHMARKS, CHECKPOINTED_NOTE, REPOSITORY, Results, best_learning_rate
 from .decision import decision_lines, table_only
-from .distillation import distillation_lines
+from .distillation import distillation_lines, fade_from_teacher_lines
 from .few_shot import METHODS as FEW_SHOT_METHODS
 from .few_shot import PLOT as FEW_SHOT_PLOT
 from .few_shot import TASKS as FEW_SHOT_TASKS
@@ -61,6 +61,7 @@ def accuracy_section(results: Results, memory_speed: dict[str, dict]) -> list[st
     for file, (title, by_method) in text.items():
         lines += learning_rate_grid_lines(file, title, by_method)
     lines += distillation_lines(results)
+    lines += fade_from_teacher_lines(results)
     if text or results.exists(IMAGE_BENCHMARK[0]):
         lines += [f"![accuracy vs training time at each method's best rate]({TIME_PLOT})", ""]
     if rotten_tomatoes_memory(memory_speed) is not None and results.exists(BEST_RATE_FILE):

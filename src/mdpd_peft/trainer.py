@@ -259,7 +259,8 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
             self._loss_term_batches += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Training logs (those with ``loss``) gain the MDPD loss terms and the side network's logged values."""
+        """Training logs (those with ``loss``) gain the MDPD loss terms and the side network's logged values (not with
+        ``teacher_logits``)."""
         if "loss" in logs and self._skipped_batches:
             logs["skipped_batches"] = self._skipped_batches  # non-finite loss terms (MDPDConfig.nonfinite_loss="skip")
             if not self._loss_term_batches:  # the Trainer's NaN filter would log 0.0
@@ -270,8 +271,9 @@ class MDPDTrainer(ShipsFadedModel, Trainer):
                 logs[f"loss_{name}"] = nested_gather(total / self._loss_term_batches, self.args.parallel_mode).mean().item()
             self._loss_term_sums.clear()
             self._loss_term_batches = 0
-            mdpd = self._mdpd_model()
-            logs.update(mdpd.mdpd_side[mdpd.active_adapters[0]].logged_values())  # the ladder's gates
+            if self.teacher_logits is None:  # with given teacher logits the side network is not part of the run
+                mdpd = self._mdpd_model()
+                logs.update(mdpd.mdpd_side[mdpd.active_adapters[0]].logged_values())  # the ladder's gates
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------------------------- evaluation
