@@ -25,10 +25,14 @@ examples it teaches: how much it knows beyond the labels) and training minutes.
 from __future__ import annotations
 
 import argparse
+import shutil
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from datasets import DatasetDict
 from accuracy import TASKS, best_epoch, protocol_trainer, train_side_task
 from example_data import ROTTEN_TOMATOES, TREC
 from methods import METHODS, trainable_parameters
@@ -55,33 +59,53 @@ def best_rate(grid: Path, method: str) -> float:
     return rates[method]
 
 
-def teacher(method: str, learning_rate: float, seed: int, task, epochs: int) -> tuple[torch.Tensor, dict]:
+def teacher(method: str, learning_rate: float, seed: int, task, epochs: int, folds: int) -> tuple[torch.Tensor, dict]:
     """``train_teacher``'s logits and row fields, saved in ``TEACHERS`` and read from there by a later run of the same
     teacher (a grid over weights on one seed, then more seeds: the teacher trains once per seed)."""
-    path = TEACHERS / f"{task.name}-{len(task.data['train'])}-{method}-{learning_rate:g}-{epochs}-{seed}.pt"
+    path = TEACHERS / f"{task.name}-{len(task.data['train'])}-{method}-{learning_rate:g}-{epochs}-{seed}" f"{f'-{folds}-folds' if folds > 1 else ''}.pt"
     if path.exists():
         saved = torch.load(path)
         return saved["logits"], saved["row"]
-    logits, row = train_teacher(method, learning_rate, seed, task, epochs)
+    logits, row = train_teacher(method, learning_rate, seed, task, epochs, folds)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"logits": logits, "row": row}, path)
     return logits, row
 
 
-def train_teacher(method: str, learning_rate: float, seed: int, task, epochs: int) -> tuple[torch.Tensor, dict]:
-    """The teacher's logits on every training example (n, C), and its row fields."""
-    trainer, clock, cache, _ = train_side_task(method, learning_rate, seed, task, f"/tmp/mdpd-teacher/{method}-{seed}", epochs, cached_eval=True)
-    result = best_epoch(trainer.state.log_history, method)
-    logits = torch.as_tensor(trainer.predict(cache).predictions)
-    labels = torch.as_tensor(task.data["train"]["labels"])
+def fold_parts(size: int, folds: int, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(trained on, taught) example indices per teacher: every example both for one teacher; for ``folds`` > 1 a seeded
+    split into ``folds`` parts, each taught by a teacher trained on the others."""
+    if folds == 1:
+        return [(list(range(size)), list(range(size)))]
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    held_out = [sorted(order[fold::folds]) for fold in range(folds)]
+    return [(sorted(set(range(size)) - set(taught)), taught) for taught in held_out]
+
+
+def train_teacher(method: str, learning_rate: float, seed: int, task, epochs: int, folds: int = 1) -> tuple[torch.Tensor, dict]:
+    """The teacher's logits on every training example (n, C), and its row fields. ``folds`` > 1: out-of-fold logits,
+    each example's from a teacher that never saw its label (trained on the cache of the other folds, predicting its
+    fold through the encoder); the teacher's validation and test accuracy are then the fold teachers' mean."""
+    train = task.data["train"]
+    logits, results, minutes = torch.zeros(len(train), task.labels["num_labels"]), [], 0.0
+    for fold, (trained_on, taught) in enumerate(fold_parts(len(train), folds, seed)):
+        fold_task = task if folds == 1 else replace(task, data=DatasetDict({**task.data, "train": train.select(trained_on)}))
+        trainer, clock, cache, _ = train_side_task(method, learning_rate, seed, fold_task, f"/tmp/mdpd-teacher/{method}-{seed}", epochs, cached_eval=True)
+        logits[taught] = torch.as_tensor(trainer.predict(cache if folds == 1 else train.select(taught)).predictions)
+        results.append(best_epoch(trainer.state.log_history, method))
+        minutes += sum(clock.seconds) / 60
+        if folds > 1:
+            shutil.rmtree(cache.folder)  # the other folds' states: used once
+    labels = torch.as_tensor(train["labels"])
     return logits, {
         "teacher": method,
         "teacher_rate": learning_rate,
         "teacher_epochs": epochs,
-        "teacher_validation": result["validation"],
-        "teacher_test": result["test"],
-        "teacher_train_accuracy": float((logits.argmax(-1) == labels).float().mean()),
-        "teacher_train_minutes": sum(clock.seconds) / 60,
+        **({"teacher_folds": folds} if folds > 1 else {}),
+        "teacher_validation": statistics.mean(result["validation"] for result in results),
+        "teacher_test": statistics.mean(result["test"] for result in results),
+        "teacher_train_accuracy": float((logits.argmax(-1) == labels).float().mean()),  # of the logits that teach
+        "teacher_train_minutes": minutes,
     }
 
 
@@ -108,6 +132,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--task", choices=list(RATE_GRIDS), default=ROTTEN_TOMATOES)
     parser.add_argument("--teacher", default="side_task_r8_lst", help="an accuracy.py SIDE_TASKS entry")
     parser.add_argument("--teacher-epochs", type=int, default=5, help="the kept side networks' epochs in accuracy.py's runs")
+    parser.add_argument("--teacher-folds", type=int, default=1, help="> 1: out-of-fold teacher logits, each example's from a teacher "
+                        "trained on the other folds (default 1: one teacher, trained on every example it teaches)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=2, help="the students' (the protocol's)")
     parser.add_argument("--logits-weights", nargs="+", type=float, default=[0.0, 1e-4, 1e-2, 1.0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -122,7 +148,7 @@ def main(argv=None) -> list[dict]:
     output = Path(args.output or RESULTS / f"fade-from-teacher-{args.task}-minilm.jsonl")
     rows = []
     for seed in args.seeds:
-        logits, teacher_row = teacher(args.teacher, teacher_rate, seed, task, args.teacher_epochs)
+        logits, teacher_row = teacher(args.teacher, teacher_rate, seed, task, args.teacher_epochs, args.teacher_folds)
         for weight in args.logits_weights:
             started = time.perf_counter()
             student = train_student(weight, logits, student_rate, seed, task, args.epochs)

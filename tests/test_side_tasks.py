@@ -246,6 +246,22 @@ def test_evaluation_on_a_cache_of_the_split_equals_live_evaluation_without_the_e
         SideTaskTrainer(model=get_peft_model(tiny_encoder(seed=1), SideTaskConfig(num_labels=3, reduction_factor=4)), args=args, eval_dataset=cache)
 
 
+def test_a_trainer_on_a_cache_predicts_live_data_and_caches_alike(tmp_path):
+    """``predict`` collates as evaluation does: live rows by the user's collator, a cache by its own (held-out folds
+    predicted through the encoder by a task trained on the others' cache)."""
+    data = ragged_dataset(rows=12)
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4), adapter_name="task")
+    trained_on, held_out = data.select(range(8)), data.select(range(8, 12))
+    cache = build_state_cache(model, trained_on, tmp_path / "cache", dtype=torch.float32)
+    held_out_cache = build_state_cache(model, held_out, tmp_path / "held-out", dtype=torch.float32)
+    args = TrainingArguments(tmp_path / "out", max_steps=2, per_device_train_batch_size=4, report_to=[], use_cpu=True, save_strategy="no")
+    trainer = SideTaskTrainer(model=model, args=args, train_dataset=cache)
+    trainer.train()
+    live = torch.as_tensor(trainer.predict(held_out).predictions)
+    assert live.shape == (4, 3)
+    torch.testing.assert_close(torch.as_tensor(trainer.predict(held_out_cache).predictions), live, rtol=1e-4, atol=1e-5)
+
+
 def test_a_task_that_reruns_encoder_layers_is_refused_by_the_cache_and_trains_live(tmp_path):
     model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, side_network="sherl"), adapter_name="task")
     with pytest.raises(ValueError, match=r"side_network='sherl' is invalid.*'ladder' or 'unipt'.*train it live"):

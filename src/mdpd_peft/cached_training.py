@@ -3,6 +3,8 @@ a cache of the evaluation split."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .state_cache import StateCache
@@ -10,7 +12,7 @@ from .state_cache import StateCache
 
 class TrainsOnCachedStates:
     """``transformers.Trainer`` mixin: the training batches are ``self.cache``'s (collated by ``cache.collate``, no
-    argument of the model's forward, so no column is removed); an evaluation dataset is collated by
+    argument of the model's forward, so no column is removed); an evaluation (or ``predict``) dataset is collated by
     ``self.live_collator`` (what the model computes when it serves), or, where it is a ``StateCache`` itself, by its own
     ``collate``. A cached batch's loss and logits are ``cached_side_pass``'s (the subclass's); a live batch's the
     model's own forward's."""
@@ -42,10 +44,21 @@ class TrainsOnCachedStates:
     def get_eval_dataloader(self, eval_dataset=None):
         dataset = self.eval_dataset if eval_dataset is None else eval_dataset
         dataset = self.eval_dataset[dataset] if isinstance(dataset, str) else dataset
+        with self.collating(dataset):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        """``predict``'s data, collated as evaluation's: live data by ``live_collator``, a cache by its ``collate``."""
+        with self.collating(test_dataset):
+            return super().get_test_dataloader(test_dataset)
+
+    @contextmanager
+    def collating(self, dataset):
+        """The Trainer's ``data_collator`` is ``dataset``'s (its ``collate`` for a cache, else ``live_collator``) inside."""
         training_collator = self.data_collator
         self.data_collator = dataset.collate if isinstance(dataset, StateCache) else self.live_collator
         try:
-            return super().get_eval_dataloader(eval_dataset)
+            yield
         finally:
             self.data_collator = training_collator
 
