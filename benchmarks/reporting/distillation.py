@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from .common import Results, mean_std
+from .common import Results, mean_std, name
 from .side_tasks import baseline_runs
 
 DISTILLATION = "teacher_distillation-minilm.jsonl"
@@ -50,30 +50,32 @@ FADE_FROM_TEACHER = {"rotten_tomatoes": "Rotten Tomatoes", "trec": "TREC"}  # ta
 
 
 def fade_from_teacher_lines(results: Results) -> list[str]:
-    """MDPD's fade phase taught by a trained kept side task (``fade_from_teacher.py``), per task and Eq. 3 weight, beside
-    LayerNorm tuning at its best rate and the share of the teacher's lead over the untaught fade that each weight keeps."""
+    """MDPD's fade phase taught by a trained kept side task (``fade_from_teacher.py``), per task, teacher (in-sample or
+    out-of-fold logits) and Eq. 3 weight, beside LayerNorm tuning at its best rate, with the share of the teacher's lead
+    over LayerNorm tuning that each student keeps (on the seeds the student ran)."""
     tables = []
     for task, title in FADE_FROM_TEACHER.items():
         rows = results.rows(f"fade-from-teacher-{task}-minilm.jsonl")
         if not rows:
             continue
-        by_weight = defaultdict(list)
-        for row in rows:
-            by_weight[row["logits_loss_weight"]].append(row)
-        untaught = statistics.mean(r["test"] for r in by_weight.get(0.0, [])) if 0.0 in by_weight else None
-        teacher_test = statistics.mean(r["teacher_test"] for r in rows)
-        layernorm = baseline_runs(results, task, rows[0]["train_size"]).get("layernorm", [])
+        layernorm = {r["seed"]: r for r in baseline_runs(results, task, rows[0]["train_size"]).get("layernorm", [])}
         if layernorm:
-            tables.append(f"| {title} | LayerNorm tuning (best rate, no teacher) | {mean_std([r['validation'] for r in layernorm])} | {mean_std([r['test'] for r in layernorm])} | — |")
-        for weight, runs in sorted(by_weight.items()):
-            test = statistics.mean(r["test"] for r in runs)
-            lead = "—" if untaught is None or weight == 0.0 or teacher_test == untaught else f"{(test - untaught) / (teacher_test - untaught):+.2f}"
-            label = "0 (no teacher)" if weight == 0.0 else f"{weight:g}"
-            tables.append(f"| {title} | MDPD fade, Eq. 3 weight {label} | {mean_std([r['validation'] for r in runs])} | {mean_std([r['test'] for r in runs])} | {lead} |")
-        tables.append(f"| {title} | teacher: {rows[0]['teacher']} (kept, {rows[0]['teacher_epochs']} epochs at {rows[0]['teacher_rate']:g}; "
-                      f"{statistics.mean(r['teacher_train_accuracy'] for r in rows):.3f} on the training examples it teaches) | "
-                      f"{mean_std(sorted({r['seed']: r['teacher_validation'] for r in rows}.values()))} | "
-                      f"{mean_std(sorted({r['seed']: r['teacher_test'] for r in rows}.values()))} | — |")  # fmt: skip
+            runs = list(layernorm.values())
+            tables.append(f"| {title} | LayerNorm tuning (best rate) | {len(runs)} | {mean_std([r['validation'] for r in runs])} | {mean_std([r['test'] for r in runs])} | — |")
+        by_teacher = defaultdict(lambda: defaultdict(list))
+        for row in rows:
+            by_teacher[row.get("teacher_folds", 1)][row["logits_loss_weight"]].append(row)
+        for folds, by_weight in sorted(by_teacher.items()):
+            teachers = {r["seed"]: r for runs in by_weight.values() for r in runs}
+            logits = "in-sample logits" if folds == 1 else f"out-of-fold logits, {folds} folds"
+            for weight, runs in sorted(by_weight.items()):
+                label = "0 (no teacher)" if weight == 0.0 else f"{weight:g}"
+                tables.append(f"| {title} | MDPD fade, Eq. 3 weight {label}{'' if folds == 1 else f' ({logits})'} | {len(runs)} | "
+                              f"{mean_std([r['validation'] for r in runs])} | {mean_std([r['test'] for r in runs])} | {lead_kept(runs, teachers, layernorm)} |")  # fmt: skip
+            first = next(iter(teachers.values()))
+            tables.append(f"| {title} | teacher: {name(first['teacher'])}, {first['teacher_epochs']} epochs at {first['teacher_rate']:g}, {logits} ("
+                          f"{statistics.mean(r['teacher_train_accuracy'] for r in teachers.values()):.3f} accurate on the examples it teaches) | {len(teachers)} | "
+                          f"{mean_std([r['teacher_validation'] for r in teachers.values()])} | {mean_std([r['teacher_test'] for r in teachers.values()])} | — |")  # fmt: skip
     if not tables:
         return []
     return [
@@ -81,9 +83,24 @@ def fade_from_teacher_lines(results: Results) -> list[str]:
         "`python benchmarks/fade_from_teacher.py` (`results/fade-from-teacher-<task>-minilm.jsonl`): per seed, a kept side task trains on the "
         "state cache, its logits on the training examples are computed once, and MDPD's fade phase (`MDPDTrainer(teacher_logits=...)`: "
         "the LayerNorm copies and the head, the task loss plus Eq. 3 at the weight given; 0 is the same fade with no teacher) "
-        "trains 2 epochs at LayerNorm tuning's best grid rate. Whole training splits; mean ± std over seeds; test at the best "
-        "validation epoch. *Lead kept*: (student − the fade with no teacher) / (teacher − the fade with no teacher), on mean test accuracy.", "",
-        "| task | model | validation | test | lead kept |",
-        "|---|---|---:|---:|---:|",
+        "trains 2 epochs at LayerNorm tuning's best grid rate. The weight is chosen as a rate is: a grid on seed 0, more seeds at "
+        "its best validation weight. Out-of-fold logits: each example's from a teacher trained on the other folds (the teacher's "
+        "accuracies are the fold teachers' mean). Whole training splits; mean ± std over seeds; test at the best validation "
+        "epoch. *Lead kept*: (student − LayerNorm tuning) / (teacher − LayerNorm tuning), mean test accuracy on the student's seeds.", "",
+        "| task | model | seeds | validation | test | lead kept |",
+        "|---|---|---:|---:|---:|---:|",
         *tables, "",
     ]  # fmt: skip
+
+
+def lead_kept(runs: list[dict], teachers: dict[int, dict], layernorm: dict[int, dict]) -> str:
+    """(student − LayerNorm tuning) / (teacher − LayerNorm tuning) on the mean test accuracy of the students' seeds."""
+    seeds = [r["seed"] for r in runs if r["seed"] in layernorm]
+    if not seeds:
+        return "—"
+    baseline = statistics.mean(layernorm[seed]["test"] for seed in seeds)
+    lead = statistics.mean(teachers[seed]["teacher_test"] for seed in seeds) - baseline
+    student = statistics.mean(r["test"] for r in runs if r["seed"] in layernorm)
+    if lead <= 0:
+        return f"— (teacher {lead * 100:+.1f} pt)"
+    return f"{(student - baseline) / lead:+.2f} of {lead * 100:+.1f} pt"
