@@ -32,8 +32,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from datasets import DatasetDict
 from accuracy import TASKS, best_epoch, protocol_trainer, train_side_task
+from datasets import DatasetDict
 from example_data import ROTTEN_TOMATOES, TREC
 from methods import METHODS, trainable_parameters
 from reporting.common import accuracy_rows, best_learning_rate
@@ -62,7 +62,8 @@ def best_rate(grid: Path, method: str) -> float:
 def teacher(method: str, learning_rate: float, seed: int, task, epochs: int, folds: int) -> tuple[torch.Tensor, dict]:
     """``train_teacher``'s logits and row fields, saved in ``TEACHERS`` and read from there by a later run of the same
     teacher (a grid over weights on one seed, then more seeds: the teacher trains once per seed)."""
-    path = TEACHERS / f"{task.name}-{len(task.data['train'])}-{method}-{learning_rate:g}-{epochs}-{seed}" f"{f'-{folds}-folds' if folds > 1 else ''}.pt"
+    folded = f"-{folds}-folds" if folds > 1 else ""
+    path = TEACHERS / f"{task.name}-{len(task.data['train'])}-{method}-{learning_rate:g}-{epochs}-{seed}{folded}.pt"
     if path.exists():
         saved = torch.load(path)
         return saved["logits"], saved["row"]
@@ -141,6 +142,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--eval-size", type=int, default=None, help="smoke runs only")
     parser.add_argument("--output", default=None, help="default: results/fade-from-teacher-<task>-minilm.jsonl")
     args = parser.parse_args(argv)
+    if args.teacher_folds < 1:
+        parser.error(f"--teacher-folds must be 1 or more; got {args.teacher_folds}")
     hf_logging.set_verbosity_error()
     task = TASKS[args.task](args.task, args)
     teacher_grid, student_grid = RATE_GRIDS[args.task]

