@@ -377,12 +377,19 @@ def learning_rates(args) -> dict[str, list[float]]:
     if args.learning_rates:
         return {method: args.learning_rates for method in args.methods}
     if args.rates_from:
-        _, best = best_learning_rate(accuracy_rows(Path(args.rates_from), full_data_only=False))
-        missing = [method for method in args.methods if method not in best]
-        if missing:
-            raise SystemExit(f"--rates-from {args.rates_from} has no grid runs of {missing}: run the grid for them first.")
+        best = grid_best_rates(Path(args.rates_from), args.methods)
         return {method: [best[method]] for method in args.methods}
     return {method: [LEARNING_RATES[method]] for method in args.methods}
+
+
+def grid_best_rates(grid: Path, methods: list[str]) -> dict[str, float]:
+    """Each of ``methods``' best validation rate in the grid file ``grid`` (``report.py``'s choice); refused when the
+    grid never ran one of them."""
+    _, best = best_learning_rate(accuracy_rows(grid, full_data_only=False))
+    missing = [method for method in methods if method not in best]
+    if missing:
+        raise SystemExit(f"--rates-from {grid} has no grid runs of {missing}: run the grid for them first.")
+    return {method: best[method] for method in methods}
 
 
 def measurements(args, task: Task):

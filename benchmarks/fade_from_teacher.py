@@ -32,11 +32,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from accuracy import TASKS, best_epoch, protocol_trainer, train_side_task
+from accuracy import TASKS, best_epoch, grid_best_rates, protocol_trainer, train_side_task
 from datasets import DatasetDict
 from example_data import ROTTEN_TOMATOES, TREC
 from methods import METHODS, trainable_parameters
-from reporting.common import accuracy_rows, best_learning_rate
 from result_files import append_row
 from transformers import set_seed
 from transformers.utils import logging as hf_logging
@@ -50,13 +49,6 @@ RATE_GRIDS = {
     ROTTEN_TOMATOES: (RESULTS / "side-task-grid-minilm.jsonl", RESULTS / "lr-grid-minilm.jsonl"),
     TREC: (RESULTS / "side-task-grid-trec-minilm.jsonl", RESULTS / "lr-grid-trec-minilm.jsonl"),
 }
-
-
-def best_rate(grid: Path, method: str) -> float:
-    _, rates = best_learning_rate(accuracy_rows(grid, full_data_only=False))
-    if method not in rates:
-        raise SystemExit(f"{grid} has no grid runs of {method}.")
-    return rates[method]
 
 
 def teacher(method: str, learning_rate: float, seed: int, task, epochs: int, folds: int) -> tuple[torch.Tensor, dict]:
@@ -147,7 +139,7 @@ def main(argv=None) -> list[dict]:
     hf_logging.set_verbosity_error()
     task = TASKS[args.task](args.task, args)
     teacher_grid, student_grid = RATE_GRIDS[args.task]
-    teacher_rate, student_rate = best_rate(teacher_grid, args.teacher), best_rate(student_grid, "layernorm")
+    teacher_rate, student_rate = grid_best_rates(teacher_grid, [args.teacher])[args.teacher], grid_best_rates(student_grid, ["layernorm"])["layernorm"]
     output = Path(args.output or RESULTS / f"fade-from-teacher-{args.task}-minilm.jsonl")
     rows = []
     for seed in args.seeds:

@@ -95,12 +95,12 @@ def fade_from_teacher_lines(results: Results) -> list[str]:
 
 def lead_kept(runs: list[dict], teachers: dict[int, dict], layernorm: dict[int, dict]) -> str:
     """(student − LayerNorm tuning) / (teacher − LayerNorm tuning) on the mean test accuracy of the students' seeds."""
-    seeds = [r["seed"] for r in runs if r["seed"] in layernorm]
-    if not seeds:
+    compared = [r for r in runs if r["seed"] in layernorm]
+    if not compared:
         return "—"
-    baseline = statistics.mean(layernorm[seed]["test"] for seed in seeds)
-    lead = statistics.mean(teachers[seed]["teacher_test"] for seed in seeds) - baseline
-    student = statistics.mean(r["test"] for r in runs if r["seed"] in layernorm)
+    baseline = statistics.mean(layernorm[r["seed"]]["test"] for r in compared)
+    lead = statistics.mean(teachers[r["seed"]]["teacher_test"] for r in compared) - baseline
+    student = statistics.mean(r["test"] for r in compared)
     if lead <= 0:
         return f"— (teacher {lead * 100:+.1f} pt)"
     return f"{(student - baseline) / lead:+.2f} of {lead * 100:+.1f} pt"
