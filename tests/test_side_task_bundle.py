@@ -22,7 +22,7 @@ from mdpd_peft.side_tasks import bundle
 
 TASKS = {
     "sentiment": dict(id2label={0: "neg", 1: "pos"}),
-    "topic": dict(id2label={0: "sport", 1: "politics", 2: "science"}, problem_type="multi_label_classification"),
+    "topic": dict(id2label={0: "sport", 1: "politics", 2: "science"}, problem_type="multi_label_classification", pooling="attention"),
     "stars": dict(problem_type="regression"),
     "ner": dict(id2label={0: "O", 1: "PER", 2: "LOC"}, problem_type="token_classification"),
 }
@@ -51,6 +51,8 @@ def tasks_model(names, encoder=None):
     torch.manual_seed(1)
     for task in model.base_model.kept_tasks.values():  # as if trained: the saved weights are not the initial ones
         task.head.gate_logits.data.normal_()
+        if task.head.pooling == "attention":
+            task.head.pooling_query.data.normal_()
     model.base_model.set_adapter(list(names))
     return model.eval()
 

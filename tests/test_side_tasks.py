@@ -381,3 +381,30 @@ def test_first_and_mean_pooling_reads_the_first_token_beside_the_mean_of_the_oth
     torch.testing.assert_close(logits, head.classifier(torch.cat([hidden[:, 0], others], dim=-1)), rtol=1e-5, atol=1e-5)
     token_task = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="first_and_mean", problem_type="token_classification"))
     assert token_task.base_model.kept_tasks["default"].head.classifier.in_features == 64  # token classification does not pool
+
+
+def test_attention_pooling_starts_as_the_mean_masks_padding_and_learns_its_query(tmp_path):
+    """pooling="attention": its zero query weighs every real token alike (the mean pooling task, logit for logit);
+    a query that is not zero weighs no padding token, whatever the padding; the query trains and is saved with the task."""
+    mean = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4)).eval()
+    model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="attention")).eval()
+    batch = inputs(text_batch(pad_from=5))
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, mean(**batch).logits, rtol=1e-5, atol=1e-6)
+    head = model.base_model.kept_tasks["default"].head
+    torch.manual_seed(1)
+    head.pooling_query.data.normal_()
+    with torch.no_grad():
+        output = model(**batch)
+        weights = head.pooling_weights(output.last_hidden_state, batch["attention_mask"])
+        longer = {name: torch.nn.functional.pad(value, (0, 20)) for name, value in batch.items()}  # 20 more padding tokens
+        torch.testing.assert_close(model(**longer).logits, output.logits, rtol=1e-5, atol=1e-5)
+    assert torch.all(weights[0, 5:] == 0) and torch.allclose(weights.sum(-1), torch.ones(6)) and weights[1].std() > 0
+
+    args = TrainingArguments(str(tmp_path / "run"), max_steps=2, learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
+    query = head.pooling_query.detach().clone()
+    SideTaskTrainer(model=model, args=args, train_dataset=ragged_dataset()).train()
+    assert not torch.equal(head.pooling_query, query)
+    model.save_pretrained(tmp_path / "task")
+    loaded = PeftModel.from_pretrained(tiny_encoder(), tmp_path / "task")
+    assert torch.equal(loaded.base_model.kept_tasks["default"].head.pooling_query, head.pooling_query)

@@ -17,7 +17,7 @@ add_str_enum_member(PeftType, "SIDE_TASK")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression", "token_classification")
 HEAD_INPUTS = ("gated", "side")
 HEAD_INITS = ("probe", "random")
-POOLINGS = ("mean", "first", "first_and_mean")
+POOLINGS = ("mean", "first", "first_and_mean", "attention")
 CACHEABLE_SIDE_NETWORKS = ("ladder", "unipt")  # the others re-run backbone layers on their own states
 # Kept side networks are served, many at a time: their defaults are chosen from accuracy and serving cost together
 # (benchmarks/RESULTS.md, "Kept side networks"). Half LST's width (r = 16) and heads at least 16 wide (LST's r = 8
@@ -58,7 +58,10 @@ class SideTaskConfig(SideNetworkSettings, PeftConfig):
             (``benchmarks/few_shot.py`` measures it).
         pooling: How a sequence-level head pools tokens: ``"mean"`` over real tokens (sentence encoders),
             ``"first"`` (the CLS token, as ViT classifiers) or ``"first_and_mean"`` (the CLS token beside the mean of
-            the other tokens, as DINOv2's classifier reads them: twice as wide). Token classification does not pool.
+            the other tokens, as DINOv2's classifier reads them: twice as wide) or ``"attention"``: a weighted mean over
+            real tokens, its weights a softmax of a learned query's product with each token's final encoder state (one
+            vector of the encoder's width; zeros at the start, i.e. mean pooling), for labels that hang on a few words
+            (a question's wh-word) which the mean dilutes. Token classification does not pool.
         label_smoothing: Label smoothing of the cross-entropy (single-label and token classification), in [0, 1).
         feature_distillation: Train the side network also on MDPD's backbone -> side path (mdpd-paper.txt Eq. 1-7,
             with ``MDPDConfig``'s defaults: imitation of the shallow layers' states through a rank-16 aligner,

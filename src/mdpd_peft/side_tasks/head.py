@@ -18,8 +18,9 @@ class TaskHead(nn.Module):
     channel of the encoder's width, then a linear classifier; a linear probe of the encoder is the case g = 0, so
     the task starts from, and can always fall back to, what a probe reads. ``head_input="side"`` (LST): a linear
     classifier on ``s`` alone. Sequence-level heads pool first (``Up`` is linear, so pooling before it is exact):
-    the mean over real tokens, the first token, or (``"first_and_mean"``, DINOv2's classifier) the first token beside
-    the mean of the others, each of the two parts through the same ``Up``, with gates of their own.
+    the mean over real tokens, the first token, (``"first_and_mean"``, DINOv2's classifier) the first token beside
+    the mean of the others, each of the two parts through the same ``Up``, with gates of their own, or
+    (``"attention"``) a weighted mean whose weights a learned query reads from the encoder's final states.
     """
 
     def __init__(self, side_width: int, encoder_width: int, num_labels: int, head_input: str, gate_init: float, pooling: str, per_token: bool = False):
@@ -30,10 +31,23 @@ class TaskHead(nn.Module):
         if self.gated:
             self.up = nn.Linear(side_width, encoder_width)
             self.gate_logits = nn.Parameter(torch.full((self.parts * encoder_width,), float(gate_init)))
+        if pooling == "attention" and not per_token:
+            # zeros: every real token weighs the same, so the head starts as mean pooling (and its probe fit is that probe)
+            self.pooling_query = nn.Parameter(torch.zeros(encoder_width))
         self.classifier = nn.Linear(self.parts * (encoder_width if self.gated else side_width), num_labels)
 
-    def pool(self, tokens: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) -> (B, C), or (B, 2 x C) for ``"first_and_mean"``."""
+    def pooling_weights(self, encoder_state: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """Attention pooling's weights (B, N): a softmax over the real tokens of the learned query's dot product with
+        each token's final encoder state (attention pooling with one query and no projections, as Lee et al. 2019's
+        PMA or the MAP head of ViT classifiers, over the frozen states). One set of weights pools the side and the
+        encoder states alike, so the gated mix of the two stays a mix of the same tokens."""
+        scores = encoder_state.float() @ self.pooling_query  # (B, N)
+        return torch.softmax(scores.masked_fill(real == 0, float("-inf")), dim=-1)
+
+    def pool(self, tokens: torch.Tensor, real: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, C) -> (B, C), or (B, 2 x C) for ``"first_and_mean"``; ``weights`` (B, N) are attention pooling's."""
+        if weights is not None:
+            return (weights.to(tokens.dtype).unsqueeze(-1) * tokens).sum(dim=1)
         if self.pooling == "first":
             return tokens[:, 0]
         if self.pooling == "first_and_mean":
@@ -43,7 +57,8 @@ class TaskHead(nn.Module):
     def forward(self, side_state: torch.Tensor, encoder_state: torch.Tensor, real: torch.Tensor, per_token: bool) -> torch.Tensor:
         """side_state (B, N, D_S), encoder_state (B, N, D_B), real (B, N) -> logits (B, C), or (B, N, C) per token."""
         if not per_token:
-            side_state, encoder_state = self.pool(side_state, real), self.pool(encoder_state, real)
+            weights = self.pooling_weights(encoder_state, real) if self.pooling == "attention" else None
+            side_state, encoder_state = self.pool(side_state, real, weights), self.pool(encoder_state, real, weights)
         if not self.gated:
             return self.classifier(side_state)
         gate = torch.sigmoid(self.gate_logits)  # (parts x D_B,)
