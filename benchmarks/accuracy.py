@@ -144,6 +144,7 @@ SIDE_TASKS = {
     "side_task_head_dim_16_r16": {"side_head_dim": 16, "reduction_factor": 16},  # half the width
     "side_task_head_dim_16_r16_layers_1_3_5": {"side_head_dim": 16, "reduction_factor": 16, "side_layers": [1, 3, 5]},
     "side_task_r8_first_and_mean": {"pooling": "first_and_mean", "reduction_factor": 8},  # the CLS token beside the mean patch (DINOv2's classifier)
+    "side_task_attention": {"pooling": "attention"},  # a learned query's weighted mean over the tokens instead of the mean
     "linear_probe": {"head_gate_init": -30.0},  # the gate shut; only the classifier trains
     "linear_probe_first_and_mean": {"head_gate_init": -30.0, "pooling": "first_and_mean"},
 }

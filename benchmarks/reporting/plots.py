@@ -105,19 +105,20 @@ def few_shot(groups: dict, tasks: dict[str, str], methods: dict[str, str], ks: l
     plt = pyplot()
     figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for axis, (task, title) in zip(axes[0], tasks.items()):
-        for method, label in methods.items():
+        for index, (method, label) in enumerate(methods.items()):
             points = [(i, [run["test"] for run in groups[(task, k, method)]]) for i, k in enumerate(ks) if groups.get((task, k, method))]
             if not points:
                 continue
             x = [i for i, _ in points]
             mean = [statistics.mean(tests) for _, tests in points]
             std = [statistics.stdev(tests) if len(tests) > 1 else 0.0 for _, tests in points]
-            (line,) = axis.plot(x, mean, marker="o", label=textwrap.shorten(label, 48))
+            (line,) = axis.plot(x, mean, marker="o", color=f"C{index}", label=textwrap.shorten(label, 48))  # one colour per method
             axis.fill_between(x, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=line.get_color(), alpha=0.15)
         axis.set_xticks(range(len(ks)), [k if k != "all" else "whole split" for k in ks])
         axis.set_xlabel("training examples per class")
         axis.set_ylabel("test accuracy")
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, loc="lower right")
+    labelled = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}  # every panel's methods
+    axes[0][0].legend(labelled.values(), labelled.keys(), fontsize=7, loc="upper left")
     save(figure, path)
