@@ -274,7 +274,7 @@ def run_side_task(task: Task, rows: Dataset, seed: int, settings: dict) -> dict:
         trainer.train()
     scores = {split: trainer.evaluate(evaluation[split], metric_key_prefix=split)[f"{split}_accuracy"] for split in evaluation}
     return {**scores, "train_minutes": sum(clock.seconds) / 60, "cache_build_minutes": cache_build_minutes, "steps": trainer.state.global_step,
-            "learning_rate": args.learning_rate, "trainable_parameters": trainable_parameters(model)}  # fmt: skip
+            **({"learning_rate": args.learning_rate} if settings["train"] is not None else {}), "trainable_parameters": trainable_parameters(model)}  # fmt: skip
 
 
 def train_contrastively(model, cache, steps: int, learning_rate: float, seed: int) -> None:
