@@ -3,7 +3,7 @@
     python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 3 4 \
         --methods embedding_probe side_task setfit setfit_paper
     python benchmarks/few_shot.py --tasks trec --k all --draws 0 --methods side_task embedding_probe setfit
-    python benchmarks/few_shot.py --tasks trec --k 8 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3
+    python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3 1e-2
     python benchmarks/few_shot.py --tasks trec rotten_tomatoes sms_spam --k 8 16 64 --draws 0 1 2 \
         --methods side_task_probe_init_attention_100_steps side_task_attention side_task_contrastive side_task_contrastive_attention
     python benchmarks/report.py     # the tables in RESULTS.md and benchmarks/few_shot.png (reporting/few_shot.py)
