@@ -1,6 +1,7 @@
 """Kept side-network tasks: one encoder pass feeds every task, tasks are independent, every problem type trains,
 training on cached states equals training live, and bad input fails early."""
 
+import copy
 import json
 
 import pytest
@@ -385,7 +386,8 @@ def test_first_and_mean_pooling_reads_the_first_token_beside_the_mean_of_the_oth
 
 def test_attention_pooling_starts_as_the_mean_masks_padding_and_learns_its_query(tmp_path):
     """pooling="attention": its zero query weighs every real token alike (the mean pooling task, logit for logit);
-    a query that is not zero weighs no padding token, whatever the padding; the query trains and is saved with the task."""
+    a query that is not zero weighs no padding token, whatever the padding; a bfloat16 model pools alike; the query
+    trains and is saved with the task."""
     mean = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4)).eval()
     model = get_peft_model(tiny_encoder(), SideTaskConfig(num_labels=3, reduction_factor=4, pooling="attention")).eval()
     batch = inputs(text_batch(pad_from=5))
@@ -400,6 +402,9 @@ def test_attention_pooling_starts_as_the_mean_masks_padding_and_learns_its_query
         longer = {name: torch.nn.functional.pad(value, (0, 20)) for name, value in batch.items()}  # 20 more padding tokens
         torch.testing.assert_close(model(**longer).logits, output.logits, rtol=1e-5, atol=1e-5)
     assert torch.all(weights[0, 5:] == 0) and torch.allclose(weights.sum(-1), torch.ones(6)) and weights[1].std() > 0
+    with torch.no_grad():  # the scores are computed in float32 whatever the model's dtype
+        half = copy.deepcopy(model).to(torch.bfloat16)(**batch).logits
+    torch.testing.assert_close(half.float(), output.logits, rtol=0, atol=0.1)
 
     args = TrainingArguments(str(tmp_path / "run"), max_steps=2, learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
     query = head.pooling_query.detach().clone()

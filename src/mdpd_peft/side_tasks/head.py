@@ -41,7 +41,7 @@ class TaskHead(nn.Module):
         each token's final encoder state (attention pooling with one query and no projections, as Lee et al. 2019's
         PMA or the MAP head of ViT classifiers, over the frozen states). One set of weights pools the side and the
         encoder states alike, so the gated mix of the two stays a mix of the same tokens."""
-        scores = encoder_state.float() @ self.pooling_query  # (B, N)
+        scores = encoder_state.float() @ self.pooling_query.float()  # (B, N), in float32 whatever the model's dtype
         return torch.softmax(scores.masked_fill(real == 0, float("-inf")), dim=-1)
 
     def pool(self, tokens: torch.Tensor, real: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
