@@ -290,7 +290,6 @@ def train_contrastively(model, cache, steps: int, learning_rate: float, seed: in
     head = tuner.kept_tasks[tuner.active_adapters[0]].head
     optimizer = torch.optim.AdamW([p for name, p in model.named_parameters() if p.requires_grad and ".head.classifier." not in name], lr=learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, steps // 10)))
-    labels = torch.tensor([int(cache[i]["labels"]) for i in range(len(cache))])
     generator = torch.Generator().manual_seed(seed)
     read = []
     handle = head.classifier.register_forward_pre_hook(lambda module, args: read.append(args[0]))
@@ -298,11 +297,13 @@ def train_contrastively(model, cache, steps: int, learning_rate: float, seed: in
     try:
         for _ in range(steps):
             rows = torch.randperm(len(cache), generator=generator)[:CONTRASTIVE_BATCH]
+            batch = cache.collate([cache[int(i)] for i in rows])
+            labels = batch.pop("labels")  # the pairs' targets; without them the side pass computes no task loss
             read.clear()
-            tuner.side_pass_on_cached_states(cache.collate([{k: v for k, v in cache[int(i)].items() if k != "labels"} for i in rows]))
+            tuner.side_pass_on_cached_states(batch)
             features = F.normalize(read[0].float(), dim=-1)  # (B, D)
             cosine = features @ features.T
-            same = labels[rows, None] == labels[None, rows]
+            same = labels[:, None] == labels[None, :]
             positive = same & ~torch.eye(len(rows), dtype=torch.bool)
             loss = (cosine - 1).pow(2)[positive].mean() + cosine.pow(2)[~same].mean()
             optimizer.zero_grad()
