@@ -2,8 +2,10 @@
 
     python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 3 4 \
         --methods embedding_probe side_task setfit setfit_paper
-    python benchmarks/few_shot.py --tasks trec --k all --draws 0 --methods side_task embedding_probe setfit
+    python benchmarks/few_shot.py --tasks trec sms_spam rotten_tomatoes --k all --draws 0 \
+        --methods embedding_probe setfit side_task_5_epochs side_task_attention_5_epochs
     python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3 1e-2
+    python benchmarks/few_shot.py --tasks sms_spam rotten_tomatoes --k 8 16 64 --draws 0 1 2 --methods lora --learning-rates 1e-3 3e-3
     python benchmarks/few_shot.py --tasks trec rotten_tomatoes sms_spam --k 8 16 64 --draws 0 1 2 \
         --methods side_task_probe_init_attention_100_steps side_task_attention side_task_contrastive side_task_contrastive_attention
     python benchmarks/report.py     # the tables in RESULTS.md and benchmarks/few_shot.png (reporting/few_shot.py)
@@ -40,8 +42,11 @@ Methods (``METHODS``):
 - ``embedding_probe``: the frozen sentence embedding as sentence-transformers encodes it (the body's mean pooling,
   then its ``Normalize`` module) and scikit-learn's ``LogisticRegression()``: SetFit's head without body tuning.
 - ``lora``: ``methods.py``'s LoRA (r = 8 on query and value, a new classification head) with transformers' Trainer,
-  batch 32, AdamW with 10% warm-up, ``lora_steps`` optimizer steps, at each rate of ``--learning-rates``; the report
-  takes, per (task, k), the rate with the best mean validation accuracy over draws.
+  batch 32, AdamW with 10% warm-up, ``LORA_STEPS`` optimizer steps, at each rate of ``--learning-rates``; the report
+  takes, per (task, k), the rate with the best mean validation accuracy over draws, and names the rates that cell
+  tried. The first cells (TREC, SMS spam at 8 per class) tried 3e-4 / 1e-3 / 3e-3 / 1e-2; 3e-4 and 1e-2 lost every one
+  of them on validation, so the later ones (Rotten Tomatoes, SMS spam at 16 and 64) tried 1e-3 and 3e-3, and SMS spam
+  at 16 also 3e-4.
 
 Rows (one per run) go to ``results/few-shot-<task>-minilm.jsonl``: task, k, draw, method, settings, validation, test,
 minutes; ``report.py`` renders them per (task, k, method), mean +- std over draws, beside what serving N tasks costs.
@@ -125,6 +130,9 @@ SIDE_TASK_VARIANTS = {
     # classifier is fitted as a logistic regression on what it reads, and nothing else trains
     "side_task_contrastive": {"config": {}, "contrastive": {"steps": 800, "learning_rate": 3e-4}, "train": None},
     "side_task_contrastive_attention": {"config": {"pooling": "attention"}, "contrastive": {"steps": 800, "learning_rate": 3e-4}, "train": None},
+    # the whole split (--k all): 100 steps would not see it once; as many epochs as accuracy.py's whole-split runs
+    "side_task_5_epochs": {"config": {}, "train": {"epochs": 5, "learning_rate": 3e-3}},
+    "side_task_attention_5_epochs": {"config": {"pooling": "attention"}, "train": {"epochs": 5, "learning_rate": 3e-3}},
 }
 CONTRASTIVE_BATCH = 32  # examples per step; every pair among them is one of the step's pairs
 LORA_STEPS = 200
