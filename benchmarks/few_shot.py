@@ -1,13 +1,14 @@
 """Few labels per task: kept side networks against SetFit, the frozen embedding's probe and LoRA (all-MiniLM-L6-v2).
 
-    python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 3 4 \
-        --methods embedding_probe side_task setfit setfit_paper
+    python benchmarks/few_shot.py --tasks trec --k 8 --draws 0 1 2 3 4 --methods setfit_paper
+    python benchmarks/few_shot.py --tasks trec rotten_tomatoes sms_spam --k 8 16 64 --draws 0 1 2 3 4 \
+        --methods embedding_probe setfit side_task side_task_issue side_task_attention side_task_contrastive \
+        side_task_contrastive_attention side_task_probe_init_100_steps side_task_probe_init_100_steps_1e-3 \
+        side_task_probe_init_attention_100_steps side_task_probe_init_attention_100_steps_1e-3
     python benchmarks/few_shot.py --tasks trec sms_spam rotten_tomatoes --k all --draws 0 \
         --methods embedding_probe setfit side_task_5_epochs side_task_attention_5_epochs
     python benchmarks/few_shot.py --tasks trec --k 8 16 64 --draws 0 1 2 --methods lora --learning-rates 3e-4 1e-3 3e-3 1e-2
     python benchmarks/few_shot.py --tasks sms_spam rotten_tomatoes --k 8 16 64 --draws 0 1 2 --methods lora --learning-rates 1e-3 3e-3
-    python benchmarks/few_shot.py --tasks trec rotten_tomatoes sms_spam --k 8 16 64 --draws 0 1 2 \
-        --methods side_task_probe_init_attention_100_steps side_task_attention side_task_contrastive side_task_contrastive_attention
     python benchmarks/report.py     # the tables in RESULTS.md and benchmarks/few_shot.png (reporting/few_shot.py)
 
 Protocol. The body is the packaged all-MiniLM-L6-v2, the splits are ``accuracy.py``'s (``example_data.fixed_split``:

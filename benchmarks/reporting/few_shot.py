@@ -123,7 +123,8 @@ def few_shot_lines(results: Results) -> list[str]:
         "## Few labels per task", "",
         "`python benchmarks/few_shot.py` (`results/few-shot-<task>-minilm.jsonl`): the packaged all-MiniLM-L6-v2 for every "
         "method, k examples per class drawn by SetFit's sampler (seeded draws), the fixed validation and test splits; "
-        "accuracy of the final model, mean ± std over draws (SetFit chooses nothing on validation: no validation column). "
+        "accuracy of the final model, mean ± std over draws (SetFit chooses nothing on validation: no validation column); "
+        "LoRA ran the first 3 draws at each rate of its grid, the other methods 5. "
         "Training minutes on one thread; the kept side network's cache build (its encoder pass over the draw) apart, near "
         "zero where a variant ran right after another on the same rows and reused its cache. "
         "The whole split (`all`) is one run on the whole training split; LoRA and LayerNorm tuning on the whole Rotten Tomatoes and TREC "
