@@ -93,7 +93,7 @@ def quantized(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def stored_states(batch: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """A collated batch's (or an example's) stored states in ``dtype``, (B, N, S, D) (or (n, S, D)); int8 states are
-    dequantized (q * s, computed in float32)."""
+    dequantized (q * s, computed in float32, in place on the converted copy: a third of the time of q.float() * s)."""
     if SCALES in batch:
-        return (batch["hidden_states"].float() * batch[SCALES].float().unsqueeze(-1)).to(dtype)
+        return batch["hidden_states"].float().mul_(batch[SCALES].float().unsqueeze(-1)).to(dtype)
     return batch["hidden_states"].to(dtype)
