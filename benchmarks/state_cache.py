@@ -1,11 +1,11 @@
 """The backbone-state cache (``mdpd_peft.state_cache``): its size, its read speed, and side training on it.
 
     python benchmarks/state_cache.py --figures       # bytes per example and totals: MiniLM + RT at 64 tokens, BERT-base at 128
-    python benchmarks/state_cache.py --storage       # read speed: safetensors shards (memory-mapped) against a datasets Arrow table
+    python benchmarks/state_cache.py --storage       # read and write speed: safetensors shards (memory-mapped; bf16, int8) against a datasets Arrow table
     python benchmarks/state_cache.py --timings --model minilm --epochs 1 3 10 --seeds 0 1 2     # hours on 2 CPU cores
     python benchmarks/state_cache.py --timings --model bert-base --train-size 1024 --epochs 1 3 10 --seeds 0
     python benchmarks/state_cache.py --sweep --model minilm --learning-rates 1e-3 3e-3 1e-2 3e-2
-    python benchmarks/state_cache.py --variants --model minilm --seeds 0 1 2    # what a smaller cache costs in accuracy
+    python benchmarks/state_cache.py --variants --model minilm --train-size 3000 --seeds 0 1 2   # what a smaller cache costs in accuracy
     python benchmarks/state_cache.py --memory        # peak memory of a side-training step, live and cached (BERT-base shape)
     python benchmarks/state_cache.py --smoke         # all of it at tiny sizes, seconds (tests/test_benchmarks.py)
 
@@ -20,7 +20,7 @@ Side training, the two ways measured (plain loops, same batches, seeds and optim
 Wall time is the whole run (cache build included, evaluation excluded); side accuracy is the side network's on
 the test split after the last epoch (MiniLM + Rotten Tomatoes; the BERT-base shape is randomly initialised and
 timed only). ``--sweep`` trains 4 learning rates for 3 epochs on one cache against 4 uncached runs.
-``--variants`` trains 3 epochs on caches that keep a large dataset smaller (every second layer; for reference
+``--variants`` trains 3 epochs on caches that keep a large dataset smaller (every second layer, int8; for reference
 float32 and the default, every layer in bfloat16) and records each cache's size and the side accuracy.
 The cached runs keep the side steps' intermediates (``side_pass_on_cached_states(batch, recompute=False)``, the
 faster setting); the live pass recomputes them in backward, as MDPD's default does for memory. ``--memory``
@@ -52,8 +52,9 @@ from tqdm.auto import tqdm  # noqa: E402
 from mdpd_peft import MDPDConfig, StateCache, build_state_cache  # noqa: E402
 from mdpd_peft.memory import PeakMemory  # noqa: E402
 from mdpd_peft.state_cache import MANIFEST, write_json, write_shard  # noqa: E402
+from mdpd_peft.state_cache.size import token_bytes  # noqa: E402
+from mdpd_peft.state_cache.storage import quantized, stored_states  # noqa: E402
 
-BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 MIB = 2**20
 
 
@@ -77,13 +78,14 @@ def rotten_tomatoes(tokenizer, max_length: int, train_size: int | None = None, t
 
 
 def cache_bytes(tokens: int, examples: int, states: int, width: int, dtype: str) -> int:
-    """What ``build_state_cache`` stores: states of real tokens, an int64 offset and an int64 label per example."""
-    return tokens * states * width * BYTES[dtype] + examples * 16
+    """What ``build_state_cache`` stores: states of real tokens (int8 ones with their scales), an int64 offset and an
+    int64 label per example."""
+    return tokens * token_bytes((width,) * states, dtype) + examples * 16
 
 
 def figures(smoke: bool = False) -> dict:
     """Bytes per example and totals, from the token counts (deterministic): the defaults (every layer, bfloat16)
-    and what keeps a large dataset smaller (every second layer; float32 for comparison)."""
+    and what keeps a large dataset smaller (every second layer, int8; float32 for comparison)."""
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())  # BERT-base's uncased WordPiece vocabulary
     rows = []
     for model, layers, width, max_length in (("minilm", 6, 384, 64), ("bert-base", 12, 768, 128)):
@@ -91,7 +93,7 @@ def figures(smoke: bool = False) -> dict:
         tokens = sum(len(ids) for ids in data["train"]["input_ids"])
         examples = len(data["train"])
         for side_layers, states in (("all", layers + 1), ("every second", layers // 2 + 1)):
-            for dtype in ("bfloat16", "float32"):
+            for dtype in ("bfloat16", "int8", "float32"):
                 total = cache_bytes(tokens, examples, states, width, dtype)
                 full = cache_bytes(max_length, 1, states, width, dtype)
                 rows.append(dict(model=model, max_length=max_length, side_layers=side_layers, stored_states=states, dtype=dtype,
@@ -103,9 +105,29 @@ def figures(smoke: bool = False) -> dict:
 # ---------------------------------------------------------------------------------------------- storage
 
 
+def shard_cache(folder: Path, data: list[torch.Tensor], dtype: str) -> StateCache:
+    """``data`` (examples' states (n_i, S, D), bfloat16) written as a state cache's shards in ``dtype`` (bfloat16, or
+    int8 with each token's scales, as ``build_state_cache`` writes them)."""
+    folder.mkdir()
+    shards = [f"states-{i:05d}.safetensors" for i in range(-(-len(data) // 4096))]
+    for i, name in enumerate(shards):
+        examples = data[i * 4096 : (i + 1) * 4096]
+        if dtype == "int8":
+            examples, scales = zip(*(quantized(x) for x in examples))
+            write_shard(folder / name, list(examples), {}, list(scales))
+        else:
+            write_shard(folder / name, examples, {})
+    key = dict(weights="", config="", inputs="", tokenizer=None, max_length=None, hidden_state_indices=list(range(data[0].shape[1])), dtype=dtype)
+    write_json(folder / MANIFEST, {"key": key, "num_examples": len(data), "shards": shards})
+    return StateCache(folder)
+
+
 def storage(examples: int, states: int = 7, width: int = 384, batch: int = 32, seed: int = 0) -> dict:
-    """Read every example once in shuffled batches from safetensors shards and from a datasets Arrow table
-    (bfloat16 kept as uint16 there: Arrow has no bfloat16); examples/s and MiB/s, the faster of 2 reads."""
+    """Read every example once in shuffled batches, collated and converted to float32 (the side network's dtype on a
+    CPU), from safetensors shards in bfloat16 and in int8 (dequantized in the conversion) and from a datasets Arrow
+    table (bfloat16 kept as uint16 there: Arrow has no bfloat16); examples/s and stored MiB/s, the faster of 2 reads.
+    The shards' writes are timed too (int8 quantized on the way, as ``build_state_cache`` does after the encoder's
+    pass, which costs the same for both), the faster of 2 writes."""
     from datasets import Array2D, Dataset, Features
 
     generator = np.random.RandomState(seed)
@@ -114,13 +136,14 @@ def storage(examples: int, states: int = 7, width: int = 384, batch: int = 32, s
     order = generator.permutation(examples)
     result = {"examples": examples, "states": states, "width": width, "mean_tokens": float(lengths.mean())}
     with tempfile.TemporaryDirectory() as folder:
-        shards = [f"states-{i:05d}.safetensors" for i in range(-(-examples // 4096))]
-        for i, name in enumerate(shards):
-            write_shard(Path(folder, name), data[i * 4096 : (i + 1) * 4096], {})
-        write_json(Path(folder, MANIFEST), {"key": dict(weights="", config="", inputs="", tokenizer=None, max_length=None,
-                                                        hidden_state_indices=list(range(states)), dtype="bfloat16"),
-                                            "num_examples": examples, "shards": shards})
-        cache = StateCache(folder)
+        caches, write_seconds = {}, {}
+        for dtype in ("bfloat16", "int8"):
+            seconds = []
+            for attempt in range(2):
+                start = time.perf_counter()
+                caches[dtype] = shard_cache(Path(folder, f"{dtype}-{attempt}"), data, dtype)
+                seconds.append(time.perf_counter() - start)
+            write_seconds[dtype] = min(seconds)
         features = Features({"hidden_states": Array2D(shape=(None, states * width), dtype="uint16")})
         table = Dataset.from_generator(
             lambda: ({"hidden_states": x.reshape(len(x), -1).view(torch.int16).numpy().view(np.uint16)} for x in data),
@@ -130,15 +153,22 @@ def storage(examples: int, states: int = 7, width: int = 384, batch: int = 32, s
         def read_arrow(i):
             return {"hidden_states": torch.from_numpy(table[int(i)]["hidden_states"].view(np.int16)).view(torch.bfloat16).reshape(-1, states, width)}
 
-        for name, read in (("safetensors", lambda i: cache[int(i)]), ("arrow", read_arrow)):
+        stores = {  # name: (read one example, collate, stored dtype, seconds to write it)
+            "safetensors": (lambda i: caches["bfloat16"][int(i)], caches["bfloat16"].collate, "bfloat16", write_seconds["bfloat16"]),
+            "safetensors, int8": (lambda i: caches["int8"][int(i)], caches["int8"].collate, "int8", write_seconds["int8"]),
+            "arrow": (read_arrow, caches["bfloat16"].collate, "bfloat16", None),
+        }
+        for name, (read, collate, dtype, written) in stores.items():
             seconds = []
             for _ in range(2):
                 start = time.perf_counter()
                 for first in range(0, examples, batch):
-                    cache.collate([read(i) for i in order[first : first + batch]])
+                    stored_states(collate([read(i) for i in order[first : first + batch]]), torch.float32)
                 seconds.append(time.perf_counter() - start)
             best = min(seconds)
-            result[name] = {"examples_per_s": examples / best, "mib_per_s": sum(x.numel() * 2 for x in data) / MIB / best}
+            stored_mib = int(lengths.sum()) * token_bytes((width,) * states, dtype) / MIB
+            result[name] = {"examples_per_s": examples / best, "mib_per_s": stored_mib / best,
+                            "written_examples_per_s": examples / written if written else None}
     return {"suite": "state_cache_storage", **result}
 
 
@@ -303,6 +333,7 @@ VARIANTS = {  # name: (cache dtype, side layers as a function of the model's lay
     "bfloat16, every layer": (torch.bfloat16, lambda layers: None),
     "float32, every layer": (torch.float32, lambda layers: None),
     "bfloat16, every second layer": (torch.bfloat16, lambda layers: list(range(1, layers, 2))),
+    "int8, every layer": (torch.int8, lambda layers: None),
 }
 
 

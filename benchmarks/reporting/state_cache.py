@@ -30,12 +30,19 @@ def size_lines(figures: dict) -> list[str]:
     ]  # fmt: skip
 
 
+STORES = {"safetensors": "safetensors, bfloat16", "safetensors, int8": "safetensors, int8 (dequantized on read)", "arrow": "Arrow table, bfloat16"}
+
+
 def storage_lines(storage: dict) -> list[str]:
+    def written(store: dict) -> str:
+        return f"{store['written_examples_per_s']:,.0f}" if store.get("written_examples_per_s") else "—"
+
     return [
-        f"### Read speed (`--storage`: {storage['examples']:,} random bf16 examples of {storage['mean_tokens']:.0f} tokens x "
-        f"{storage['states']} states x {storage['width']}, shuffled batches of 32, the faster of 2 reads)", "",
-        "| store | examples/s | MiB/s |", "|---|---:|---:|",
-        *(f"| {store} | {storage[store]['examples_per_s']:,.0f} | {storage[store]['mib_per_s']:,.0f} |" for store in ("safetensors", "arrow")),
+        f"### Read and write speed (`--storage`: {storage['examples']:,} random bf16 examples of {storage['mean_tokens']:.0f} tokens x "
+        f"{storage['states']} states x {storage['width']}, shuffled batches of 32 collated to float32, the faster of 2 reads and of 2 writes)", "",
+        "| store | read examples/s | read MiB/s (stored bytes) | written examples/s |", "|---|---:|---:|---:|",
+        *(f"| {title} | {storage[store]['examples_per_s']:,.0f} | {storage[store]['mib_per_s']:,.0f} | {written(storage[store])} |"
+          for store, title in STORES.items() if store in storage),
         "",
     ]  # fmt: skip
 
