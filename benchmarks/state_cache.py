@@ -1,4 +1,4 @@
-"""The backbone-state cache (``mdpd_peft.state_cache``): its size, its read speed, and side training on it.
+"""The backbone-state cache (``mdpd_peft.state_cache``): its size, its read and write speed, and side training on it.
 
     python benchmarks/state_cache.py --figures       # bytes per example and totals: MiniLM + RT at 64 tokens, BERT-base at 128
     python benchmarks/state_cache.py --storage       # read and write speed: safetensors shards (memory-mapped; bf16, int8) against a datasets Arrow table
