@@ -53,7 +53,7 @@ from mdpd_peft import MDPDConfig, StateCache, build_state_cache  # noqa: E402
 from mdpd_peft.memory import PeakMemory  # noqa: E402
 from mdpd_peft.state_cache import MANIFEST, write_json, write_shard  # noqa: E402
 from mdpd_peft.state_cache.size import token_bytes  # noqa: E402
-from mdpd_peft.state_cache.storage import quantized, stored_states  # noqa: E402
+from mdpd_peft.state_cache.storage import quantized, shard_name, stored_states  # noqa: E402
 
 MIB = 2**20
 
@@ -109,7 +109,7 @@ def shard_cache(folder: Path, data: list[torch.Tensor], dtype: str) -> StateCach
     """``data`` (examples' states (n_i, S, D), bfloat16) written as a state cache's shards in ``dtype`` (bfloat16, or
     int8 with each token's scales, as ``build_state_cache`` writes them)."""
     folder.mkdir()
-    shards = [f"states-{i:05d}.safetensors" for i in range(-(-len(data) // 4096))]
+    shards = [shard_name(i) for i in range(-(-len(data) // 4096))]
     for i, name in enumerate(shards):
         examples = data[i * 4096 : (i + 1) * 4096]
         if dtype == "int8":
